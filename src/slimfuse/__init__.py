@@ -1,0 +1,49 @@
+"""slimfuse: make trained PyTorch models smaller and faster, and fuse several into a better one.
+
+The public verbs are loaded lazily, so ``import slimfuse`` stays light (no transformers, no
+onnxruntime until used)::
+
+    import slimfuse
+    data = slimfuse.load_data("mnist1d")
+    model = slimfuse.build_model("mnist1d_cnn", data=data)
+    slimfuse.train(model, data)
+    slimfuse.save(model, "runs/cnn")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# verb -> "module:attribute"
+_VERBS: dict[str, str] = {
+    "load": "slimfuse.models.bundle:load",
+    "save": "slimfuse.models.bundle:save",
+    "load_model": "slimfuse.models.source:load_model",
+    "build_model": "slimfuse.models.source:build_model",
+    "load_data": "slimfuse.data:load_data",
+    "train": "slimfuse.train:train",
+    "TrainConfig": "slimfuse.train:TrainConfig",
+    "evaluate": "slimfuse.tasks:evaluate",
+    "measure": "slimfuse.measure:measure",
+    "export": "slimfuse.export:export_onnx",
+    "run": "slimfuse.pipeline.run:run_recipe",
+}
+
+__all__ = ["__version__", *_VERBS]
+
+
+def __getattr__(name: str) -> Any:
+    target = _VERBS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'slimfuse' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

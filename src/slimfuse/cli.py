@@ -1,0 +1,346 @@
+"""The command line: parse, validate, call one library function, print.
+
+Bad input prints one line (what was seen, what was expected) and exits with code 2; ``--debug``
+shows the traceback instead. Technique families add their commands through :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slimfuse import __version__
+
+# technique families: module with ``add_commands(subparsers)``; imported when the CLI starts,
+# so these modules keep their heavy imports inside the handlers.
+FAMILIES: tuple[str, ...] = ()
+
+
+# -- shared arguments -----------------------------------------------------------------------
+
+
+def parse_kv(items: Sequence[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values are parsed as YAML scalars/lists (``hidden=[64,64]``)."""
+    import yaml
+
+    from slimfuse.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"model argument {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument(
+        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="threads for latency measurement (default 1)"
+    )
+
+
+def add_model_args(
+    p: argparse.ArgumentParser, flag: str = "--model", required: bool = True
+) -> None:
+    p.add_argument(
+        flag,
+        required=required,
+        help="zoo name (mnist1d_cnn, mlp, lenet300, resnet1d, gru, minilm), file.py:fn, module:fn, "
+        "a bundle folder or a Hugging Face folder",
+    )
+    p.add_argument(
+        "--kw", action="append", metavar="KEY=VALUE", help="keyword argument for the model builder"
+    )
+    p.add_argument("--weights", help="weights for the model: .safetensors, or a state-dict .pt")
+    p.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="allow .pt files that need full pickle (runs code from the file: only for files you trust)",
+    )
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data", required=required, help="mnist1d, digits, path.npz, path.csv or file.py:fn"
+    )
+    p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
+    p.add_argument(
+        "--task", default="classification", help="classification, regression or embedding"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for splits, initialisation and shuffling"
+    )
+
+
+def load_data_arg(args: argparse.Namespace) -> Any:
+    from slimfuse.data import load_data
+
+    return load_data(args.data, seed=args.seed, label_column=args.label_column)
+
+
+def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
+    from slimfuse.data import check_fits
+    from slimfuse.models.source import load_model, spec_of
+
+    model = load_model(
+        getattr(args, flag),
+        data=data,
+        weights=args.weights,
+        unsafe_pickle=args.unsafe_pickle,
+        **parse_kv(args.kw),
+    )
+    if data is not None and args.task != "embedding":
+        spec = spec_of(model)
+        check_fits(model, data, spec.input_shape if spec and spec.input_shape else None)
+    return model
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    from slimfuse.report.write import render_markdown
+
+    print(
+        render_markdown(
+            {"task": "", "metric": rows[0]["metric"] if rows else "", "stages": rows}
+        ).split("\n", 2)[2]
+    )
+
+
+# -- core commands --------------------------------------------------------------------------
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import os
+    import platform
+    from importlib import metadata
+
+    print(f"slimfuse {__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    for pkg in (
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "torch-pruning",
+        "transformers",
+        "numpy",
+        "scikit-learn",
+    ):
+        try:
+            print(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            print(f"{pkg} (not installed)")
+    import torch
+
+    print(f"cpu cores {os.cpu_count()}, torch threads {torch.get_num_threads()}")
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    print("cpu flags " + ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted))
+    print("int8 fast path (VNNI): " + ("yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from slimfuse.measure import measure
+    from slimfuse.models.bundle import save
+    from slimfuse.models.source import record
+    from slimfuse.train import TrainConfig, is_main_process, train
+
+    data = load_data_arg(args)
+    model = load_model_arg(args, data)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
+    out = Path(args.out)
+    result = train(
+        model, data, args.task, cfg, checkpoint_dir=Path(f"{out}.ckpt"), resume=args.resume
+    )
+    if not is_main_process():
+        return 0
+    record(
+        model, lineage={"stage": "train", "config": cfg.to_dict(), "best_val": result.best_metric}
+    )
+    rows = measure(model, data, args.task, stage="train", engines=["torch"], threads=args.threads)
+    save(model, out, metrics={"task": args.task, "metric": rows[0]["metric"], "stages": rows})
+    print(
+        f"trained {result.epochs_run} epochs in {result.seconds:.1f}s; best val {result.best_metric:.4f}"
+    )
+    print(f"test {rows[0]['metric']} {rows[0]['metric_value']:.4f}; bundle: {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from slimfuse.measure import measure, write_metrics
+
+    data = load_data_arg(args)
+    model = load_model_arg(args, data)
+    engines = ["torch", "onnxruntime"] if args.engine == "both" else [args.engine]
+    rows = measure(
+        model,
+        data,
+        args.task,
+        stage="eval",
+        engines=engines,
+        split=args.split,
+        threads=args.threads,
+    )
+    if args.out:
+        write_metrics(args.out, rows, args.task, rows[0]["metric"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_rows(rows)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from slimfuse.export import check_parity, export_onnx
+
+    data = load_data_arg(args)
+    model = load_model_arg(args, data)
+    x = data.example_input(1)
+    path = export_onnx(model, x, args.out, opset=args.opset, atol=args.atol)
+    diff = check_parity(model, path, x, atol=args.atol)
+    print(
+        f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB); max abs diff vs PyTorch {diff:.2e}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from slimfuse.pipeline.run import run_recipe
+
+    run_recipe(args.recipe, args.out, quiet=args.quiet, resume=args.resume)
+    return 0
+
+
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from slimfuse.pipeline.run import run_recipe
+
+    result = run_recipe(DEMO_RECIPE, args.out, quiet=args.quiet, resume=args.resume)
+    print_rows(result["stages"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slimfuse",
+        description="Make trained PyTorch models smaller and faster, fuse several into a better one, "
+        "measure every step and export to ONNX.",
+    )
+    parser.add_argument("--version", action="version", version=f"slimfuse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("env", help="versions, threads and CPU flags (AVX-512 VNNI)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("train", help="train a model with the one training loop")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--patience", type=int, help="early stopping: epochs without a better val metric"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
+    p.add_argument(
+        "--out", required=True, help="bundle folder to write (checkpoints go to OUT.ckpt/)"
+    )
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="measure a model: metric, size, MACs, latency (torch / ONNX Runtime)"
+    )
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--engine", choices=["torch", "onnxruntime", "both"], default="both")
+    p.add_argument("--out", help="write metrics.json here")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export to ONNX with a checker pass and a parity check")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument(
+        "--atol", type=float, default=1e-4, help="parity tolerance vs PyTorch (default 1e-4)"
+    )
+    add_common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "run", help="run a YAML recipe: stages in order, measured after each, report"
+    )
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument(
+        "--out", required=True, help="run folder: one bundle per stage, metrics.json, report"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="skip finished stages, resume the interrupted one"
+    )
+    add_common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--resume", action="store_true")
+    add_common(p)
+    p.set_defaults(func=cmd_demo)
+
+    for module in FAMILIES:
+        importlib.import_module(module).add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from slimfuse.errors import SlimfuseError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SlimfuseError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"slimfuse {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"slimfuse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""ONNX export with a checker pass and a parity check, and the ONNX Runtime runner.
+
+:func:`export_onnx` tries the dynamo exporter first and falls back to the TorchScript one;
+the batch axis is dynamic (and, for token inputs, the sequence axis). The result must pass
+``onnx.checker.check_model(full_check=True)`` and agree with eager PyTorch in ONNX Runtime within
+``atol`` at batch 1 and at the larger parity batch, or :class:`ExportError` is raised.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimfuse.errors import ExportError
+
+OPSET = 18
+PARITY_ATOL = 1e-4
+
+
+def _as_tuple(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    """Split example inputs into (args, kwargs, input names)."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs), list(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}, [f"input_{i}" for i in range(len(inputs))]
+    return (inputs,), {}, ["input"]
+
+
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    args, kwargs, _ = _as_tuple(inputs)
+    return [*args, *kwargs.values()]
+
+
+def _repeat_batch(inputs: Any, batch: int) -> Any:
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(batch) % t.shape[0]
+        return t[idx]
+
+    if isinstance(inputs, Mapping):
+        return {k: rep(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(rep(t) for t in inputs)
+    return rep(inputs)
+
+
+class OrtRunner:
+    """An ONNX Runtime session behind the same call as a module: ``runner(x)`` -> tensor."""
+
+    def __init__(self, path: str | Path, threads: int | None = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.training = False
+
+    def feeds(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        values = list(args) + [kwargs[k] for k in self.input_names[len(args) :] if k in kwargs]
+        if len(values) != len(self.input_names):
+            raise ExportError(
+                f"{self.path.name} takes inputs {self.input_names}; got {len(values)} values"
+            )
+        return {
+            n: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+            for n, v in zip(self.input_names, values, strict=True)
+        }
+
+    def run_numpy(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feeds)[0]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.from_numpy(self.run_numpy(self.feeds(*args, **kwargs)))
+
+    def eval(self) -> OrtRunner:
+        return self
+
+
+def _dynamic(names: list[str], tensors: list[torch.Tensor]) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for n, t in zip(names, tensors, strict=True):
+        axes[n] = {0: "batch"}
+        if not t.is_floating_point() and t.dim() == 2:  # token ids / masks: dynamic sequence too
+            axes[n][1] = "sequence"
+    return axes
+
+
+def _export(model: nn.Module, inputs: Any, path: Path, opset: int, dynamo: bool) -> None:
+    args, kwargs, names = _as_tuple(inputs)
+    tensors = _tensors(inputs)
+    axes = _dynamic(names, tensors)
+    common = dict(
+        input_names=names, output_names=["output"], opset_version=opset, dynamic_axes=axes
+    )
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        if dynamo:
+            prog = torch.onnx.export(
+                model,
+                args,
+                kwargs=kwargs or None,
+                dynamo=True,
+                verbose=False,
+                report=False,
+                **common,
+            )
+            prog.save(str(path))
+        else:
+            if kwargs:  # the TorchScript exporter takes positional inputs only
+                args = tuple(kwargs.values())
+            torch.onnx.export(model, args, str(path), dynamo=False, **common)
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    opset: int = OPSET,
+    parity: bool = True,
+    atol: float = PARITY_ATOL,
+    parity_batch: int = 64,
+    dynamo: bool | None = None,
+) -> Path:
+    """Export ``model`` to ``path`` (written atomically) and check it; returns the path."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    if hasattr(
+        model, "export_onnx"
+    ):  # modules with their own graph (e.g. int8 QDQ) export themselves
+        return model.export_onnx(path, example_inputs, opset=opset, atol=atol)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    errors: list[str] = []
+    tries = [True, False] if dynamo is None else [dynamo]
+    try:
+        for use_dynamo in tries:
+            try:
+                _export(model, example_inputs, tmp, opset, use_dynamo)
+                break
+            except Exception as exc:
+                errors.append(f"{'dynamo' if use_dynamo else 'torchscript'}: {_first_line(exc)}")
+        else:
+            raise ExportError(f"ONNX export of {type(model).__name__} failed: " + "; ".join(errors))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as exc:
+            raise ExportError(
+                f"exported ONNX graph fails the checker: {_first_line(exc)}"
+            ) from None
+        if parity:
+            check_parity(model, tmp, example_inputs, atol=atol, batches=(1, parity_batch))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@torch.no_grad()
+def check_parity(
+    model: nn.Module,
+    onnx_path: str | Path,
+    example_inputs: Any,
+    *,
+    atol: float = PARITY_ATOL,
+    batches: Sequence[int] = (1, 64),
+) -> float:
+    """Max abs difference between eager PyTorch and ONNX Runtime; raises past ``atol``."""
+    from slimfuse.tasks import forward
+
+    runner = OrtRunner(onnx_path)
+    worst = 0.0
+    for b in batches:
+        x = _repeat_batch(example_inputs, b)
+        ref = forward(model, x)
+        args, kwargs, _ = _as_tuple(x)
+        got = runner(*args, **kwargs)
+        if got.shape != ref.shape:
+            raise ExportError(
+                f"ONNX output shape {tuple(got.shape)} at batch {b}; PyTorch gives {tuple(ref.shape)}"
+            )
+        diff = float((got - ref).abs().max())
+        worst = max(worst, diff)
+        if not diff <= atol:
+            raise ExportError(
+                f"ONNX Runtime differs from PyTorch by {diff:.3g} at batch {b} (allowed {atol:g})"
+            )
+    return worst
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

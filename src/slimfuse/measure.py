@@ -1,0 +1,182 @@
+"""One measure for every stage: metric, size, MACs and latency, in torch and ONNX Runtime.
+
+:func:`measure` returns one row per engine in the ``metrics.json`` schema::
+
+    {"stage", "bundle", "engine", "metric", "metric_value", "params", "nonzero_params",
+     "size_bytes", "onnx_bytes", "macs", "latency_ms_b1", "latency_ms_b64", "latency_ms_b1_p90",
+     "latency_ms_b64_p90", "threads"}
+
+Latency: fixed thread count (``torch.set_num_threads`` / ORT ``intra_op_num_threads``), warm-up
+first, then the median (p50) and p90 of repeated timed calls.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.export import OrtRunner, _as_tuple, _repeat_batch, export_onnx
+from slimfuse.tasks import Task, evaluate, forward, get_task
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters); shared tensors are counted once."""
+    seen: set[int] = set()
+    total = nonzero = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return total, nonzero
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as a safetensors file."""
+    from safetensors.torch import save
+
+    from slimfuse.models.bundle import _state
+
+    return len(save(_state(model)))
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_inputs: Any) -> int | None:
+    """Multiply-accumulates of one forward pass on ``example_inputs`` (batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            forward(model.eval(), example_inputs)
+    except Exception:
+        return None
+    return int(counter.get_total_flops() // 2)
+
+
+def time_calls(
+    fn: Callable[[], Any], *, warmup: int = 3, min_repeats: int = 10, budget_s: float = 1.0
+) -> tuple[float, float]:
+    """(p50, p90) in milliseconds of ``fn()`` after a warm-up."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < min_repeats or (time.perf_counter() < deadline and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
+
+
+class _Threads:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.old)
+
+
+def latency(
+    runner: Any, example_inputs: Any, batch: int, threads: int = 1, budget_s: float = 1.0
+) -> tuple[float, float]:
+    x = _repeat_batch(example_inputs, batch)
+    if isinstance(runner, OrtRunner):
+        args, kwargs, _ = _as_tuple(x)
+        feeds = runner.feeds(*args, **kwargs)
+        return time_calls(lambda: runner.run_numpy(feeds), budget_s=budget_s)
+    with _Threads(threads), torch.inference_mode():
+        return time_calls(lambda: forward(runner, x), budget_s=budget_s)
+
+
+def measure(
+    model: nn.Module | str | Path,
+    data: Data,
+    task: str | Task = "classification",
+    *,
+    stage: str = "model",
+    bundle: str | Path | None = None,
+    onnx_path: str | Path | None = None,
+    engines: Iterable[str] = ENGINES,
+    split: str = "test",
+    threads: int = 1,
+    latency_batches: tuple[int, ...] = (1, 64),
+    budget_s: float = 1.0,
+    example_inputs: Any = None,
+    loader: Any = None,
+) -> list[dict[str, Any]]:
+    """Measure a module (and/or its ONNX graph) on ``data``; one row per engine."""
+    task = get_task(task)
+    x1 = example_inputs if example_inputs is not None else data.example_input(1)
+    loader = loader if loader is not None else data.loader(split, batch_size=256)
+    module = model if isinstance(model, nn.Module) else None
+    if module is None:
+        onnx_path = Path(model)
+        engines = ["onnxruntime"]
+    engines = list(engines)
+    params = nonzero = size = macs = None
+    if module is not None:
+        module.eval()
+        params, nonzero = count_params(module)
+        size = state_bytes(module)
+        macs = count_macs(module, x1)
+    if bundle is not None and (Path(bundle) / "model.safetensors").is_file():
+        size = (Path(bundle) / "model.safetensors").stat().st_size
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if "onnxruntime" in engines and onnx_path is None and module is not None:
+            onnx_path = export_onnx(module, x1, Path(tmp) / "model.onnx")
+        onnx_bytes = Path(onnx_path).stat().st_size if onnx_path else None
+        for engine in engines:
+            if engine == "torch":
+                if module is None:
+                    continue
+                runner: Any = module
+            elif engine == "onnxruntime":
+                runner = OrtRunner(onnx_path, threads=threads)  # type: ignore[arg-type]
+            else:
+                raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
+            with _Threads(threads):
+                value = evaluate(runner, loader, task)
+            row: dict[str, Any] = {
+                "stage": stage,
+                "bundle": str(bundle) if bundle else None,
+                "engine": engine,
+                "metric": task.metric,
+                "metric_value": value,
+                "params": params,
+                "nonzero_params": nonzero,
+                "size_bytes": size,
+                "onnx_bytes": onnx_bytes,
+                "macs": macs,
+                "threads": threads,
+            }
+            for b in latency_batches:
+                p50, p90 = latency(runner, x1, b, threads, budget_s)
+                row[f"latency_ms_b{b}"] = round(p50, 4)
+                row[f"latency_ms_b{b}_p90"] = round(p90, 4)
+            rows.append(row)
+    return rows
+
+
+def write_metrics(path: str | Path, rows: list[dict[str, Any]], task: str, metric: str) -> Path:
+    """Write ``metrics.json`` (the schema of the module docstring)."""
+    path = Path(path)
+    path.write_text(json.dumps({"task": task, "metric": metric, "stages": rows}, indent=2) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Recipes and the stage registry: ``slimfuse run recipe.yaml`` runs stages in order."""

@@ -1,0 +1,100 @@
+"""Recipes: YAML read with ``yaml.safe_load`` and validated; nothing in them is executed.
+
+::
+
+    model: mnist1d_cnn          # zoo name, file.py:fn, module:fn, bundle or HF folder (optional)
+    model_kwargs: {}
+    data: mnist1d
+    task: classification
+    seed: 0
+    threads: 1                  # threads for latency measurement
+    stages:
+      - stage: train            # a registered stage name
+        name: teacher           # optional label (default: the stage name)
+        epochs: 40              # the rest is the stage's config, validated by it
+      - stage: export
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slimfuse.errors import ConfigError
+
+
+class StageEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    stage: str
+    name: str | None = None
+    measure: bool = True
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    data: str = "mnist1d"
+    data_kwargs: dict[str, Any] = Field(default_factory=dict)
+    task: str = "classification"
+    seed: int = 0
+    threads: int = Field(default=1, ge=1)
+    measure_engines: list[str] = Field(default_factory=lambda: ["torch", "onnxruntime"])
+    stages: list[StageEntry] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _names(cls, stages: list[StageEntry]) -> list[StageEntry]:
+        seen: dict[str, int] = {}
+        for s in stages:
+            base = s.name or s.stage
+            seen[base] = seen.get(base, 0) + 1
+            if s.name is None:
+                s.name = base if seen[base] == 1 else f"{base}{seen[base]}"
+            elif seen[base] > 1:
+                raise ValueError(f"two stages are named {base!r}")
+        return stages
+
+
+def parse_recipe(text: str, source: str = "recipe") -> Recipe:
+    from slimfuse.pipeline.stages import STAGES
+    from slimfuse.tasks import TASKS
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with 'stages', got {type(raw).__name__}")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+    TASKS.get(recipe.task)
+    for entry in recipe.stages:
+        st = STAGES.get(entry.stage)
+        try:
+            st.config.model_validate(entry.config())
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(
+                f"{source}: stage {entry.name!r} ({entry.stage}): {where}: {err['msg']}"
+            ) from None
+    return recipe
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found")
+    text = path.read_text()
+    return parse_recipe(text, path.name), text

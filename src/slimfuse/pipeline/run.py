@@ -1,0 +1,142 @@
+"""Run a recipe: stages in order, a bundle and a measurement after each, then the report."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimfuse.data import load_data
+from slimfuse.export import export_onnx
+from slimfuse.measure import measure, write_metrics
+from slimfuse.models.bundle import load, save
+from slimfuse.models.source import load_model, record
+from slimfuse.pipeline.recipe import Recipe, load_recipe, parse_recipe
+from slimfuse.pipeline.stages import STAGES, Context
+from slimfuse.tasks import get_task
+
+
+def run_recipe(
+    recipe: str | Path | Recipe,
+    out: str | Path,
+    *,
+    quiet: bool = False,
+    resume: bool = False,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """Run ``recipe`` (a path, YAML text or :class:`Recipe`) into ``out``; returns metrics."""
+    if isinstance(recipe, Recipe):
+        text = text or recipe.model_dump_json(indent=2)
+    elif isinstance(recipe, Path) or (isinstance(recipe, str) and "\n" not in recipe):
+        recipe, text = load_recipe(recipe)
+    else:
+        text = recipe
+        recipe = parse_recipe(recipe)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(text)
+    torch.manual_seed(recipe.seed)
+    task = get_task(recipe.task)
+    data = load_data(recipe.data, seed=recipe.seed, **recipe.data_kwargs)
+    ctx = Context(
+        data=data,
+        task=task,
+        out=out,
+        seed=recipe.seed,
+        threads=recipe.threads,
+        quiet=quiet,
+        resume=resume,
+    )
+    if recipe.model is not None:
+        ctx.model = load_model(recipe.model, data=data, **recipe.model_kwargs)
+    metrics_path = out / "metrics.json"
+    rows: list[dict[str, Any]] = []
+    if resume and metrics_path.is_file():
+        rows = json.loads(metrics_path.read_text())["stages"]
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    say(f"data: {data.describe()}")
+    last_bundle: Path | None = None
+    for i, entry in enumerate(recipe.stages, start=1):
+        name = entry.name or entry.stage
+        ctx.stage_name = name
+        bundle = out / name
+        st = STAGES.get(entry.stage)
+        cfg = st.config.model_validate(entry.config())
+        done = (
+            resume
+            and (bundle / "slimfuse.json").is_file()
+            and any(r["stage"] == name for r in rows)
+        )
+        if done:
+            say(f"[{i}/{len(recipe.stages)}] {name}: done earlier, loading {bundle}")
+            ctx.model = ctx.models[name] = load(bundle)
+            continue
+        say(f"[{i}/{len(recipe.stages)}] {name} ({entry.stage})")
+        t0 = time.perf_counter()
+        new = st.fn(ctx, cfg)
+        seconds = time.perf_counter() - t0
+        if new is None:
+            if not entry.measure or ctx.model is None or entry.stage == "export":
+                continue
+            new = ctx.model
+        else:
+            record(
+                new,
+                lineage={
+                    "stage": entry.stage,
+                    "name": name,
+                    "config": cfg.model_dump(),
+                    "seconds": round(seconds, 2),
+                },
+            )
+        ctx.model = ctx.models[name] = new
+        if not entry.measure:
+            save(new, bundle, recipe=text)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx = None
+            if "onnxruntime" in recipe.measure_engines:
+                onnx = export_onnx(new, data.example_input(1), Path(tmp) / "model.onnx")
+            stage_rows = measure(
+                new,
+                data,
+                task,
+                stage=name,
+                engines=recipe.measure_engines,
+                threads=recipe.threads,
+                onnx_path=onnx,
+            )
+            for r in stage_rows:
+                r["bundle"] = str(bundle)
+                r["seconds"] = round(seconds, 2)
+            rows = [r for r in rows if r["stage"] != name] + stage_rows
+            save(
+                new,
+                bundle,
+                recipe=text,
+                onnx=onnx,
+                metrics={"task": task.name, "metric": task.metric, "stages": rows},
+            )
+        for r in stage_rows:
+            r["size_bytes"] = (bundle / "model.safetensors").stat().st_size
+        write_metrics(metrics_path, rows, task.name, task.metric)
+        last_bundle = bundle
+        best = stage_rows[0]
+        say(
+            f"    {task.metric} {best['metric_value']:.4f}  params {best['params']:,}  "
+            f"b64 latency {best.get('latency_ms_b64', float('nan')):.2f} ms  ({seconds:.1f}s)"
+        )
+    result = {"task": task.name, "metric": task.metric, "stages": rows}
+    write_metrics(metrics_path, rows, task.name, task.metric)
+    from slimfuse.report import write_report
+
+    write_report(out, result)
+    if last_bundle is not None:  # the final bundle carries the whole pipeline's metrics and report
+        write_metrics(last_bundle / "metrics.json", rows, task.name, task.metric)
+        write_report(last_bundle, result)
+    say(f"report: {out / 'report.html'}")
+    return result

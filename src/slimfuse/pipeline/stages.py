@@ -1,0 +1,96 @@
+"""The stage registry: the extension point that every technique family adds to.
+
+A stage is a function ``fn(ctx, config) -> nn.Module | None`` plus a pydantic config class. It
+returns the new current model (measured and saved as a bundle by the runner) or ``None`` when it
+leaves the model unchanged. Built-in stages are declared lazily in :data:`STAGES` so that
+listing them imports nothing heavy; add your own with ``STAGES.register("name")(Stage(...))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.registry import Registry
+from slimfuse.tasks import Task
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+@dataclass
+class Context:
+    """What a stage sees: the data, the task, the current model and earlier stages' models."""
+
+    data: Data
+    task: Task
+    out: Path
+    seed: int = 0
+    threads: int = 1
+    quiet: bool = False
+    resume: bool = False
+    model: nn.Module | None = None
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    stage_name: str = ""
+
+    def model_named(self, name: str | None) -> nn.Module:
+        """An earlier stage's model by its stage name (``None``: the current model)."""
+        from slimfuse.errors import ConfigError
+
+        if name is None:
+            if self.model is None:
+                raise ConfigError(
+                    f"stage {self.stage_name!r} needs a model; give the recipe a model or train one first"
+                )
+            return self.model
+        if name not in self.models:
+            known = ", ".join(self.models) or "none yet"
+            raise ConfigError(
+                f"stage {self.stage_name!r} refers to stage {name!r}; earlier stages: {known}"
+            )
+        return self.models[name]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / ".checkpoints" / self.stage_name
+
+
+@dataclass(frozen=True)
+class Stage:
+    fn: Callable[[Context, Any], nn.Module | None]
+    config: type[StageConfig]
+    help: str = ""
+
+
+def stage(
+    config: type[StageConfig],
+) -> Callable[[Callable[[Context, Any], nn.Module | None]], Stage]:
+    """Decorator turning a function into a :class:`Stage` with its config class."""
+
+    def wrap(fn: Callable[[Context, Any], nn.Module | None]) -> Stage:
+        return Stage(
+            fn=fn,
+            config=config,
+            help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+        )
+
+    return wrap
+
+
+STAGES: Registry[Stage] = Registry(
+    "stage",
+    lazy={
+        "train": "slimfuse.pipeline.builtin:train_stage",
+        "eval": "slimfuse.pipeline.builtin:eval_stage",
+        "export": "slimfuse.pipeline.builtin:export_stage",
+    },
+)

@@ -1,0 +1,340 @@
+"""The one training loop, used by every stage that trains.
+
+Training members, fine-tuning after pruning, distillation, quantization-aware training, mutual
+learning and fusion heads all come through :func:`train`. It owns, once: seeding, the optimizer
+and cosine schedule, early stopping on the validation metric, progress, checkpoints every epoch
+and ``resume``, SIGINT/SIGTERM (finish the step, checkpoint, exit 130/143), the NaN/Inf guard
+and DDP under ``torchrun`` (gloo on CPU).
+
+What differs between stages is pluggable: ``objective(model, batch) -> loss`` replaces the task
+loss (distillation, mutual learning), ``callbacks`` run after each optimizer step and epoch
+(pruning masks, sparsity schedules), ``evaluate_fn(model) -> float`` replaces the validation metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.errors import ConfigError, SlimfuseError, TrainingError
+from slimfuse.tasks import Task, evaluate, forward, get_task
+
+CHECKPOINT = "checkpoint.pt"
+Objective = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-2
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    patience: int | None = None  # early stopping: epochs without a better val metric
+    restore_best: bool = True
+    max_grad_norm: float | None = None
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs {self.epochs}: expected >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size {self.batch_size}: expected >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr {self.lr}: expected a positive number")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer {self.optimizer!r}: expected adamw or sgd")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule {self.schedule!r}: expected cosine or constant")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience {self.patience}: expected >= 1 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainingInterrupted(SlimfuseError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; ``exit_code`` is 130/143."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.exit_code = 128 + signum
+        self.checkpoint = checkpoint
+        where = f"; checkpoint at {checkpoint}, continue with resume" if checkpoint else ""
+        super().__init__(f"interrupted by {signal.Signals(signum).name}{where}")
+
+
+class Callback:
+    """Hooks into the loop; override what you need."""
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None: ...
+
+    def on_step_end(self, model: nn.Module, step: int) -> None: ...
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, metric: float) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_run: int
+    steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# -- distributed ------------------------------------------------------------------------------
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises a gloo process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    return distributed()[0] == 0
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+class _SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag that the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant" or total <= cfg.warmup_steps:
+        return cfg.lr
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise ConfigError("nothing to train: the model has no parameter with requires_grad=True")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(
+    model: nn.Module,
+    data: Data,
+    task: str | Task = "classification",
+    config: TrainConfig | None = None,
+    *,
+    objective: Objective | None = None,
+    callbacks: Sequence[Callback] = (),
+    evaluate_fn: Callable[[nn.Module], float] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``data``'s train split; returns the run's summary."""
+    cfg = config or TrainConfig()
+    task = get_task(task)
+    rank, world = distributed()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if resume and (ckpt is None or not ckpt.is_file()):
+        raise ConfigError(f"resume asked but there is no checkpoint at {ckpt}")
+
+    torch.manual_seed(cfg.seed)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(params, cfg)
+    objective = objective or (lambda m, batch: _task_objective(task, m, batch))
+    evaluate_fn = evaluate_fn or (lambda m: evaluate(m, data.loader("val", batch_size=256), task))
+
+    train_set = data.split("train")
+    per_rank = cfg.batch_size // world
+    steps_per_epoch = max(1, math.ceil(len(train_set) / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+
+    epoch, skip, step = 0, 0, 0
+    best: float | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = []
+    stale = 0
+    if resume and ckpt is not None:
+        st = load_checkpoint(ckpt)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        epoch, skip, step = int(st["epoch"]), int(st["batch"]), int(st["step"])
+        best, best_epoch, stale = st["best"], st["best_epoch"], int(st["stale"])
+        best_state, history = st["best_state"], list(st["history"])
+
+    def checkpoint(epoch_: int, batch_: int) -> None:
+        if ckpt is None or rank != 0:
+            return
+        _save_checkpoint(
+            ckpt,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch_,
+                "batch": batch_,
+                "step": step,
+                "best": best,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "best_state": best_state,
+                "history": history,
+                "config": cfg.to_dict(),
+            },
+        )
+
+    for cb in callbacks:
+        cb.on_train_begin(model, total_steps)
+    start = time.perf_counter()
+    show = not cfg.quiet and rank == 0
+    with _SignalGuard() as guard:
+        while epoch < cfg.epochs:
+            loader = _epoch_loader(train_set, per_rank, cfg.seed + epoch, world, rank)
+            net.train()
+            bar = _progress(loader, show, f"{description} {epoch + 1}/{cfg.epochs}")
+            running, count = 0.0, 0
+            for i, batch in enumerate(bar):
+                if i < skip:
+                    continue
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(cfg, step, total_steps)
+                loss = objective(net, batch)
+                if not torch.isfinite(loss):
+                    where = f"; last good checkpoint: {ckpt}" if ckpt and ckpt.is_file() else ""
+                    raise TrainingError(
+                        f"loss became {float(loss)} at epoch {epoch + 1}, step {i + 1} "
+                        f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate{where}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                step += 1
+                for cb in callbacks:
+                    cb.on_step_end(model, step)
+                running += float(loss.detach())
+                count += 1
+                if show and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{running / count:.4f}", refresh=False)
+                if guard.signum is not None:
+                    checkpoint(epoch, i + 1)
+                    raise TrainingInterrupted(guard.signum, ckpt if rank == 0 else None)
+            skip = 0
+            metric = float(evaluate_fn(model))
+            history.append(
+                {"epoch": epoch + 1, "loss": running / max(count, 1), task.metric: metric}
+            )
+            for cb in callbacks:
+                cb.on_epoch_end(model, epoch, metric)
+            if best is None or task.better(metric, best):
+                best, best_epoch, stale = metric, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict()) if cfg.restore_best else None
+            else:
+                stale += 1
+            if show:
+                print(
+                    f"  epoch {epoch + 1}: loss {running / max(count, 1):.4f}, val {task.metric} {metric:.4f}",
+                    flush=True,
+                )
+            epoch += 1
+            checkpoint(epoch, 0)
+            if cfg.patience is not None and stale >= cfg.patience:
+                if show:
+                    print(
+                        f"  early stop: no better val {task.metric} for {cfg.patience} epochs",
+                        flush=True,
+                    )
+                break
+    if cfg.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(best, best_epoch, epoch, step, time.perf_counter() - start, history)
+
+
+def _task_objective(task: Task, model: nn.Module, batch: Any) -> torch.Tensor:
+    inputs, target = task.unpack(batch)
+    return task.loss(forward(model, inputs), target)
+
+
+def _epoch_loader(dataset: Any, batch_size: int, seed: int, world: int, rank: int) -> Any:
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if world > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
+
+
+def _progress(loader: Any, show: bool, desc: str) -> Any:
+    if not show:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
