@@ -24,11 +24,11 @@ _VERBS: dict[str, str] = {
     "load_model": "slimfuse.models.source:load_model",
     "build_model": "slimfuse.models.source:build_model",
     "load_data": "slimfuse.data:load_data",
-    "train": "slimfuse.train:train",
-    "TrainConfig": "slimfuse.train:TrainConfig",
+    "train": "slimfuse.training:train",
+    "TrainConfig": "slimfuse.training:TrainConfig",
     "evaluate": "slimfuse.tasks:evaluate",
-    "measure": "slimfuse.measure:measure",
-    "export": "slimfuse.export:export_onnx",
+    "measure": "slimfuse.measuring:measure",
+    "export": "slimfuse.exporting:export_onnx",
     "run": "slimfuse.pipeline.run:run_recipe",
 }
 

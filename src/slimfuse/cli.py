@@ -157,10 +157,10 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from slimfuse.measure import measure
+    from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import record
-    from slimfuse.train import TrainConfig, is_main_process, train
+    from slimfuse.training import TrainConfig, is_main_process, train
 
     data = load_data_arg(args)
     model = load_model_arg(args, data)
@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from slimfuse.measure import measure, write_metrics
+    from slimfuse.measuring import measure, write_metrics
 
     data = load_data_arg(args)
     model = load_model_arg(args, data)
@@ -217,7 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from slimfuse.export import check_parity, export_onnx
+    from slimfuse.exporting import check_parity, export_onnx
 
     data = load_data_arg(args)
     model = load_model_arg(args, data)

@@ -7,10 +7,10 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from slimfuse.export import export_onnx
+from slimfuse.exporting import export_onnx
 from slimfuse.models.source import build_model, record
 from slimfuse.pipeline.stages import Context, StageConfig, stage
-from slimfuse.train import TrainConfig, train
+from slimfuse.training import TrainConfig, train
 
 
 class TrainStage(StageConfig):

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from slimfuse.data import load_data
-from slimfuse.export import export_onnx
-from slimfuse.measure import measure, write_metrics
+from slimfuse.exporting import export_onnx
+from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
 from slimfuse.models.source import load_model, record
 from slimfuse.pipeline.recipe import Recipe, load_recipe, parse_recipe

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from slimfuse.data import Data
-from slimfuse.export import OrtRunner, _as_tuple, _repeat_batch, export_onnx
+from slimfuse.exporting import OrtRunner, _as_tuple, _repeat_batch, export_onnx
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 ENGINES = ("torch", "onnxruntime")
