@@ -40,3 +40,7 @@ class TrainingError(SlimfuseError):
 
 class UnsupportedLayerError(SlimfuseError):
     """A technique was asked to act on a layer type it cannot handle."""
+
+
+class FusionError(SlimfuseError):
+    """Models to fuse or merge do not fit together, or fusion settings are out of range."""

@@ -19,7 +19,12 @@ from slimfuse.registry import Registry
 EditHandler = Callable[[nn.Module, dict[str, Any], dict[str, torch.Tensor]], nn.Module]
 
 # name -> "module:function"; the technique families declare their handlers here.
-EDITS: Registry[EditHandler] = Registry("structural edit", lazy={})
+EDITS: Registry[EditHandler] = Registry(
+    "structural edit",
+    lazy={
+        "fusion_members": "slimfuse.fusion.build:fusion_members_edit",
+    },
+)
 
 
 def apply_edits(

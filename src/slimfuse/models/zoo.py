@@ -19,6 +19,7 @@ MODELS: Registry = Registry(
     lazy={
         "hf_encoder": "slimfuse.models.hf:hf_encoder",
         "minilm": "slimfuse.models.hf:minilm",
+        "fused": "slimfuse.fusion.build:build_fused",
     },
 )
 

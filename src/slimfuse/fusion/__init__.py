@@ -1,0 +1,33 @@
+"""Model fusion: prediction-level fusion, stacking, learned heads, mutual learning, merging.
+
+Every fused model is an ``nn.Module`` that trains, distils, measures, saves and exports like any
+other. Names are loaded lazily (``import slimfuse.fusion`` stays light)::
+
+    from slimfuse.fusion import MeanFusion
+    ensemble = MeanFusion([("a", cnn_a), ("b", cnn_b)], space="probs")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES: dict[str, str] = {
+    "FusionModule": "slimfuse.fusion.ensemble",
+    "MeanFusion": "slimfuse.fusion.ensemble",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slimfuse.fusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

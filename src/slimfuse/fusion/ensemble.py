@@ -1,0 +1,114 @@
+"""Average fusion: one module whose output is the (weighted) mean of its members' predictions.
+
+``space="probs"`` averages probabilities and returns their log, so ``softmax(output)`` is the
+mean probability and ``argmax`` is the soft vote; ``space="logits"`` averages the raw outputs
+(the right choice for regression or embeddings too). Members are frozen (no gradients, eval
+mode), so a :class:`MeanFusion` can sit in front of a student as a distillation teacher::
+
+    teacher = MeanFusion([("a", cnn_a), ("b", cnn_b), ("c", cnn_c)])
+    teacher(x).softmax(-1)           # mean of the members' probabilities
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimfuse.errors import FusionError
+from slimfuse.fusion.common import (
+    Members,
+    as_pairs,
+    attach_spec,
+    check_output_sizes,
+    check_outputs,
+    check_weights,
+    declared_outputs,
+    freeze,
+)
+from slimfuse.tasks import forward
+
+SPACES = ("probs", "logits")
+
+
+class FusionModule(nn.Module):
+    """Base of fused models: frozen members in a ``ModuleDict`` that stay in eval mode."""
+
+    def __init__(self, members: Members) -> None:
+        super().__init__()
+        pairs = as_pairs(members)
+        self.names: list[str] = [n for n, _ in pairs]
+        self.members = nn.ModuleDict({n: freeze(m) for n, m in pairs})
+        self.n_outputs: int | None = check_output_sizes({n: declared_outputs(m) for n, m in pairs})
+
+    @property
+    def pairs(self) -> list[tuple[str, nn.Module]]:
+        return [(n, self.members[n]) for n in self.names]
+
+    def train(self, mode: bool = True) -> FusionModule:
+        super().train(mode)
+        for m in self.members.values():
+            m.eval()  # members stay frozen: no BatchNorm updates, no dropout
+        return self
+
+    def member_outputs(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        """Each member's raw output (logits), checked to have the same size."""
+        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        outs = [forward(self.members[n], inputs) for n in self.names]
+        check_outputs(self.names, outs)
+        return outs
+
+
+class MeanFusion(FusionModule):
+    """Weighted mean of member logits (``space="logits"``) or of probabilities (``"probs"``).
+
+    ``weights`` (one per member, >= 0, not all 0) are normalised to sum to 1; ``None`` means
+    equal weights. Members with weight 0 are skipped at run time.
+    """
+
+    def __init__(
+        self,
+        members: Members,
+        *,
+        space: Literal["probs", "logits"] = "probs",
+        weights: Sequence[float] | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(members)
+        if space not in SPACES:
+            raise FusionError(f"space {space!r}: expected one of {', '.join(SPACES)}")
+        self.space = space
+        self.register_buffer("weights", torch.zeros(len(self.names)))
+        self.set_weights(weights)
+
+    def set_weights(self, weights: Sequence[float] | torch.Tensor | None) -> None:
+        """Replace the member weights (validated and normalised) and refresh the spec."""
+        n = len(self.names)
+        w = torch.full((n,), 1.0 / n) if weights is None else check_weights(weights, n)
+        self.weights.copy_(w)
+        self._active = [i for i in range(n) if float(w[i]) > 0]
+        attach_spec(
+            self,
+            self.pairs,
+            "mean",
+            space=self.space,
+            weights=[float(v) for v in w],
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        outs = [forward(self.members[self.names[i]], inputs) for i in self._active]
+        check_outputs([self.names[i] for i in self._active], outs)
+        w = self.weights[self._active]
+        if self.space == "logits":
+            return sum(o * w[k] for k, o in enumerate(outs))  # type: ignore[return-value]
+        # log sum_i w_i softmax(z_i), computed stably as a log-sum-exp over members
+        logp = torch.stack([F.log_softmax(o, dim=-1) + torch.log(w[k]) for k, o in enumerate(outs)])
+        top = logp.max(dim=0).values.detach()
+        return top + torch.log(torch.exp(logp - top).sum(dim=0))
+
+    def extra_repr(self) -> str:
+        w = ", ".join(f"{n}={float(v):.3f}" for n, v in zip(self.names, self.weights, strict=True))
+        return f"space={self.space!r}, weights=({w})"
