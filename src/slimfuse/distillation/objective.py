@@ -1,0 +1,263 @@
+"""The distillation objective: a ``(model, batch) -> loss`` callable for the one training loop.
+
+::
+
+    obj = slimfuse.distillation.objective(teacher, "classification", loss="kd", temperature=4.0)
+    slimfuse.train(student, data, "classification", cfg, objective=obj)
+
+``teacher`` is a model or a list of models (averaged by ``MeanFusion``). The teacher is frozen
+and in eval mode. With ``hints={"student.layer": "teacher.layer"}`` the objective also matches
+intermediate features (FitNets); give ``student=`` and ``example_inputs=`` so that the adapters
+are sized before training, and train ``obj.trainable(student)`` so that the optimizer sees them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from slimfuse.distillation.hints import FeatureTap, make_adapter
+from slimfuse.distillation.losses import LOSSES, LossContext, hint_term
+from slimfuse.distillation.teachers import TeacherCache, make_teacher, sample_keys
+from slimfuse.errors import ConfigError
+from slimfuse.tasks import Task, forward, get_task
+
+
+class ShapeMismatchError(ConfigError):
+    """Teacher and student outputs cannot be compared."""
+
+
+class WithAdapters(nn.Module):
+    """The student plus the hint adapters, so that one optimizer trains both.
+
+    ``forward`` is the student's; after training keep ``.student`` (the adapters are dropped).
+    """
+
+    def __init__(self, student: nn.Module, adapters: nn.ModuleDict) -> None:
+        super().__init__()
+        self.student = student
+        self.adapters = adapters
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.student(*args, **kwargs)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The student inside DDP and/or :class:`WithAdapters`."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, WithAdapters):
+            model = model.student
+        else:
+            return model
+
+
+def _name(model: nn.Module) -> str:
+    return type(unwrap(model)).__name__
+
+
+def trim_padding(inputs: Any) -> tuple[Any, torch.Tensor | None]:
+    """Drop the all-padding columns of token inputs (a dict with ``attention_mask``)."""
+    if not isinstance(inputs, dict) or "attention_mask" not in inputs:
+        return inputs, None
+    mask = inputs["attention_mask"]
+    width = max(1, int(mask.sum(1).max()))
+    if width < mask.shape[1]:
+        inputs = {
+            k: v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+            for k, v in inputs.items()
+        }
+    return inputs, inputs["attention_mask"]
+
+
+class DistillObjective:
+    """Callable ``(model, batch) -> loss``; see :func:`objective`."""
+
+    def __init__(
+        self,
+        teacher: nn.Module | Sequence[nn.Module],
+        task: str | Task,
+        *,
+        loss: str = "kd",
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        hints: Mapping[str, str] | None = None,
+        hint_weight: float = 1.0,
+        ensemble_space: Literal["probs", "logits"] = "probs",
+        ensemble_weights: Sequence[float] | None = None,
+        cache: bool = True,
+        max_cache_mb: float = 1024.0,
+        student: nn.Module | None = None,
+        example_inputs: Any = None,
+    ) -> None:
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
+            raise ConfigError(f"temperature {temperature!r}: expected a number > 0")
+        if temperature <= 0:
+            raise ConfigError(f"temperature {temperature}: expected a number > 0")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha {alpha}: expected a number in [0, 1]")
+        if hint_weight < 0:
+            raise ConfigError(f"hint_weight {hint_weight}: expected >= 0")
+        self.task = get_task(task)
+        self.loss_name = loss
+        self.loss_fn = LOSSES.get(loss)
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.hints = dict(hints or {})
+        self.hint_weight = float(hint_weight)
+        if loss == "hint" and not self.hints:
+            raise ConfigError(
+                "loss 'hint' needs hints: expected a mapping of student layer -> teacher layer"
+            )
+        self.teacher = make_teacher(teacher, space=ensemble_space, weights=ensemble_weights)
+        self.cache = TeacherCache(max_cache_mb) if cache else None
+        self.adapters = nn.ModuleDict()
+        self._s_tap: FeatureTap | None = None
+        self._t_tap: FeatureTap | None = None
+        self._checked = False
+        if self.hints:
+            if student is None or example_inputs is None:
+                raise ConfigError(
+                    "hints need student= and example_inputs= to size the adapters before training"
+                )
+            self._t_tap = FeatureTap(self.teacher, self.hints.values(), "teacher")
+            self._s_tap = FeatureTap(student, self.hints.keys(), "student")
+        if student is not None and example_inputs is not None:
+            self._prepare(student, example_inputs)
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    @staticmethod
+    def pair_key(student_layer: str, teacher_layer: str) -> str:
+        return f"{student_layer}__{teacher_layer}".replace(".", "_")
+
+    @torch.no_grad()
+    def _prepare(self, student: nn.Module, example_inputs: Any) -> None:
+        """Check output shapes and size the hint adapters on one example batch."""
+        was = student.training
+        student.eval()
+        try:
+            inputs, _ = trim_padding(example_inputs)
+            t_out = forward(self.teacher, inputs)
+            s_out = forward(student, inputs)
+        finally:
+            student.train(was)
+        self._check(student, s_out, t_out)
+        if not self.hints:
+            return
+        t_feats = self._t_tap.take()  # type: ignore[union-attr]
+        s_feats = self._s_tap.take()  # type: ignore[union-attr]
+        for s_name, t_name in self.hints.items():
+            pair = f"{s_name} -> {t_name}"
+            self.adapters[self.pair_key(s_name, t_name)] = make_adapter(
+                s_feats[s_name].shape, t_feats[t_name].shape, pair
+            )
+
+    def _check(self, student: nn.Module, s_out: torch.Tensor, t_out: torch.Tensor) -> None:
+        if self._checked:
+            return
+        if tuple(s_out.shape) != tuple(t_out.shape):
+            raise ShapeMismatchError(
+                f"student {_name(student)} outputs shape {tuple(s_out.shape)} but teacher "
+                f"{type(self.teacher).__name__} outputs {tuple(t_out.shape)}; expected equal shapes"
+            )
+        self._checked = True
+
+    def trainable(self, student: nn.Module) -> nn.Module:
+        """The module to hand to ``train``: the student, plus the adapters if they have weights."""
+        if any(True for _ in self.adapters.parameters()):
+            return WithAdapters(student, self.adapters)
+        return student
+
+    # -- the loss -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def teacher_outputs(
+        self, inputs: Any, keys: list[bytes] | None, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's outputs (and hint features) for a batch, from the cache when possible."""
+        if self.cache is not None and keys is not None:
+            hit = self.cache.get(keys, lengths)
+            if hit is not None:
+                return hit
+        self.teacher.eval()
+        out = forward(self.teacher, inputs)
+        feats = self._t_tap.take() if self._t_tap is not None else {}
+        if self.cache is not None and keys is not None:
+            self.cache.put(keys, out, feats, lengths)
+        return out, feats
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        inputs, target = self.task.unpack(batch)
+        keys = sample_keys(inputs) if self.cache is not None else None
+        inputs, mask = trim_padding(inputs)
+        lengths = mask.sum(1) if mask is not None else None
+        t_out, t_feats = self.teacher_outputs(inputs, keys, lengths)
+        s_out = forward(model, inputs)
+        self._check(model, s_out, t_out)
+        ctx = LossContext(
+            task=self.task,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            hint_weight=self.hint_weight,
+            mask=mask,
+        )
+        if self._s_tap is not None:
+            s_feats = self._s_tap.take()
+            for s_name, t_name in self.hints.items():
+                adapter = self.adapters[self.pair_key(s_name, t_name)]
+                ctx.hints.append((s_feats[s_name], t_feats[t_name], adapter))
+        loss = self.loss_fn(s_out, t_out, target, ctx)
+        if ctx.hints and self.loss_name != "hint" and self.hint_weight > 0:
+            loss = loss + self.hint_weight * hint_term(ctx)
+        return loss
+
+    def close(self) -> None:
+        """Remove the feature hooks from the teacher and the student."""
+        for tap in (self._s_tap, self._t_tap):
+            if tap is not None:
+                tap.remove()
+
+
+def objective(
+    teacher: nn.Module | Sequence[nn.Module],
+    task: str | Task = "classification",
+    *,
+    loss: str = "kd",
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    hints: Mapping[str, str] | None = None,
+    hint_weight: float = 1.0,
+    ensemble_space: Literal["probs", "logits"] = "probs",
+    ensemble_weights: Sequence[float] | None = None,
+    cache: bool = True,
+    max_cache_mb: float = 1024.0,
+    student: nn.Module | None = None,
+    example_inputs: Any = None,
+) -> DistillObjective:
+    """A distillation loss for ``slimfuse.train(student, data, task, cfg, objective=...)``.
+
+    ``loss`` is a name in :data:`slimfuse.distillation.losses.LOSSES` (``kd``, ``mse``,
+    ``cosine``, ``hint``). ``alpha`` weighs the soft (teacher) term against the hard-label task
+    loss. With ``student`` and ``example_inputs`` the output shapes are checked up front.
+    """
+    return DistillObjective(
+        teacher,
+        task,
+        loss=loss,
+        temperature=temperature,
+        alpha=alpha,
+        hints=hints,
+        hint_weight=hint_weight,
+        ensemble_space=ensemble_space,
+        ensemble_weights=ensemble_weights,
+        cache=cache,
+        max_cache_mb=max_cache_mb,
+        student=student,
+        example_inputs=example_inputs,
+    )

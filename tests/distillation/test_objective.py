@@ -1,0 +1,155 @@
+"""The objective contract: usable as train(..., objective=...), frozen teachers, hints, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import slimfuse
+from slimfuse.distillation import DistillConfig, ShapeMismatchError, distill_run, objective
+from slimfuse.distillation.hints import make_adapter
+from slimfuse.distillation.teachers import sample_keys
+from slimfuse.errors import ConfigError
+from slimfuse.training import TrainConfig
+
+FAST = TrainConfig(epochs=2, batch_size=100, lr=1e-2, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def small_data(mnist1d):
+    """The first 600 MNIST-1D training samples (keeps each run well under a second)."""
+    from slimfuse.data import from_arrays
+
+    x, y = mnist1d.arrays("train")
+    xt, yt = mnist1d.arrays("test")
+    return from_arrays(x[:600], y[:600], xt[:200], yt[:200], name="mnist1d-small")
+
+
+def _cnn(data, channels: int = 25, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return slimfuse.build_model("mnist1d_cnn", data=data, channels=channels)
+
+
+def test_objective_trains_through_the_one_loop_and_leaves_teacher_unchanged(
+    small_data, trained_cnn
+) -> None:
+    teacher = trained_cnn
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = _cnn(small_data, channels=8)
+    obj = objective(teacher, "classification", loss="kd", temperature=4.0, alpha=0.9)
+    result = slimfuse.train(student, small_data, "classification", FAST, objective=obj)
+    assert result.steps > 0 and result.best_metric is not None
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    # the second epoch is served from the cache: the teacher ran on each sample once
+    assert obj.cache is not None and len(obj.cache) == len(small_data.train)
+    assert obj.cache.hits >= result.steps // 2
+
+
+def test_cache_returns_the_teacher_outputs(small_data, trained_cnn) -> None:
+    obj = objective(trained_cnn, "classification")
+    x, _ = next(iter(small_data.loader("train", batch_size=16)))
+    first, _ = obj.teacher_outputs(x, sample_keys(x), None)
+    again, _ = obj.teacher_outputs(x.flip(0), sample_keys(x.flip(0)), None)
+    assert obj.cache.hits == 1
+    torch.testing.assert_close(again, first.flip(0))
+    with torch.no_grad():
+        torch.testing.assert_close(first, trained_cnn(x))
+
+
+def test_ensemble_teacher_is_mean_fusion_and_distills(small_data, trained_cnn) -> None:
+    pytest.importorskip("slimfuse.fusion.ensemble")
+    other = _cnn(small_data, seed=1)
+    student = _cnn(small_data, channels=8)
+    run = distill_run(
+        student, [trained_cnn, other], small_data, config=DistillConfig(), train_config=FAST
+    )
+    assert type(run.student) is type(student)
+    assert run.train.best_metric is not None
+
+
+def test_hint_adapters_have_the_right_shapes(small_data, trained_cnn) -> None:
+    student = _cnn(small_data, channels=8)
+    obj = objective(
+        trained_cnn,
+        "classification",
+        loss="hint",
+        hints={"conv2": "conv2", "linear": "linear"},
+        student=student,
+        example_inputs=small_data.example_input(4),
+    )
+    conv = obj.adapters[obj.pair_key("conv2", "conv2")]
+    assert isinstance(conv, nn.Conv1d)
+    assert conv.weight.shape == (25, 8, 1)
+    assert isinstance(obj.adapters[obj.pair_key("linear", "linear")], nn.Identity)
+    module = obj.trainable(student)
+    n_student = sum(p.numel() for p in student.parameters())
+    assert sum(p.numel() for p in module.parameters()) == n_student + 25 * 8 + 25
+    slimfuse.train(module, small_data, "classification", FAST, objective=obj)
+    obj.close()
+
+
+def test_make_adapter_rules() -> None:
+    assert make_adapter((2, 16), (2, 32)).weight.shape == (32, 16)
+    assert make_adapter((2, 7, 16), (2, 7, 32)).weight.shape == (32, 16)  # tokens
+    assert make_adapter((2, 4, 8, 8), (2, 6, 8, 8)).weight.shape == (6, 4, 1, 1)
+    pooled = make_adapter((2, 4, 10), (2, 6, 5))
+    assert pooled(torch.randn(2, 4, 10)).shape == (2, 6, 5)
+
+
+# -- bad input: one clear line each ---------------------------------------------------------
+
+
+def test_output_shape_mismatch_names_both(small_data, trained_cnn) -> None:
+    student = slimfuse.build_model("mnist1d_cnn", in_length=40, num_classes=5)
+    with pytest.raises(
+        ShapeMismatchError,
+        match=r"student MNIST1DCNN outputs shape \(2, 5\) but teacher MNIST1DCNN outputs "
+        r"\(2, 10\); expected equal shapes",
+    ):
+        objective(trained_cnn, student=student, example_inputs=small_data.example_input(2))
+
+
+def test_missing_hint_layer_lists_close_names(small_data, trained_cnn) -> None:
+    student = _cnn(small_data, channels=8)
+    with pytest.raises(
+        ConfigError,
+        match=r"student has no layer 'conv4'; close names: conv3, conv2, conv1 \(expected a name",
+    ):
+        objective(
+            trained_cnn,
+            loss="hint",
+            hints={"conv4": "conv2"},
+            student=student,
+            example_inputs=small_data.example_input(2),
+        )
+    with pytest.raises(ConfigError, match=r"teacher has no layer 'lineer'; close names: linear"):
+        objective(
+            trained_cnn,
+            hints={"conv2": "lineer"},
+            student=student,
+            example_inputs=small_data.example_input(2),
+        )
+
+
+def test_empty_teacher_list() -> None:
+    with pytest.raises(ConfigError, match=r"^the teacher list is empty; expected at least one"):
+        objective([], "classification")
+
+
+@pytest.mark.parametrize("temp", [0.0, -1.0])
+def test_temperature_must_be_positive(trained_cnn, temp: float) -> None:
+    with pytest.raises(ConfigError, match=rf"^temperature {temp}: expected a number > 0$"):
+        objective(trained_cnn, temperature=temp)
+
+
+def test_unknown_loss_and_hint_without_hints(trained_cnn) -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown distillation loss 'kl': expected one of cosine, hint, kd, mse"
+    ):
+        objective(trained_cnn, loss="kl")
+    with pytest.raises(ConfigError, match=r"loss 'hint' needs hints"):
+        objective(trained_cnn, loss="hint")
