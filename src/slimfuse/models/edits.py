@@ -23,6 +23,7 @@ EDITS: Registry[EditHandler] = Registry(
     "structural edit",
     lazy={
         "fusion_members": "slimfuse.fusion.build:fusion_members_edit",
+        "keep_blocks": "slimfuse.distillation.students:keep_blocks_edit",
     },
 )
 
