@@ -34,6 +34,13 @@ from slimfuse.tasks import forward
 SPACES = ("probs", "logits")
 
 
+def log_mean_prob(outs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """``log sum_i w_i softmax(z_i)``, computed stably as a log-sum-exp over members."""
+    logp = torch.stack([F.log_softmax(o, dim=-1) + torch.log(w[k]) for k, o in enumerate(outs)])
+    top = logp.max(dim=0).values.detach()
+    return top + torch.log(torch.exp(logp - top).sum(dim=0))
+
+
 class FusionModule(nn.Module):
     """Base of fused models: frozen members in a ``ModuleDict`` that stay in eval mode."""
 
@@ -104,10 +111,7 @@ class MeanFusion(FusionModule):
         w = self.weights[self._active]
         if self.space == "logits":
             return sum(o * w[k] for k, o in enumerate(outs))  # type: ignore[return-value]
-        # log sum_i w_i softmax(z_i), computed stably as a log-sum-exp over members
-        logp = torch.stack([F.log_softmax(o, dim=-1) + torch.log(w[k]) for k, o in enumerate(outs)])
-        top = logp.max(dim=0).values.detach()
-        return top + torch.log(torch.exp(logp - top).sum(dim=0))
+        return log_mean_prob(outs, w)
 
     def extra_repr(self) -> str:
         w = ", ".join(f"{n}={float(v):.3f}" for n, v in zip(self.names, self.weights, strict=True))

@@ -24,6 +24,8 @@ EDITS: Registry[EditHandler] = Registry(
     lazy={
         "fusion_members": "slimfuse.fusion.build:fusion_members_edit",
         "keep_blocks": "slimfuse.distillation.students:keep_blocks_edit",
+        "resize": "slimfuse.pruning.resize:apply_resize",
+        "sparse": "slimfuse.pruning.sparse:apply_sparse",
     },
 )
 

@@ -1,0 +1,74 @@
+"""Model soups (Wortsman et al., 2022): average the weights of fine-tuned variants of one model.
+
+- ``uniform``: the mean of all ingredients' weights.
+- ``greedy``: ingredients sorted by validation score, best first; each is added to the soup only
+  if the soup's validation score does not drop, so the result is never worse on validation than
+  the best ingredient.
+
+BatchNorm statistics are re-estimated on training data after every averaging.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.errors import FusionError
+from slimfuse.fusion.merge.common import average, build, states, val_score
+from slimfuse.tasks import Task, get_task
+
+
+def uniform_soup(
+    pairs: Sequence[tuple[str, nn.Module]],
+    *,
+    data: Data | None = None,
+    task: str | Task = "classification",
+    **_: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    sts = states(pairs)
+    model = build(pairs[0][1], average(sts), data, task)
+    return model, {"method": "uniform", "ingredients": [n for n, _ in pairs]}
+
+
+def greedy_soup(
+    pairs: Sequence[tuple[str, nn.Module]],
+    *,
+    data: Data | None = None,
+    task: str | Task = "classification",
+    **_: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    if data is None:
+        raise FusionError("greedy soup needs validation data: expected data=")
+    task = get_task(task)
+    sts = states(pairs)
+    scores = {n: val_score(m, data, task) for n, m in pairs}
+    order = sorted(range(len(pairs)), key=lambda i: scores[pairs[i][0]], reverse=True)
+    if not task.higher_is_better:
+        order = order[::-1]
+    chosen = [order[0]]
+    best = scores[pairs[order[0]][0]]
+    model = pairs[order[0]][1]
+    trail = [{"added": pairs[order[0]][0], "val": best}]
+    for i in order[1:]:
+        candidate = build(pairs[0][1], average([sts[j] for j in [*chosen, i]]), data, task)
+        score = val_score(candidate, data, task)
+        if score == best or task.better(score, best):
+            chosen.append(i)
+            best, model = score, candidate
+            trail.append({"added": pairs[i][0], "val": score})
+        else:
+            trail.append({"rejected": pairs[i][0], "val": score})
+    if len(chosen) == 1:
+        model = copy.deepcopy(pairs[chosen[0]][1]).eval()  # the best ingredient, its own BN stats
+    info = {
+        "method": "greedy",
+        "ingredients": [pairs[i][0] for i in chosen],
+        "ingredient_val": scores,
+        "val": best,
+        "trail": trail,
+    }
+    return model, info

@@ -1,0 +1,173 @@
+"""Stacking: a meta-learner trained on the members' out-of-fold predictions.
+
+``cv=K`` (the default is ``"prefit"``): the training data is split into K stratified folds; for
+each fold, every member is rebuilt from its source and retrained (with the one training loop)
+on the other K-1 folds, then predicts the held-out fold. Every training sample thus gets a
+prediction from models that never saw it, and the meta-learner is fitted on those out-of-fold
+predictions only. The fused model then uses the members as given (trained on all the data).
+
+``cv="prefit"`` (scikit-learn's meaning): members are used as given and the meta-learner is
+fitted on their predictions on the validation split, which they never trained on; its
+out-of-fold accuracy on that split (``meta_cv`` folds) is reported as ``cv_score_``.
+
+The meta-learner is logistic regression by default; any scikit-learn classifier is accepted. A
+linear one (``coef_``/``intercept_``) becomes a torch layer, so the whole stack trains, saves
+and exports to one ONNX graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.errors import FusionError
+from slimfuse.fusion.common import Members, attach_spec
+from slimfuse.fusion.ensemble import FusionModule
+from slimfuse.fusion.folds import kfold, labels, with_train_subset
+from slimfuse.fusion.predict import collect
+from slimfuse.fusion.sklearn import LinearClassifier, SklearnMember
+from slimfuse.models.source import build_model, spec_of
+from slimfuse.training import TrainConfig, train
+
+FEATURES = ("probs", "log_probs", "logits")
+
+
+def member_features(outs: list[torch.Tensor] | torch.Tensor, kind: str) -> torch.Tensor:
+    """Meta-learner inputs: the members' outputs side by side ``(samples, members * classes)``."""
+    parts = []
+    for o in outs:
+        if kind == "probs":
+            parts.append(o.softmax(-1))
+        elif kind == "log_probs":
+            parts.append(o.log_softmax(-1))
+        else:
+            parts.append(o)
+    return torch.cat(parts, dim=-1)
+
+
+class StackingFusion(FusionModule):
+    """Members' predictions -> meta-learner. ``fit`` learns ``meta_`` and returns self.
+
+    Learned attributes: ``meta_`` (the fitted scikit-learn estimator), ``oof_features_`` and
+    ``fold_indices_`` (``cv=K``), ``cv_score_`` (``prefit``).
+    """
+
+    def __init__(
+        self,
+        members: Members,
+        *,
+        meta: Any = None,
+        cv: int | Literal["prefit"] = "prefit",
+        features: Literal["probs", "log_probs", "logits"] = "probs",
+        train_config: TrainConfig | None = None,
+        meta_cv: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(members)
+        if features not in FEATURES:
+            raise FusionError(f"features {features!r}: expected one of {', '.join(FEATURES)}")
+        if cv != "prefit" and (not isinstance(cv, int) or isinstance(cv, bool) or cv < 2):
+            raise FusionError(f"cv={cv!r}: expected an integer number of folds >= 2 or 'prefit'")
+        self.meta = meta
+        self.cv = cv
+        self.features = features
+        self.train_config = train_config or TrainConfig(quiet=True)
+        self.meta_cv = meta_cv
+        self.seed = seed
+        self.meta_layer: nn.Module | None = None
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def _new_meta(self) -> Any:
+        if self.meta is None:
+            from sklearn.linear_model import LogisticRegression
+
+            return LogisticRegression(max_iter=2000)
+        from sklearn.base import clone
+
+        return clone(self.meta)
+
+    def _fold_predictions(self, data: Data, task: Any) -> tuple[np.ndarray, np.ndarray]:
+        y = labels(data, "train")
+        folds = kfold(y, int(self.cv), self.seed, what="training data")
+        n_out = None
+        oof: list[np.ndarray | None] = [None] * len(self.names)
+        for f, (tr, te) in enumerate(folds):
+            fold_data = with_train_subset(data, tr)
+            held = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(data.train, [int(i) for i in te]), batch_size=256
+            )
+            for i, (name, member) in enumerate(self.pairs):
+                spec = spec_of(member)
+                if spec is None:
+                    raise FusionError(
+                        f"member {name!r} has no recorded source to retrain per fold: expected "
+                        "members built by slimfuse, or cv='prefit'"
+                    )
+                fresh = build_model(spec.source, **spec.kwargs)
+                cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * f + i)
+                train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
+                outs, _ = collect([(name, fresh)], held, task)
+                n_out = outs.shape[-1]
+                if oof[i] is None:
+                    oof[i] = np.zeros((len(y), n_out), dtype=np.float32)
+                oof[i][te] = outs[0].numpy()  # type: ignore[index]
+        self.fold_indices_ = folds
+        stacked = torch.from_numpy(np.stack(oof))  # type: ignore[arg-type]
+        return member_features(list(stacked), self.features).numpy(), y
+
+    def fit(self, data: Data, *, task: Any = "classification") -> StackingFusion:
+        """Fit the meta-learner (``cv=K``: on out-of-fold predictions of the training data)."""
+        if self.cv == "prefit":
+            outs, y_t = collect(self.pairs, data.loader("val", batch_size=256), task)
+            x = member_features(list(outs), self.features).numpy()
+            y = y_t.numpy()
+            folds = kfold(y, self.meta_cv, self.seed, what="validation data")
+            hits = []
+            for tr, te in folds:
+                m = self._new_meta().fit(x[tr], y[tr])
+                hits.append(m.predict(x[te]) == y[te])
+            self.cv_score_ = float(np.concatenate(hits).mean())
+        else:
+            x, y = self._fold_predictions(data, task)
+            self.oof_features_ = x
+        self.meta_ = self._new_meta().fit(x, y)
+        self.meta_layer = SklearnMember(self.meta_)
+        if isinstance(self.meta_layer, LinearClassifier):
+            lin = self.meta_layer
+            attach_spec(
+                self,
+                self.pairs,
+                "stack",
+                features=self.features,
+                meta_in=lin.linear.in_features,
+                n_classes=lin.n_outputs,
+                binary=lin.binary,
+            )
+        return self
+
+    # -- inference ------------------------------------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.meta_layer is None:
+            raise FusionError("this StackingFusion is not fitted: call fit(data) first")
+        outs = self.member_outputs(*args, **kwargs)
+        return self.meta_layer(member_features(outs, self.features))
+
+
+def _build(
+    members: list[tuple[str, nn.Module]],
+    *,
+    features: str,
+    meta_in: int,
+    n_classes: int,
+    binary: bool,
+) -> nn.Module:
+    fused = StackingFusion(members, features=features)  # type: ignore[arg-type]
+    fused.meta_layer = LinearClassifier(meta_in, n_classes, binary)
+    return fused
