@@ -1,0 +1,1 @@
+"""Pruning: unstructured magnitude masks and structured removal of channels, neurons and heads."""

@@ -1,0 +1,190 @@
+"""Unstructured magnitude pruning: zero the smallest weights and keep them zero while training.
+
+Weights with ``|w|`` below a threshold τ are dropped (set to zero) and a binary mask remembers
+which. The threshold comes from a target ``sparsity`` (the fraction of weights to drop), per
+layer or global (one τ across all targeted layers), or is given directly as ``threshold``.
+:class:`MaskCallback` re-applies the masks after every optimizer step of the one training loop,
+so fine-tuning cannot revive dropped weights; :func:`finalize` folds the masks into the weights
+and, by default, makes the model's bundle store the sparse weights compactly::
+
+    masks = prune_unstructured(model, sparsity=0.9)
+    slimfuse.train(model, data, callbacks=[MaskCallback(masks)])
+    finalize(model, masks)            # plain zeros in the weights; compact bundle
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from slimfuse.errors import ConfigError
+from slimfuse.models.source import record
+from slimfuse.targeting import Selector, select_modules
+from slimfuse.training import Callback
+
+PRUNABLE: tuple[type, ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+)
+
+
+def check_sparsity(sparsity: float) -> float:
+    if (
+        isinstance(sparsity, bool)
+        or not isinstance(sparsity, (int, float))
+        or not 0.0 <= sparsity < 1.0
+    ):
+        raise ConfigError(f"sparsity {sparsity!r}: expected a number in [0, 1)")
+    return float(sparsity)
+
+
+@dataclass
+class Masks:
+    """Binary masks (1 = keep) for the ``weight`` of named modules of one model."""
+
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero the masked weights (in place)."""
+        for name, mask in self.masks.items():
+            self.modules[name].weight.mul_(mask)
+
+    def sparsity(self) -> float:
+        """Fraction of masked-out weights over all masked layers."""
+        total = sum(m.numel() for m in self.masks.values())
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        return 1.0 - kept / max(total, 1)
+
+    def per_layer(self) -> dict[str, float]:
+        return {n: 1.0 - float(m.float().mean()) for n, m in self.masks.items()}
+
+
+def select_weights(
+    model: nn.Module,
+    targets: Selector | Iterable[Selector] | None = None,
+    ignore: Selector | Iterable[Selector] | None = None,
+) -> dict[str, nn.Module]:
+    """Targeted modules that have a ``weight`` to prune (default: every conv and linear)."""
+    chosen = select_modules(model, targets, ignore, default_types=PRUNABLE, what="pruning target")
+    out = {}
+    for name, m in chosen.items():
+        w = getattr(m, "weight", None)
+        if isinstance(w, nn.Parameter) and w.dim() >= 1:
+            out[name] = m
+    if not out:
+        raise ConfigError(
+            f"no prunable weights in {type(model).__name__} for targets {targets!r}; "
+            "expected conv or linear layers"
+        )
+    return out
+
+
+def _kth_smallest(values: torch.Tensor, k: int) -> float:
+    if k <= 0:
+        return -1.0  # below every |w|: nothing is dropped
+    return float(torch.kthvalue(values.flatten().float(), k).values)
+
+
+@torch.no_grad()
+def magnitude_masks(
+    modules: dict[str, nn.Module],
+    *,
+    sparsity: float | None = None,
+    threshold: float | None = None,
+    global_pruning: bool = False,
+    previous: Masks | None = None,
+) -> Masks:
+    """Masks dropping the smallest ``|w|``: ``sparsity`` per layer (or global), or ``|w| <= threshold``.
+
+    Weights already masked in ``previous`` stay masked (gradual schedules only ever add zeros).
+    """
+    if (sparsity is None) == (threshold is None):
+        raise ConfigError("give exactly one of sparsity (a fraction in [0, 1)) or threshold (τ)")
+    if threshold is not None and not (threshold >= 0):
+        raise ConfigError(f"threshold {threshold!r}: expected a number >= 0")
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    scores: dict[str, torch.Tensor] = {}
+    for name, m in modules.items():
+        s = m.weight.detach().abs()
+        if previous is not None and name in previous.masks:
+            s = torch.where(previous.masks[name].bool(), s, torch.full_like(s, -1.0))
+        scores[name] = s
+    masks: dict[str, torch.Tensor] = {}
+    if threshold is not None:
+        for name, s in scores.items():
+            masks[name] = (s > threshold).to(s.dtype)
+    elif global_pruning:
+        allv = torch.cat([s.flatten() for s in scores.values()])
+        tau = _kth_smallest(allv, round(sparsity * allv.numel()))  # type: ignore[operator]
+        for name, s in scores.items():
+            masks[name] = (s > tau).to(s.dtype)
+    else:
+        for name, s in scores.items():
+            k = round(sparsity * s.numel())  # type: ignore[operator]
+            keep = torch.ones(s.numel(), dtype=s.dtype)
+            if k > 0:
+                keep[torch.argsort(s.flatten(), stable=True)[:k]] = 0
+            masks[name] = keep.view_as(s)
+    return Masks(masks, dict(modules))
+
+
+def prune_unstructured(
+    model: nn.Module,
+    *,
+    sparsity: float | None = None,
+    threshold: float | None = None,
+    targets: Selector | Iterable[Selector] | None = None,
+    ignore: Selector | Iterable[Selector] | None = None,
+    global_pruning: bool = False,
+) -> Masks:
+    """One-shot magnitude pruning in place; returns the masks (apply them during fine-tuning)."""
+    masks = magnitude_masks(
+        select_weights(model, targets, ignore),
+        sparsity=sparsity,
+        threshold=threshold,
+        global_pruning=global_pruning,
+    )
+    masks.apply()
+    return masks
+
+
+class MaskCallback(Callback):
+    """Re-applies the masks after every optimizer step (fine-tuning keeps the zeros)."""
+
+    def __init__(self, masks: Masks) -> None:
+        self.masks = masks
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        self.masks.apply()
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        self.masks.apply()
+
+
+@torch.no_grad()
+def finalize(model: nn.Module, masks: Masks, *, compact: bool = True) -> nn.Module:
+    """Fold the masks into the weights (plain tensors with zeros); ``compact``: sparse bundle."""
+    masks.apply()
+    record(
+        model,
+        lineage={
+            "stage": "prune_unstructured",
+            "sparsity": round(masks.sparsity(), 6),
+            "layers": {n: round(s, 4) for n, s in masks.per_layer().items()},
+        },
+    )
+    if compact:
+        from slimfuse.pruning.sparse import make_compact
+
+        make_compact(model, list(masks.masks))
+    return model
