@@ -22,7 +22,14 @@ from torch import nn
 
 from slimfuse.distillation.hints import FeatureTap, make_adapter
 from slimfuse.distillation.losses import LOSSES, LossContext, hint_term
-from slimfuse.distillation.teachers import TeacherCache, make_teacher, sample_keys
+from slimfuse.distillation.teachers import (
+    TeacherCache,
+    make_teacher,
+    sample_keys,
+    select,
+    split_rows,
+    stack_rows,
+)
 from slimfuse.errors import ConfigError
 from slimfuse.tasks import Task, forward, get_task
 
@@ -180,17 +187,22 @@ class DistillObjective:
     def teacher_outputs(
         self, inputs: Any, keys: list[bytes] | None, lengths: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The teacher's outputs (and hint features) for a batch, from the cache when possible."""
-        if self.cache is not None and keys is not None:
-            hit = self.cache.get(keys, lengths)
-            if hit is not None:
-                return hit
+        """The teacher's outputs (and hint features) for a batch; cached samples skip the teacher."""
         self.teacher.eval()
-        out = forward(self.teacher, inputs)
-        feats = self._t_tap.take() if self._t_tap is not None else {}
-        if self.cache is not None and keys is not None:
-            self.cache.put(keys, out, feats, lengths)
-        return out, feats
+        if self.cache is None or keys is None:
+            out = forward(self.teacher, inputs)
+            return out, (self._t_tap.take() if self._t_tap is not None else {})
+        rows = self.cache.lookup(keys)
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if missing:
+            sub = inputs if len(missing) == len(rows) else select(inputs, missing)
+            out = forward(self.teacher, sub)
+            feats = self._t_tap.take() if self._t_tap is not None else {}
+            sub_len = lengths[missing] if lengths is not None else None
+            for i, row in zip(missing, split_rows(out, feats, sub_len), strict=True):
+                rows[i] = row
+                self.cache.put(keys[i], row)
+        return stack_rows(rows, lengths)  # type: ignore[arg-type]
 
     def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         inputs, target = self.task.unpack(batch)

@@ -149,9 +149,12 @@ def width_student(
     """A copy of ``teacher`` with ``ratio`` of the channels removed by structured pruning."""
     from slimfuse.pruning.structured import prune_structured
 
-    student = prune_structured(teacher, example_inputs, ratio=ratio, importance=importance)
+    student = copy.deepcopy(teacher)  # a frozen teacher's copy must train (and be prunable)
     for p in student.parameters():
         p.requires_grad_(True)
+    student = prune_structured(
+        student, example_inputs, ratio=ratio, importance=importance, inplace=True
+    )
     record(student, lineage={"stage": "student", "kind": "width", "ratio": ratio})
     return student.train()
 

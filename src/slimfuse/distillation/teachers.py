@@ -84,59 +84,75 @@ def sample_keys(inputs: Any) -> list[bytes]:
     return keys
 
 
+Row = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
 class TeacherCache:
-    """Teacher outputs and features per sample, up to ``max_mb`` megabytes."""
+    """Teacher outputs and features per sample, up to ``max_mb`` megabytes.
+
+    Only the samples of a batch that are not cached yet go through the teacher, so a cache that
+    holds part of the data set still saves that part.
+    """
 
     def __init__(self, max_mb: float = 1024.0) -> None:
         self.max_bytes = int(max_mb * 2**20)
         self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._rows: dict[bytes, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self.hits = 0  # samples served from the cache
+        self.misses = 0  # samples that ran through the teacher
+        self._rows: dict[bytes, Row] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def get(
-        self, keys: list[bytes], lengths: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
-        """The batch's cached outputs, or ``None`` if any sample is missing."""
+    def lookup(self, keys: list[bytes]) -> list[Row | None]:
         rows = [self._rows.get(k) for k in keys]
-        if any(r is None for r in rows):
-            self.misses += 1
-            return None
-        self.hits += 1
-        out = torch.stack([r[0] for r in rows])  # type: ignore[index]
-        feats: dict[str, torch.Tensor] = {}
-        for name in rows[0][1]:  # type: ignore[index]
-            parts = [r[1][name] for r in rows]  # type: ignore[index]
-            feats[name] = _stack_padded(parts, lengths)
-        return out, feats
+        n_hit = sum(r is not None for r in rows)
+        self.hits += n_hit
+        self.misses += len(rows) - n_hit
+        return rows
 
-    def put(
-        self,
-        keys: list[bytes],
-        out: torch.Tensor,
-        feats: dict[str, torch.Tensor],
-        lengths: torch.Tensor | None,
-    ) -> None:
-        for i, k in enumerate(keys):
-            if k in self._rows:
-                continue
-            row_feats = {}
-            for name, f in feats.items():
-                fi = f[i]
-                if lengths is not None and f.dim() >= 3 and f.shape[1] >= int(lengths.max()):
-                    fi = fi[: int(lengths[i])]  # keep only the sample's real tokens
-                row_feats[name] = fi.detach().clone()
-            o = out[i].detach().clone()
-            size = o.numel() * o.element_size() + sum(
-                v.numel() * v.element_size() for v in row_feats.values()
-            )
-            if self.bytes + size > self.max_bytes:
-                return
-            self._rows[k] = (o, row_feats)
+    def put(self, key: bytes, row: Row) -> None:
+        if key in self._rows:
+            return
+        out, feats = row
+        size = out.numel() * out.element_size()
+        size += sum(v.numel() * v.element_size() for v in feats.values())
+        if self.bytes + size <= self.max_bytes:
+            self._rows[key] = row
             self.bytes += size
+
+
+def split_rows(
+    out: torch.Tensor, feats: dict[str, torch.Tensor], lengths: torch.Tensor | None
+) -> list[Row]:
+    """Per-sample ``(output, features)``; sequence features keep only the sample's real tokens."""
+    rows = []
+    for i in range(len(out)):
+        row_feats = {}
+        for name, f in feats.items():
+            fi = f[i]
+            if lengths is not None and f.dim() >= 3:
+                fi = fi[: int(lengths[i])]
+            row_feats[name] = fi.detach().clone()
+        rows.append((out[i].detach().clone(), row_feats))
+    return rows
+
+
+def stack_rows(rows: list[Row], lengths: torch.Tensor | None) -> Row:
+    """The batch back from per-sample rows (sequence features zero-padded to the batch width)."""
+    out = torch.stack([r[0] for r in rows])
+    feats = {name: _stack_padded([r[1][name] for r in rows], lengths) for name in rows[0][1]}
+    return out, feats
+
+
+def select(inputs: Any, index: list[int]) -> Any:
+    """The samples ``index`` of a batch's inputs (a tensor, a tuple or a dict of tensors)."""
+    idx = torch.tensor(index, dtype=torch.long)
+    if isinstance(inputs, dict):
+        return {k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(v[idx] if isinstance(v, torch.Tensor) else v for v in inputs)
+    return inputs[idx]
 
 
 def _stack_padded(parts: list[torch.Tensor], lengths: torch.Tensor | None) -> torch.Tensor:
