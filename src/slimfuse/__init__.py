@@ -30,6 +30,8 @@ _VERBS: dict[str, str] = {
     "measure": "slimfuse.measuring:measure",
     "export": "slimfuse.exporting:export_onnx",
     "run": "slimfuse.pipeline.run:run_recipe",
+    "fuse": "slimfuse.fusion.api:fuse",
+    "merge": "slimfuse.fusion.merge:merge",
 }
 
 __all__ = ["__version__", *_VERBS]

@@ -18,7 +18,9 @@ from slimfuse import __version__
 
 # technique families: module with ``add_commands(subparsers)``; imported when the CLI starts,
 # so these modules keep their heavy imports inside the handlers.
-FAMILIES: tuple[str, ...] = ()
+FAMILIES: tuple[str, ...] = (
+    "slimfuse.fusion.cli",
+)
 
 
 # -- shared arguments -----------------------------------------------------------------------

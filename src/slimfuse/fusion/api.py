@@ -1,0 +1,95 @@
+"""The ``fuse`` verb: one call from trained members to a fused model.
+
+Methods (registry :data:`FUSE_METHODS`): ``mean``, ``weighted``, ``vote``, ``soft-vote``,
+``stack``, ``head``. Options go to the method's class (``space``, ``weights``, ``cv``, ``meta``,
+``features``, ``on``, ``hidden``, ``config``)::
+
+    fused = slimfuse.fuse([("a", m1), ("b", m2), ("c", m3)], method="weighted", data=data)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from slimfuse.errors import FusionError
+from slimfuse.fusion.common import Members, as_pairs
+from slimfuse.registry import Registry
+
+FUSE_METHODS: Registry[Any] = Registry(
+    "fusion method",
+    lazy={
+        "mean": "slimfuse.fusion.api:_mean",
+        "weighted": "slimfuse.fusion.api:_weighted",
+        "vote": "slimfuse.fusion.api:_vote",
+        "soft-vote": "slimfuse.fusion.api:_soft_vote",
+        "stack": "slimfuse.fusion.api:_stack",
+        "head": "slimfuse.fusion.api:_head",
+    },
+)
+
+
+def _need(data: Any, method: str) -> Any:
+    if data is None:
+        raise FusionError(f"method {method!r} learns from data: expected data=")
+    return data
+
+
+def _mean(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
+    from slimfuse.fusion.ensemble import MeanFusion
+
+    return MeanFusion(pairs, **kw)
+
+
+def _weighted(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
+    from slimfuse.fusion.weighted import WeightedFusion
+
+    return WeightedFusion(pairs, **kw).fit(_need(data, "weighted"))
+
+
+def _vote(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
+    from slimfuse.fusion.vote import VoteFusion
+
+    return VoteFusion(pairs, voting="hard", **kw)
+
+
+def _soft_vote(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
+    from slimfuse.fusion.vote import VoteFusion
+
+    return VoteFusion(pairs, voting="soft", **kw)
+
+
+def _stack(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
+    from slimfuse.fusion.stacking import StackingFusion
+
+    return StackingFusion(pairs, **kw).fit(_need(data, "stack"), task=task)
+
+
+def _head(pairs: list, data: Any, task: Any, *, config: Any = None, **kw: Any) -> nn.Module:
+    from slimfuse.fusion.head import HeadFusion
+
+    return HeadFusion(pairs, **kw).fit(_need(data, "head"), config=config, task=task)
+
+
+def fuse(
+    members: Members,
+    method: str = "mean",
+    *,
+    data: Any = None,
+    task: Any = "classification",
+    **options: Any,
+) -> nn.Module:
+    """Fuse trained ``(name, model)`` members into one module with ``method``."""
+    from slimfuse.models.source import record
+
+    fn = FUSE_METHODS.get(method)
+    pairs = as_pairs(members)
+    try:
+        fused = fn(pairs, data, task, **options)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise FusionError(f"method {method!r}: {exc}") from None
+    record(fused, lineage={"stage": "fuse", "method": method, "members": [n for n, _ in pairs]})
+    return fused

@@ -1,0 +1,114 @@
+"""``slimfuse fuse`` and ``slimfuse merge``: members are bundle folders (or any model argument)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
+    from slimfuse.errors import FusionError
+    from slimfuse.models.source import load_model
+
+    if not args.member:
+        raise FusionError("no members given: expected --member BUNDLE at least once")
+    pairs = []
+    for i, src in enumerate(args.member):
+        name = Path(src).name.replace(".", "_") or f"m{i}"
+        if any(n == name for n, _ in pairs):
+            name = f"{name}_{i}"
+        pairs.append((name, load_model(src, data=data)))
+    return pairs
+
+
+def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
+    from slimfuse.cli import print_rows
+    from slimfuse.measuring import measure
+    from slimfuse.models.bundle import save
+
+    rows = measure(model, data, args.task, stage=stage, engines=["torch"], threads=args.threads)
+    save(model, args.out, metrics={"task": args.task, "metric": rows[0]["metric"], "stages": rows})
+    print_rows(rows)
+    print(f"bundle: {args.out}")
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from slimfuse.cli import load_data_arg
+    from slimfuse.fusion.api import fuse
+    from slimfuse.training import TrainConfig
+
+    data = load_data_arg(args)
+    pairs = _members(args, data)
+    opts: dict[str, Any] = {}
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=args.quiet)
+    if args.method in ("mean", "weighted"):
+        opts = {"space": args.space, "weights": args.weights}
+    elif args.method in ("vote", "soft-vote"):
+        opts = {"weights": args.weights}
+    elif args.method == "stack":
+        cv: Any = args.cv if args.cv == "prefit" else int(args.cv)
+        opts = {"cv": cv, "features": args.features, "train_config": cfg}
+    elif args.method == "head":
+        opts = {"on": args.on, "hidden": args.hidden, "config": cfg}
+    model = fuse(pairs, args.method, data=data, task=args.task, **opts)
+    return _finish(args, model, data, f"fuse-{args.method}")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from slimfuse.cli import load_data_arg
+    from slimfuse.fusion.merge import merge
+    from slimfuse.models.source import load_model
+
+    data = load_data_arg(args)
+    pairs = _members(args, data)
+    opts: dict[str, Any] = {}
+    if args.method == "ties":
+        parent = load_model(args.parent, data=data) if args.parent else None
+        opts = {"parent": parent, "density": args.density, "scale": args.scale}
+    model = merge(pairs, args.method, data=data, task=args.task, **opts)
+    info = getattr(model, "merge_info", {})
+    print(f"merged {', '.join(info.get('ingredients', []))} ({args.method})")
+    return _finish(args, model, data, f"merge-{args.method}")
+
+
+def _cv(text: str) -> str:
+    if text != "prefit" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected prefit or a number of folds")
+    return text
+
+
+def add_commands(sub: Any) -> None:
+    from slimfuse.cli import add_common, add_data_args
+
+    p = sub.add_parser("fuse", help="fuse trained members into one model (mean, stack, head, ...)")
+    p.add_argument("--member", action="append", help="a member: bundle folder or model argument")
+    p.add_argument(
+        "--method",
+        choices=["mean", "weighted", "vote", "soft-vote", "stack", "head"],
+        default="mean",
+    )
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--space", choices=["probs", "logits"], default="probs", help="mean/weighted")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per member (mean/vote)")
+    p.add_argument("--cv", type=_cv, default="prefit", help="stack: prefit or K folds")
+    p.add_argument("--features", choices=["probs", "log_probs", "logits"], default="probs")
+    p.add_argument("--on", choices=["logits", "features", "both"], default="logits", help="head")
+    p.add_argument("--hidden", type=int, default=0, help="head: hidden width (0: linear)")
+    p.add_argument("--epochs", type=int, default=10, help="head / stack folds: epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="head / stack folds: learning rate")
+    add_common(p)
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("merge", help="merge same-architecture models' weights (soups, TIES)")
+    p.add_argument("--member", action="append", help="an ingredient: bundle folder")
+    p.add_argument("--method", choices=["uniform", "greedy", "ties"], default="greedy")
+    p.add_argument("--parent", help="ties: the model the ingredients were fine-tuned from")
+    p.add_argument("--density", type=float, default=0.2, help="ties: fraction of each delta kept")
+    p.add_argument("--scale", type=float, default=1.0, help="ties: scale of the merged delta")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    add_common(p)
+    p.set_defaults(func=cmd_merge)
