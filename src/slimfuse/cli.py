@@ -91,9 +91,12 @@ def load_data_arg(args: argparse.Namespace) -> Any:
 
 
 def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
+    import torch
+
     from slimfuse.data import check_fits
     from slimfuse.models.source import load_model, spec_of
 
+    torch.manual_seed(args.seed)  # a fresh model's initialisation follows the seed too
     model = load_model(
         getattr(args, flag),
         data=data,

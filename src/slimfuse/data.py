@@ -427,10 +427,10 @@ def text_corpus(seed: int = 0, held_out: float = 0.2, min_chars: int = 80) -> di
     rng = random.Random(seed)
     rng.shuffle(docs)
     n_test = max(1, math.floor(len(docs) * held_out))
-    return {
-        "train": [p for d in docs[n_test:] for p in d],
-        "test": [p for d in docs[:n_test] for p in d],
-    }
+    test = list(dict.fromkeys(p for d in docs[:n_test] for p in d))
+    held = set(test)  # topics repeat paragraphs: none of the held-out text may appear in train
+    train = list(dict.fromkeys(p for d in docs[n_test:] for p in d if p not in held))
+    return {"train": train, "test": test}
 
 
 def _paragraphs(text: str, min_chars: int) -> list[str]:

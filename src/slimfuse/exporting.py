@@ -186,6 +186,12 @@ def check_parity(
     from slimfuse.tasks import forward
 
     runner = OrtRunner(onnx_path)
+    n_given = len(_tensors(example_inputs))
+    if len(runner.input_names) != n_given:
+        raise ExportError(
+            f"the exported graph takes {len(runner.input_names)} inputs but the model takes {n_given}: "
+            "the exporter traced inputs as constants (the model leaves torch, e.g. through numpy)"
+        )
     worst = 0.0
     for b in batches:
         x = _repeat_batch(example_inputs, b)

@@ -265,7 +265,7 @@ def train(
                 if not torch.isfinite(loss):
                     where = f"; last good checkpoint: {ckpt}" if ckpt and ckpt.is_file() else ""
                     raise TrainingError(
-                        f"loss became {float(loss)} at epoch {epoch + 1}, step {i + 1} "
+                        f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {i + 1} "
                         f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate{where}"
                     )
                 opt.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ import inspect
 import json
 import pickle
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,7 +166,9 @@ def load_weights(
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not unsafe_pickle:
             raise UnsafeFileError(

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from slimfuse.cli import main
+from tests.helpers import ROOT, run_cli
+
+
+def test_import_slimfuse_and_cli_stay_light():
+    code = (
+        "import sys, slimfuse, slimfuse.cli; slimfuse.cli.build_parser()\n"
+        "heavy = [m for m in ('transformers', 'onnxruntime', 'onnx', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_env_prints_versions_and_cpu_flags(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2." in out and "avx512_vnni=" in out
+
+
+def test_train_eval_export_round_trip(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["train", "--model", "mlp", "--kw", "hidden=[32]", "--data", "digits", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert main(["eval", "--model", str(out), "--data", "digits", "--json", "--out", str(tmp_path / "metrics.json")]) == 0
+    rows = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert {r["engine"] for r in rows} == {"torch", "onnxruntime"}
+    assert main(["export", "--model", str(out), "--data", "digits", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--model", "mnist1d_cnn", "--data", "nope.csv"], "data file 'nope.csv' not found"),
+        (["eval", "--model", "mnist1d_cnn", "--kw", "in_length=40", "--data", "digits"], "inputs of shape (64,) per sample do not fit the model"),
+        (["eval", "--model", "resnet", "--data", "digits"], "unknown model 'resnet'"),
+        (["train", "--model", "mlp", "--data", "digits", "--lr", "-1", "--out", "x"], "lr -1.0: expected a positive number"),
+        (["run", "missing.yaml", "--out", "x"], "recipe 'missing.yaml' not found"),
+    ],
+)
+def test_bad_input_one_line_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback():
+    proc = run_cli("eval", "--model", "mnist1d_cnn", "--data", "nope.csv", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_torchrun_ddp_matches_single_process(tmp_path):
+    common = ["--model", "mlp", "--data", "digits", "--epochs", "40", "--lr", "0.003", "--quiet", "--seed", "0", "--batch-size", "64"]
+    single = run_cli("train", *common, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                "-m", "slimfuse", "train", *common, "--out", str(tmp_path / "ddp")]
+    ddp = subprocess.run(torchrun, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    acc = {}
+    for name in ("one", "ddp"):
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        acc[name] = metrics["stages"][0]["metric_value"]
+    assert acc["one"] > 0.9
+    assert abs(acc["one"] - acc["ddp"]) <= 0.01, acc

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimfuse.errors import ConfigError
+from slimfuse.pipeline.recipe import parse_recipe
+from slimfuse.pipeline.run import run_recipe
+
+RECIPE = """
+data: digits
+seed: 0
+stages:
+  - stage: train
+    name: mlp
+    model: mlp
+    model_kwargs: {hidden: [32]}
+    epochs: 2
+  - stage: export
+"""
+
+
+def test_recipe_runs_and_writes_bundles_metrics_and_report(tmp_path):
+    result = run_recipe(RECIPE, tmp_path, quiet=True)
+    assert [r["engine"] for r in result["stages"]] == ["torch", "onnxruntime"]
+    bundle = tmp_path / "mlp"
+    names = {p.name for p in bundle.iterdir()}
+    assert {"model.safetensors", "slimfuse.json", "model.onnx", "metrics.json", "recipe.yaml", "report.html"} <= names
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "report.html").is_file()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["metric"] == "accuracy" and metrics["stages"][0]["metric_value"] > 0.5
+    html = (tmp_path / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64" in html
+    meta = json.loads((bundle / "slimfuse.json").read_text())
+    assert meta["model"]["lineage"][-1]["stage"] == "train"
+
+
+def test_resume_skips_finished_stages(tmp_path):
+    run_recipe(RECIPE, tmp_path, quiet=True)
+    before = (tmp_path / "mlp" / "model.safetensors").stat().st_mtime_ns
+    run_recipe(RECIPE, tmp_path, quiet=True, resume=True)
+    assert (tmp_path / "mlp" / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("stages: [{stage: trian}]", r"unknown stage 'trian'.*did you mean train"),
+        ("stages: [{stage: train, epoks: 3}]", r"stage 'train' \(train\): epoks: Extra inputs are not permitted"),
+        ("stages: [{stage: train, epochs: many}]", r"epochs: Input should be a valid integer"),
+        ("stages: []", r"stages: List should have at least 1 item"),
+        ("data: mnist1d\nstages: [{stage: train}]\ncolour: red", r"colour: Extra inputs are not permitted"),
+        ("stages: [{stage: train}]\n  bad: [", r"not valid YAML"),
+        ("!!python/object/apply:os.system ['echo pwned']", r"not valid YAML"),
+        ("task: clustering\nstages: [{stage: train}]", r"unknown task 'clustering'"),
+    ],
+)
+def test_bad_recipes_are_refused_before_anything_runs(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(text)
