@@ -38,7 +38,17 @@ def test_bundle_reloads_in_a_fresh_process(trained_cnn, mnist1d, tmp_path):
         "x = torch.load(sys.argv[2], weights_only=True)\n"
         "torch.save(m(x).detach(), sys.argv[3])\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "b"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "b"),
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "y.pt"),
+        ],
+        check=True,
+    )
     y = torch.load(tmp_path / "y.pt", weights_only=True)
     assert torch.equal(y, trained_cnn(x))
 

@@ -28,22 +28,66 @@ def test_env_prints_versions_and_cpu_flags(capsys):
 
 def test_train_eval_export_round_trip(tmp_path, capsys):
     out = tmp_path / "m"
-    assert main(["train", "--model", "mlp", "--kw", "hidden=[32]", "--data", "digits", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "mlp",
+                "--kw",
+                "hidden=[32]",
+                "--data",
+                "digits",
+                "--epochs",
+                "2",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "model.safetensors").is_file()
-    assert main(["eval", "--model", str(out), "--data", "digits", "--json", "--out", str(tmp_path / "metrics.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--data",
+                "digits",
+                "--json",
+                "--out",
+                str(tmp_path / "metrics.json"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
     assert {r["engine"] for r in rows} == {"torch", "onnxruntime"}
-    assert main(["export", "--model", str(out), "--data", "digits", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (
+        main(["export", "--model", str(out), "--data", "digits", "--out", str(tmp_path / "m.onnx")])
+        == 0
+    )
     assert "max abs diff" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["eval", "--model", "mnist1d_cnn", "--data", "nope.csv"], "data file 'nope.csv' not found"),
-        (["eval", "--model", "mnist1d_cnn", "--kw", "in_length=40", "--data", "digits"], "inputs of shape (64,) per sample do not fit the model"),
+        (
+            ["eval", "--model", "mnist1d_cnn", "--data", "nope.csv"],
+            "data file 'nope.csv' not found",
+        ),
+        (
+            ["eval", "--model", "mnist1d_cnn", "--kw", "in_length=40", "--data", "digits"],
+            "inputs of shape (64,) per sample do not fit the model",
+        ),
         (["eval", "--model", "resnet", "--data", "digits"], "unknown model 'resnet'"),
-        (["train", "--model", "mlp", "--data", "digits", "--lr", "-1", "--out", "x"], "lr -1.0: expected a positive number"),
+        (
+            ["train", "--model", "mlp", "--data", "digits", "--lr", "-1", "--out", "x"],
+            "lr -1.0: expected a positive number",
+        ),
         (["run", "missing.yaml", "--out", "x"], "recipe 'missing.yaml' not found"),
     ],
 )
@@ -60,13 +104,46 @@ def test_debug_shows_the_traceback():
 
 
 def test_torchrun_ddp_matches_single_process(tmp_path):
-    common = ["--model", "mlp", "--data", "digits", "--epochs", "40", "--lr", "0.003", "--quiet", "--seed", "0", "--batch-size", "64"]
+    common = [
+        "--model",
+        "mlp",
+        "--data",
+        "digits",
+        "--epochs",
+        "40",
+        "--lr",
+        "0.003",
+        "--quiet",
+        "--seed",
+        "0",
+        "--batch-size",
+        "64",
+    ]
     single = run_cli("train", *common, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                "-m", "slimfuse", "train", *common, "--out", str(tmp_path / "ddp")]
-    ddp = subprocess.run(torchrun, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "slimfuse",
+        "train",
+        *common,
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
+    ddp = subprocess.run(
+        torchrun,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     acc = {}
     for name in ("one", "ddp"):

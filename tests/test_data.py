@@ -43,7 +43,9 @@ def test_npz_and_csv_sources(tmp_path):
 
 
 def test_csv_string_labels_become_classes(tmp_path):
-    (tmp_path / "s.csv").write_text("x,label\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20)))
+    (tmp_path / "s.csv").write_text(
+        "x,label\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20))
+    )
     d = load_data(str(tmp_path / "s.csv"))
     assert d.num_classes == 2
 
@@ -63,17 +65,39 @@ def test_factory_source(tmp_path):
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda p: str(p / "missing.npz"), r"data file '.*missing\.npz' not found; expected an existing \.npz file"),
-        (lambda p: _csv(p, "a,b,target\n1,2,0\n"), r"no label column 'label'; columns are a, b, target"),
+        (
+            lambda p: str(p / "missing.npz"),
+            r"data file '.*missing\.npz' not found; expected an existing \.npz file",
+        ),
+        (
+            lambda p: _csv(p, "a,b,target\n1,2,0\n"),
+            r"no label column 'label'; columns are a, b, target",
+        ),
         (lambda p: _csv(p, "a,label\n1,0\nx,1\n"), r"line 3, column 'a': 'x' is not numeric"),
-        (lambda p: _csv(p, "a,label\n1,0\nnan,1\n"), r"inputs contain NaN or Inf \(first at sample 1\)"),
+        (
+            lambda p: _csv(p, "a,label\n1,0\nnan,1\n"),
+            r"inputs contain NaN or Inf \(first at sample 1\)",
+        ),
         (lambda p: _csv(p, "a,label\n"), r"the data set is empty"),
-        (lambda p: _npz(p, X=np.ones((5, 2)), y=np.ones(4)), r"X has 5 samples but y has 4; expected equal lengths"),
+        (
+            lambda p: _npz(p, X=np.ones((5, 2)), y=np.ones(4)),
+            r"X has 5 samples but y has 4; expected equal lengths",
+        ),
         (lambda p: _npz(p, X=np.full((5, 2), np.inf), y=np.ones(5)), r"inputs contain NaN or Inf"),
         (lambda p: _npz(p, X=np.ones((5, 2))), r"has arrays \['X'\] but no y; expected X and y"),
         (lambda p: "nonsense", r"data source 'nonsense': expected mnist1d, digits"),
     ],
-    ids=["missing-file", "missing-label", "non-numeric", "nan", "empty", "length-mismatch", "inf", "no-y", "unknown"],
+    ids=[
+        "missing-file",
+        "missing-label",
+        "non-numeric",
+        "nan",
+        "empty",
+        "length-mismatch",
+        "inf",
+        "no-y",
+        "unknown",
+    ],
 )
 def test_bad_data_gets_one_clear_line(tmp_path, setup, message):
     with pytest.raises(DataError, match=message) as err:
@@ -83,7 +107,10 @@ def test_bad_data_gets_one_clear_line(tmp_path, setup, message):
 
 def test_wrong_feature_count_for_the_model(digits, mnist1d):
     model = slimfuse.build_model("mnist1d_cnn", data=mnist1d)
-    with pytest.raises(DataError, match=r"digits: inputs have shape \(64,\) per sample but the model expects \(40,\)"):
+    with pytest.raises(
+        DataError,
+        match=r"digits: inputs have shape \(64,\) per sample but the model expects \(40,\)",
+    ):
         check_fits(model, digits, expected_shape=(40,))
     mlp = slimfuse.build_model("mlp", data=mnist1d)
     with pytest.raises(DataError, match=r"inputs of shape \(64,\) per sample do not fit the model"):

@@ -34,7 +34,9 @@ class Noisy(torch.nn.Module):
 
 
 def test_parity_failure_is_loud(tmp_path):
-    with pytest.raises(ExportError, match=r"ONNX Runtime differs from PyTorch by .* at batch 1 \(allowed 0.0001\)"):
+    with pytest.raises(
+        ExportError, match=r"ONNX Runtime differs from PyTorch by .* at batch 1 \(allowed 0.0001\)"
+    ):
         export_onnx(Noisy(), torch.zeros(1, 4), tmp_path / "n.onnx")
     assert not (tmp_path / "n.onnx").exists()
 
@@ -45,7 +47,9 @@ class Unexportable(torch.nn.Module):
 
 
 def test_a_model_that_leaves_torch_is_caught(tmp_path):
-    with pytest.raises(ExportError, match=r"the exported graph takes 0 inputs but the model takes 1"):
+    with pytest.raises(
+        ExportError, match=r"the exported graph takes 0 inputs but the model takes 1"
+    ):
         export_onnx(Unexportable(), torch.zeros(1, 4), tmp_path / "u.onnx")
 
 
@@ -54,8 +58,15 @@ def test_export_failure_names_both_exporters(tmp_path, monkeypatch):
         raise RuntimeError("Exporting the operator 'aten::frobnicate' to ONNX is not supported")
 
     monkeypatch.setattr(torch.onnx, "export", fail)
-    with pytest.raises(ExportError, match=r"export of MLP failed: dynamo: .*aten::frobnicate.*; torchscript: .*aten::frobnicate"):
-        export_onnx(slimfuse.build_model("mlp", in_features=4, num_classes=2), torch.zeros(1, 4), tmp_path / "u.onnx")
+    with pytest.raises(
+        ExportError,
+        match=r"export of MLP failed: dynamo: .*aten::frobnicate.*; torchscript: .*aten::frobnicate",
+    ):
+        export_onnx(
+            slimfuse.build_model("mlp", in_features=4, num_classes=2),
+            torch.zeros(1, 4),
+            tmp_path / "u.onnx",
+        )
 
 
 def test_counts():
@@ -69,8 +80,23 @@ def test_counts():
 def test_measure_rows_follow_the_schema(trained_cnn, mnist1d):
     rows = measure(trained_cnn, mnist1d, stage="cnn", budget_s=0.1)
     assert [r["engine"] for r in rows] == ["torch", "onnxruntime"]
-    keys = {"stage", "bundle", "engine", "metric", "metric_value", "params", "nonzero_params", "size_bytes",
-            "onnx_bytes", "macs", "latency_ms_b1", "latency_ms_b64", "latency_ms_b1_p90", "latency_ms_b64_p90", "threads"}
+    keys = {
+        "stage",
+        "bundle",
+        "engine",
+        "metric",
+        "metric_value",
+        "params",
+        "nonzero_params",
+        "size_bytes",
+        "onnx_bytes",
+        "macs",
+        "latency_ms_b1",
+        "latency_ms_b64",
+        "latency_ms_b1_p90",
+        "latency_ms_b64_p90",
+        "threads",
+    }
     for r in rows:
         assert keys <= r.keys()
         assert r["latency_ms_b1"] > 0 and r["latency_ms_b64"] >= r["latency_ms_b1"] * 0.5
@@ -82,4 +108,6 @@ def test_measure_an_onnx_file(trained_cnn, mnist1d, tmp_path):
     path = export_onnx(trained_cnn, mnist1d.example_input(1), tmp_path / "m.onnx")
     (row,) = measure(path, mnist1d, budget_s=0.1)
     assert row["engine"] == "onnxruntime" and row["params"] is None
-    assert row["metric_value"] == pytest.approx(slimfuse.evaluate(trained_cnn, mnist1d.loader("test")), abs=2e-3)
+    assert row["metric_value"] == pytest.approx(
+        slimfuse.evaluate(trained_cnn, mnist1d.loader("test")), abs=2e-3
+    )

@@ -79,7 +79,7 @@ def _evil(tmp_path):
 
 def test_malicious_pickle_never_runs_without_the_flag(tmp_path):
     path, target = _evil(tmp_path)
-    with pytest.raises(UnsafeFileError, match="full pickle.*Pass --unsafe-pickle"):
+    with pytest.raises(UnsafeFileError, match=r"full pickle.*Pass --unsafe-pickle"):
         load_weights(path)
     assert not target.exists()
 

@@ -26,7 +26,14 @@ def test_recipe_runs_and_writes_bundles_metrics_and_report(tmp_path):
     assert [r["engine"] for r in result["stages"]] == ["torch", "onnxruntime"]
     bundle = tmp_path / "mlp"
     names = {p.name for p in bundle.iterdir()}
-    assert {"model.safetensors", "slimfuse.json", "model.onnx", "metrics.json", "recipe.yaml", "report.html"} <= names
+    assert {
+        "model.safetensors",
+        "slimfuse.json",
+        "model.onnx",
+        "metrics.json",
+        "recipe.yaml",
+        "report.html",
+    } <= names
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "report.html").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["metric"] == "accuracy" and metrics["stages"][0]["metric_value"] > 0.5
@@ -47,10 +54,16 @@ def test_resume_skips_finished_stages(tmp_path):
     ("text", "message"),
     [
         ("stages: [{stage: trian}]", r"unknown stage 'trian'.*did you mean train"),
-        ("stages: [{stage: train, epoks: 3}]", r"stage 'train' \(train\): epoks: Extra inputs are not permitted"),
+        (
+            "stages: [{stage: train, epoks: 3}]",
+            r"stage 'train' \(train\): epoks: Extra inputs are not permitted",
+        ),
         ("stages: [{stage: train, epochs: many}]", r"epochs: Input should be a valid integer"),
         ("stages: []", r"stages: List should have at least 1 item"),
-        ("data: mnist1d\nstages: [{stage: train}]\ncolour: red", r"colour: Extra inputs are not permitted"),
+        (
+            "data: mnist1d\nstages: [{stage: train}]\ncolour: red",
+            r"colour: Extra inputs are not permitted",
+        ),
         ("stages: [{stage: train}]\n  bad: [", r"not valid YAML"),
         ("!!python/object/apply:os.system ['echo pwned']", r"not valid YAML"),
         ("task: clustering\nstages: [{stage: train}]", r"unknown task 'clustering'"),
