@@ -26,6 +26,7 @@ def _loss_and_grad(
     w: np.ndarray, outputs: torch.Tensor, y: torch.Tensor, space: str
 ) -> tuple[float, np.ndarray]:
     wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    outputs = outputs.double()
     if space == "probs":
         p = torch.einsum("n,nsc->sc", wt, outputs)
         loss = -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean()

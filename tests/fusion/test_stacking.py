@@ -1,0 +1,112 @@
+"""Stacking: out-of-fold predictions only (a leakage test), prefit, meta-learners, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slimfuse
+from slimfuse.data import from_arrays
+from slimfuse.errors import ExportError, FusionError
+from slimfuse.fusion.stacking import StackingFusion
+from slimfuse.training import TrainConfig
+
+N, D, C = 90, 6, 3
+
+
+def _xy(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N, D)).astype(np.float32), rng.integers(0, C, N)
+
+
+class Memorizer(nn.Module):
+    """Knows every input of the data set; learns a label only for the samples it trains on.
+
+    Each input attends (sharply) to its own key, so training moves only the rows of the samples
+    seen; an unseen sample keeps a zero row and predicts the uniform distribution.
+    """
+
+    def __init__(self, num_classes: int = C) -> None:
+        super().__init__()
+        x, _ = _xy()
+        self.register_buffer("keys", torch.from_numpy(x))
+        self.table = nn.Parameter(torch.zeros(N, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = (-torch.cdist(x, self.keys).pow(2) * 1e3).softmax(-1)
+        return attn @ self.table
+
+
+def memorizer(num_classes: int = C) -> nn.Module:
+    return Memorizer(num_classes)
+
+
+@pytest.fixture(scope="module")
+def random_labels():
+    x, y = _xy()
+    return from_arrays(x, y, x[:10], y[:10], name="random", val_fraction=0.2)
+
+
+def test_stacking_uses_only_out_of_fold_predictions(random_labels):
+    source = f"{__file__}:memorizer"
+    cfg = TrainConfig(epochs=30, lr=0.5, batch_size=8, quiet=True, restore_best=False)
+    members = []
+    for i in range(2):
+        m = slimfuse.build_model(source, data=random_labels)
+        slimfuse.train(m, random_labels, config=cfg)
+        members.append((f"mem{i}", m))
+    # the members as given have memorised the training labels (in-sample predictions are peaked)
+    x_train = random_labels.train.tensors[0]
+    assert members[0][1](x_train).softmax(-1).max(-1).values.min() > 0.9
+    stack = StackingFusion(members, cv=3, train_config=cfg).fit(random_labels)
+    # every training sample's meta-features come from fold models that never saw it: uniform
+    feats = stack.oof_features_
+    assert feats.shape == (len(x_train), 2 * C)
+    np.testing.assert_allclose(feats, 1.0 / C, atol=1e-3)
+    tested = np.sort(np.concatenate([te for _, te in stack.fold_indices_]))
+    assert np.array_equal(tested, np.arange(len(x_train)))
+    for tr, te in stack.fold_indices_:
+        assert not set(tr) & set(te)
+
+
+def test_prefit_stacking_matches_its_meta_learner(members, mnist1d, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    stack = StackingFusion(members, meta=LogisticRegression(C=0.5, max_iter=500))
+    assert stack.fit(mnist1d) is stack
+    assert 0 < stack.cv_score_ <= 1
+    x = mnist1d.example_input(32)
+    feats = torch.cat([m(x).softmax(-1) for _, m in members], -1).numpy()
+    proba = stack.meta_.predict_proba(feats)
+    np.testing.assert_allclose(stack(x).softmax(-1).detach().numpy(), proba, atol=1e-5)
+    back = slimfuse.load(slimfuse.save(stack, tmp_path / "stack"))
+    torch.testing.assert_close(back(x), stack(x))
+
+
+def test_any_sklearn_classifier_as_meta(members, mnist1d, tmp_path):
+    from sklearn.tree import DecisionTreeClassifier
+
+    stack = StackingFusion(members, meta=DecisionTreeClassifier(max_depth=3)).fit(mnist1d)
+    x = mnist1d.example_input(8)
+    assert stack(x).shape == (8, 10)
+    with pytest.raises(ExportError, match="DecisionTreeClassifier is not linear"):
+        slimfuse.export(stack.meta_layer, stack.member_outputs(x)[0], tmp_path / "s.onnx")
+
+
+def test_too_little_data_for_k_folds(members, mnist1d):
+    with pytest.raises(
+        FusionError,
+        match=r"^50 folds need at least 50 samples of every class; in the validation data "
+        r"\(400 samples\) class \d has \d+$",
+    ):
+        StackingFusion(members, meta_cv=50).fit(mnist1d)
+    with pytest.raises(
+        FusionError, match=r"^5000 folds need at least 5000 samples; the training data has 3600$"
+    ):
+        StackingFusion(members, cv=5000).fit(mnist1d)
+    with pytest.raises(FusionError, match=r"^cv=1: expected an integer number of folds >= 2"):
+        StackingFusion(members, cv=1)
+    with pytest.raises(FusionError, match=r"not fitted: call fit\(data\) first"):
+        StackingFusion(members)(mnist1d.example_input(1))

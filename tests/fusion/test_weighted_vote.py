@@ -1,0 +1,71 @@
+"""Weighted fusion (weights learned on the simplex) and voting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import slimfuse
+from slimfuse.errors import FusionError
+from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.fusion.predict import collect
+from slimfuse.fusion.vote import VoteFusion
+from slimfuse.fusion.weighted import WeightedFusion, simplex_log_loss_weights
+
+
+@pytest.mark.parametrize("space", ["probs", "logits"])
+def test_learned_weights_lie_on_the_simplex_and_beat_uniform(members, mnist1d, space):
+    fused = WeightedFusion(members, space=space)
+    assert fused.fit(mnist1d) is fused
+    w = fused.weights_
+    assert w.shape == (3,) and np.all(w >= 0) and abs(w.sum() - 1) < 1e-6
+    outputs, y = collect(members, mnist1d.loader("val"))
+    _, uniform_loss = simplex_log_loss_weights(outputs[:1], y, space)  # one member alone
+    assert fused.log_loss_ <= uniform_loss + 1e-6
+    uniform = WeightedFusion(members, space=space, weights=[1, 1, 1]).fit(mnist1d)
+    assert fused.log_loss_ <= uniform.log_loss_ + 1e-6
+    torch.testing.assert_close(fused.weights.double(), torch.from_numpy(w))
+
+
+def test_weights_favour_the_informative_member():
+    # member 0 predicts the labels, members 1 and 2 are noise: the simplex optimum is all on 0
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (400,), generator=g)
+    good = torch.nn.functional.one_hot(y, 4).float() * 4
+    noise = [torch.randn(400, 4, generator=g) for _ in range(2)]
+    w, _ = simplex_log_loss_weights(torch.stack([good, *noise]), y, "probs")
+    assert w[0] > 0.9 and abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
+
+
+def test_given_weights_are_kept(members, mnist1d):
+    fused = WeightedFusion(members, weights=[3, 1, 0]).fit(mnist1d)
+    np.testing.assert_allclose(fused.weights_, [0.75, 0.25, 0.0], atol=1e-7)
+
+
+def test_hard_vote_is_the_majority_and_soft_vote_the_mean_probability(members, mnist1d):
+    x = mnist1d.example_input(64)
+    preds = torch.stack([m(x).argmax(-1) for _, m in members])  # (3, 64)
+    votes = VoteFusion(members, voting="hard")(x)
+    counts = torch.stack([(preds == c).sum(0) for c in range(10)], dim=-1).float() / 3
+    torch.testing.assert_close(votes, counts)
+    majority = torch.mode(preds, dim=0).values
+    agree = counts.max(-1).values > 0.5  # a strict majority exists
+    assert torch.equal(votes.argmax(-1)[agree], majority[agree])
+    soft = VoteFusion(members, voting="soft")(x)
+    torch.testing.assert_close(soft, MeanFusion(members, space="probs")(x))
+
+
+def test_weighted_vote_and_bad_voting(members, mnist1d):
+    x = mnist1d.example_input(16)
+    only_first = VoteFusion(members, weights=[1, 0, 0])(x)
+    assert torch.equal(only_first.argmax(-1), members[0][1](x).argmax(-1))
+    with pytest.raises(FusionError, match=r"^voting 'majority': expected one of hard, soft$"):
+        VoteFusion(members, voting="majority")  # type: ignore[arg-type]
+
+
+def test_vote_round_trip(members, mnist1d, tmp_path):
+    fused = VoteFusion(members, voting="hard", weights=[2, 1, 1])
+    back = slimfuse.load(slimfuse.save(fused, tmp_path / "vote"))
+    x = mnist1d.example_input(32)
+    assert torch.equal(back(x), fused(x))
