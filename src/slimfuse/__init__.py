@@ -30,6 +30,7 @@ _VERBS: dict[str, str] = {
     "measure": "slimfuse.measuring:measure",
     "export": "slimfuse.exporting:export_onnx",
     "run": "slimfuse.pipeline.run:run_recipe",
+    "prune": "slimfuse.pruning:prune",
     "fuse": "slimfuse.fusion.api:fuse",
     "merge": "slimfuse.fusion.merge:merge",
 }

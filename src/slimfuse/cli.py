@@ -20,6 +20,7 @@ from slimfuse import __version__
 # so these modules keep their heavy imports inside the handlers.
 FAMILIES: tuple[str, ...] = (
     "slimfuse.fusion.cli",
+    "slimfuse.pruning.cli",
 )
 
 

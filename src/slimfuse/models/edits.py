@@ -26,6 +26,7 @@ EDITS: Registry[EditHandler] = Registry(
         "keep_blocks": "slimfuse.distillation.students:keep_blocks_edit",
         "resize": "slimfuse.pruning.resize:apply_resize",
         "sparse": "slimfuse.pruning.sparse:apply_sparse",
+        "hf_config": "slimfuse.pruning.transformer:apply_hf_config",
     },
 )
 

@@ -92,6 +92,7 @@ STAGES: Registry[Stage] = Registry(
         "train": "slimfuse.pipeline.builtin:train_stage",
         "eval": "slimfuse.pipeline.builtin:eval_stage",
         "export": "slimfuse.pipeline.builtin:export_stage",
+        "prune": "slimfuse.pruning.stage:prune_stage",
         "train-members": "slimfuse.fusion.stage:train_members_stage",
         "fuse": "slimfuse.fusion.stage:fuse_stage",
         "merge": "slimfuse.fusion.stage:merge_stage",

@@ -1,1 +1,15 @@
-"""Pruning: unstructured magnitude masks and structured removal of channels, neurons and heads."""
+"""Pruning: unstructured magnitude masks and structured removal of channels, neurons and heads.
+
+- :func:`prune` (``slimfuse.prune``): one call for every kind, with recovery
+- :mod:`~slimfuse.pruning.unstructured`: magnitude masks, per layer or global, sparsity or τ
+- :mod:`~slimfuse.pruning.schedule`: Zhu & Gupta's cubic gradual schedule (AGP), one-shot
+- :mod:`~slimfuse.pruning.structured`: channels/neurons removed on Torch-Pruning's dependency graph
+- :mod:`~slimfuse.pruning.importance`: l1, l2, bn, taylor criteria in one registry
+- :mod:`~slimfuse.pruning.transformer`: FFN neurons and attention heads of BERT-style encoders
+- :mod:`~slimfuse.pruning.sparse`: compact sparse weights in bundles; :mod:`~slimfuse.pruning.resize`:
+  the structural edit that lets ``slimfuse.load`` rebuild pruned shapes
+"""
+
+from slimfuse.pruning.prune import prune
+
+__all__ = ["prune"]

@@ -251,6 +251,7 @@ def prune_structured(
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
             "expected a model whose forward runs on tensors with static control flow"
         ) from None
+    _check_traced(pruner.DG, model, example_inputs, protected)
     for step in range(iterative_steps):
         if criterion.needs_grad:
             accumulate_gradients(model, data, task, taylor_batches)
@@ -303,4 +304,31 @@ def _check_not_empty(model: nn.Module, ratio: float) -> None:
             raise ConfigError(
                 f"ratio {ratio} removed every channel of {name!r} ({type(m).__name__}); "
                 "expected a lower ratio or uniform (non-global) pruning"
+            )
+
+
+def _check_traced(
+    dg: Any, model: nn.Module, example_inputs: Any, protected: set[nn.Module]
+) -> None:
+    """Every conv/linear that runs must be in the traced graph, feeding something or the output."""
+    names = {m: n for n, m in model.named_modules()}
+    ran: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda mod, _i, _o: ran.append(mod))
+        for m in model.modules()
+        if isinstance(m, ROOT_TYPES)
+    ]
+    try:
+        with torch.no_grad():
+            forward(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    for m in dict.fromkeys(ran):
+        node = dg.module2node.get(m)
+        if node is None or (not node.outputs and m not in protected):
+            raise ModelError(
+                f"cannot trace {type(model).__name__} for structured pruning: the output of "
+                f"{names[m]!r} ({type(m).__name__}) leaves the autograd graph (numpy, .item(), "
+                "no_grad?); expected tensor operations from input to output"
             )

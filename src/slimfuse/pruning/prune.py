@@ -1,0 +1,158 @@
+"""``slimfuse.prune``: one call for unstructured, structured and transformer pruning + recovery.
+
+- ``sparsity=0.9``: magnitude masks, ``schedule="agp"`` (cubic, during fine-tuning) or
+  ``"oneshot"`` (then fine-tune with the masks kept); masks are folded in and the bundle stores
+  the sparse weights compactly.
+- ``channels=0.5``: structured removal of channels/neurons (``importance`` l1, l2, bn, taylor),
+  optionally ``iterative_steps`` of prune → recover, then recovery.
+- ``ffn=0.5, heads=0.25``: FFN neurons and attention heads of a BERT-style encoder.
+
+Recovery fine-tunes for ``finetune_epochs`` with the one training loop (``recovery="distill"``
+uses the unpruned model as teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.errors import ConfigError
+from slimfuse.pruning.recovery import Recovery, recover
+from slimfuse.pruning.schedule import SCHEDULES, AGPCallback
+from slimfuse.pruning.unstructured import MaskCallback, check_sparsity, finalize, prune_unstructured
+from slimfuse.targeting import Selector
+from slimfuse.tasks import Task, get_task
+from slimfuse.training import TrainConfig
+
+
+def prune(
+    model: nn.Module,
+    data: Data | None = None,
+    *,
+    sparsity: float | None = None,
+    channels: float | None = None,
+    ffn: float | None = None,
+    heads: float | None = None,
+    schedule: Literal["agp", "oneshot"] = "agp",
+    importance: str = "l1",
+    targets: Selector | Iterable[Selector] | None = None,
+    ignore: Selector | Iterable[Selector] | None = None,
+    global_pruning: bool | None = None,
+    iterative_steps: int = 1,
+    unsupported: Literal["error", "skip"] = "error",
+    finetune_epochs: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 100,
+    recovery: Recovery = "finetune",
+    task: str | Task = "classification",
+    example_inputs: Any = None,
+    inputs: Any = None,
+    seed: int = 0,
+    quiet: bool = True,
+    checkpoint_dir: Any = None,
+) -> nn.Module:
+    """Return a pruned copy of ``model`` (the input is left unchanged)."""
+    modes = [
+        n
+        for n, v in (("sparsity", sparsity), ("channels", channels), ("ffn/heads", ffn or heads))
+        if v is not None and v is not False
+    ]
+    if ffn == 0 and heads == 0 and not modes:
+        modes = ["ffn/heads"]
+    if len(modes) != 1:
+        raise ConfigError(
+            f"give exactly one of sparsity, channels or ffn/heads; got {', '.join(modes) or 'none'}"
+        )
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs {finetune_epochs}: expected >= 0")
+    task = get_task(task)
+    if finetune_epochs and data is None:
+        raise ConfigError("fine-tuning after pruning needs data")
+    cfg = TrainConfig(
+        epochs=finetune_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        quiet=quiet,
+        restore_best=False,  # the last epoch is the one at the final sparsity
+    )
+    teacher = model.eval() if recovery == "distill" else None
+
+    def fine_tune(m: nn.Module, callbacks: list[Any], desc: str) -> None:
+        if finetune_epochs and data is not None:
+            recover(
+                m,
+                data,
+                task,
+                cfg,
+                recovery=recovery,
+                teacher=teacher,
+                callbacks=callbacks,
+                checkpoint_dir=checkpoint_dir,
+                description=desc,
+            )
+
+    if sparsity is not None:
+        check_sparsity(sparsity)
+        model = copy.deepcopy(model)
+        gp = True if global_pruning is None else global_pruning
+        if schedule == "agp":
+            if not finetune_epochs:
+                raise ConfigError(
+                    "schedule 'agp' prunes gradually during fine-tuning; expected finetune_epochs >= 1 "
+                    "(or schedule 'oneshot')"
+                )
+            cb = AGPCallback(model, sparsity, targets=targets, ignore=ignore, global_pruning=gp)
+            fine_tune(model, [cb], "prune agp")
+            masks = cb.masks
+        else:
+            masks = prune_unstructured(
+                model, sparsity=sparsity, targets=targets, ignore=ignore, global_pruning=gp
+            )
+            fine_tune(model, [MaskCallback(masks)], "prune finetune")
+        return finalize(model, masks)
+
+    if channels is not None:
+        from slimfuse.pruning.structured import prune_structured
+
+        x = example_inputs
+        if x is None and data is not None:
+            x = data.example_input(1)
+
+        def between(m: nn.Module, step: int) -> None:
+            if step < iterative_steps - 1:
+                fine_tune(m, [], f"recover {step + 1}/{iterative_steps}")
+
+        small = prune_structured(
+            model,
+            x,
+            ratio=channels,
+            importance=importance,
+            targets=targets,
+            ignore=ignore,
+            global_pruning=bool(global_pruning),
+            data=data,
+            task=task,
+            iterative_steps=iterative_steps,
+            recover=between if iterative_steps > 1 else None,
+            unsupported=unsupported,
+        )
+        fine_tune(small, [], "recover")
+        return small
+
+    from slimfuse.pruning.transformer import prune_transformer
+
+    if inputs is None and data is not None and importance == "activation":
+        loader = data.loader("train", batch_size=32)
+        inputs = [task.unpack(b)[0] for b, _ in zip(loader, range(4), strict=False)]
+    small = prune_transformer(
+        model, ffn_ratio=ffn or 0.0, head_ratio=heads or 0.0, importance=importance, inputs=inputs
+    )
+    fine_tune(small, [], "recover")
+    return small
