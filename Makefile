@@ -33,5 +33,10 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+bench-fuse: $(STAMP)
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_ensemble.py
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_soup.py
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_mutual.py
+
 clean:
 	rm -rf runs .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,77 @@
+"""Shared pieces of the fusion benchmarks: members as scikit-learn estimators, table helpers."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class TorchClassifier(ClassifierMixin, BaseEstimator):
+    """A trained torch classifier as a scikit-learn estimator (``fit`` only records classes)."""
+
+    def __init__(self, module: Any = None, n_classes: int = 10) -> None:
+        self.module = module
+        self.n_classes = n_classes
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> TorchClassifier:
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        self.module.eval()
+        return self.module(torch.as_tensor(X, dtype=torch.float32)).softmax(-1).numpy()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+def frozen(module: Any, n_classes: int = 10) -> Any:
+    """The member wrapped as a prefit (frozen) scikit-learn estimator."""
+    from sklearn.frozen import FrozenEstimator
+
+    return FrozenEstimator(TorchClassifier(module, n_classes).fit(None, None))
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def cpu_line() -> str:
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    vnni = "yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"
+    return (
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"1 thread, AVX-512 VNNI: {vnni}"
+    )
+
+
+def write(name: str, text: str, raw: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps(raw, indent=2, default=float) + "\n")
+    print(text)
+    return path
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
