@@ -33,6 +33,8 @@ _VERBS: dict[str, str] = {
     "prune": "slimfuse.pruning:prune",
     "fuse": "slimfuse.fusion.api:fuse",
     "merge": "slimfuse.fusion.merge:merge",
+    "quantize": "slimfuse.quantization:quantize",
+    "QuantConfig": "slimfuse.quantization:QuantConfig",
 }
 
 __all__ = ["__version__", *_VERBS]

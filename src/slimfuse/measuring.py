@@ -31,7 +31,12 @@ ENGINES = ("torch", "onnxruntime")
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(parameters, non-zero parameters); shared tensors are counted once."""
+    """(parameters, non-zero parameters); shared tensors are counted once.
+
+    A module that is not made of parameters (an int8 graph) may answer with ``count_params()``.
+    """
+    if callable(getattr(model, "count_params", None)):
+        return model.count_params()  # type: ignore[operator]
     seen: set[int] = set()
     total = nonzero = 0
     for p in model.parameters():
@@ -56,6 +61,9 @@ def state_bytes(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_inputs: Any) -> int | None:
     """Multiply-accumulates of one forward pass on ``example_inputs`` (batch 1)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    if callable(getattr(model, "count_macs", None)):  # e.g. an int8 graph: the float model's MACs
+        return model.count_macs()  # type: ignore[operator]
 
     try:
         with FlopCounterMode(display=False) as counter:

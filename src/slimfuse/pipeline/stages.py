@@ -97,5 +97,6 @@ STAGES: Registry[Stage] = Registry(
         "fuse": "slimfuse.fusion.stage:fuse_stage",
         "merge": "slimfuse.fusion.stage:merge_stage",
         "mutual": "slimfuse.fusion.stage:mutual_stage",
+        "quantize": "slimfuse.quantization.stage:quantize_stage",
     },
 )

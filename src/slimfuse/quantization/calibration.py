@@ -1,0 +1,132 @@
+"""Calibration data: model inputs gathered from a loader or a ``forward_loop``, checked first.
+
+Statistics are kept apart from surgery: :func:`calibration_inputs` only collects and validates
+inputs (an empty source or NaN/Inf values stop here, before any model compute); the ranges are
+computed on the fp32 ONNX graph by ONNX Runtime's calibrators (min-max, percentile, entropy)
+through :class:`FeedReader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimfuse.errors import DataError
+
+CalibrationSource = Iterable[Any] | Callable[[nn.Module], Any]
+
+
+def _strip_target(batch: Any) -> Any:
+    """A loader batch ``(inputs, target)`` or ``{..., "target"}`` -> the model inputs."""
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k not in ("target", "labels")}
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0]
+    return batch
+
+
+def _tensors(inputs: Any) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(inputs, Mapping):
+        return [(str(k), v) for k, v in inputs.items()]
+    if isinstance(inputs, (tuple, list)):
+        return [(f"input_{i}", v) for i, v in enumerate(inputs)]
+    return [("input", inputs)]
+
+
+def check_finite(inputs: Any, where: str) -> None:
+    """Raise :class:`DataError` if a float tensor of ``inputs`` holds NaN or Inf."""
+    for name, t in _tensors(inputs):
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"{where}: input {name!r} is a {type(t).__name__}; expected a tensor")
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise DataError(
+                    f"{where}: input {name!r} has {bad} NaN/Inf value(s); expected finite numbers"
+                )
+
+
+def calibration_inputs(
+    model: nn.Module, source: CalibrationSource | None, *, max_batches: int = 8
+) -> list[Any]:
+    """Model inputs for calibration from a loader / iterable of batches or a ``forward_loop``.
+
+    A ``forward_loop(model)`` is run once with a hook that records what the model is called
+    with. The result is never empty and holds only finite numbers, or :class:`DataError` says why.
+    """
+    if source is None:
+        raise DataError("calibration data is missing: expected a loader or a forward_loop")
+    if hasattr(source, "__len__") and len(source) == 0:  # type: ignore[arg-type]
+        raise DataError("calibration data is empty (0 batches): expected at least one batch")
+    found: list[Any] = []
+    if callable(source) and not isinstance(source, (Iterable, torch.utils.data.DataLoader)):
+        handle = model.register_forward_pre_hook(
+            lambda _m, args, kwargs: (
+                found.append(dict(kwargs) if kwargs else tuple(args))
+                if len(found) < max_batches
+                else None
+            ),
+            with_kwargs=True,
+        )
+        try:
+            with torch.no_grad():
+                source(model)
+        finally:
+            handle.remove()
+        found = [f[0] if isinstance(f, tuple) and len(f) == 1 else f for f in found]
+        what = "forward_loop call"
+    else:
+        for batch in source:
+            found.append(_strip_target(batch))
+            if len(found) >= max_batches:
+                break
+        what = "calibration batch"
+    if not found:
+        raise DataError(
+            "calibration data is empty: the source gave no batches; expected at least one batch"
+        )
+    for i, inputs in enumerate(found, start=1):
+        check_finite(inputs, f"{what} {i}")
+    return found
+
+
+def to_feeds(inputs: Any, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Model inputs -> an ONNX Runtime feed dict for a graph with ``input_names``."""
+    if isinstance(inputs, Mapping):
+        values = [inputs[n] for n in input_names]
+    elif isinstance(inputs, (tuple, list)):
+        values = list(inputs)
+    else:
+        values = [inputs]
+    if len(values) != len(input_names):
+        raise DataError(
+            f"calibration inputs have {len(values)} tensor(s); the graph takes {input_names}"
+        )
+    return {
+        n: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        for n, v in zip(input_names, values, strict=True)
+    }
+
+
+def feed_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over ready feed dicts."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FeedReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(feeds)
+
+        def __len__(self) -> int:
+            return len(feeds)
+
+    return FeedReader()

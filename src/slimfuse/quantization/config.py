@@ -1,0 +1,111 @@
+"""The quantization config: one frozen value that says what to do, round-tripping to a dict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from slimfuse.errors import ConfigError
+from slimfuse.targeting import Targeting
+
+Mode = Literal["dynamic", "static", "weight-only", "qat"]
+MODES = ("dynamic", "static", "weight-only", "qat")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What :func:`slimfuse.quantize` does.
+
+    - ``mode``: ``dynamic`` (int8 weights per channel, activations quantized at run time),
+      ``static`` (int8 QDQ, activation ranges from calibration), ``weight-only`` (int8/int4
+      group-wise weights, float compute) or ``qat`` (fake-quant training, then int8 QDQ).
+    - ``bits``: 8, or 4 for ``weight-only``.
+    - ``calibration``: ``minmax``, ``percentile`` (``percentile`` kept) or ``entropy``.
+    - ``per_channel``: one weight scale per output channel (else one per tensor).
+    - ``targets`` / ``ignore``: layer selectors in the shared syntax (:mod:`slimfuse.targeting`).
+    - ``max_drop``: with ``mixed_precision``, the largest allowed metric drop; the most
+      sensitive layers stay fp32 until the budget holds.
+    - ``smoothquant``: migrate activation outliers into weights before quantizing (alpha).
+    - ``group_size``: weights per scale for ``weight-only``.
+    - ``calibration_batches``: how many loader batches calibration reads.
+    - ``qat_epochs`` / ``qat_lr``: the QAT fine-tune; ``distill``: use the fp32 model as teacher.
+    """
+
+    mode: Mode = "dynamic"
+    bits: int = 8
+    calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    targets: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    quantize_attention: bool = False
+    quantize_embeddings: bool = True
+    max_drop: float | None = None
+    smoothquant: float | None = None
+    group_size: int = 32
+    calibration_batches: int = 8
+    qat_epochs: int = 5
+    qat_lr: float = 1e-3
+    distill: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"quantization mode {self.mode!r}: expected one of {', '.join(MODES)}"
+            )
+        if self.bits not in (4, 8):
+            raise ConfigError(f"bits {self.bits}: expected 8 or 4")
+        if self.bits == 4 and self.mode != "weight-only":
+            raise ConfigError(
+                f"bits 4 with mode {self.mode!r}: int4 is weight-only here; expected bits 8 "
+                "or mode 'weight-only'"
+            )
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(
+                f"calibration {self.calibration!r}: expected one of {', '.join(CALIBRATIONS)}"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile {self.percentile}: expected a value in (50, 100]")
+        if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
+            raise ConfigError(f"max_drop {self.max_drop}: expected a number >= 0")
+        if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
+            raise ConfigError(f"smoothquant alpha {self.smoothquant}: expected 0..1")
+        if self.group_size < 1 or self.group_size % 2:
+            raise ConfigError(f"group_size {self.group_size}: expected an even number >= 2")
+        if self.calibration_batches < 1:
+            raise ConfigError(f"calibration_batches {self.calibration_batches}: expected >= 1")
+        if self.qat_epochs < 0 or not self.qat_lr > 0:
+            raise ConfigError(
+                f"qat_epochs {self.qat_epochs} / qat_lr {self.qat_lr}: expected >= 0 / > 0"
+            )
+        if self.targets is not None and not isinstance(self.targets, tuple):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        if not isinstance(self.ignore, tuple):
+            object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def targeting(self) -> Targeting:
+        return Targeting(self.targets, self.ignore)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = list(self.targets) if self.targets is not None else None
+        d["ignore"] = list(self.ignore)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown quantization setting(s) {', '.join(unknown)}; expected some of "
+                + ", ".join(cls.__dataclass_fields__)
+            )
+        if known.get("targets") is not None:
+            known["targets"] = tuple(known["targets"])
+        known["ignore"] = tuple(known.get("ignore") or ())
+        return cls(**known)

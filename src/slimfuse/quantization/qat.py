@@ -1,0 +1,172 @@
+"""Quantization-aware training: fake-quant with a straight-through estimator, then int8 QDQ.
+
+Each selected Linear / Conv gets a :class:`FakeQuantLayer`: its input is fake-quantized to
+uint8 with a learned scale and zero point (LSQ+, ``torch._fake_quantize_learnable_per_tensor_affine``,
+initialised from calibration min/max), its weight per output channel to int8 (symmetric, range
+from the current weight). Rounding passes gradients straight through. Training uses the one loop
+(:func:`slimfuse.training.train`), optionally with the fp32 model as distillation teacher.
+Conversion exports the trained float layers and quantizes them with ONNX Runtime as static QDQ,
+using the learned input ranges in place of calibrated ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimfuse.quantization.config import QuantConfig
+
+QAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+class FakeQuantLayer(nn.Module):
+    """A Linear / Conv with fake-quantized input (uint8, learned range) and weight (int8/channel)."""
+
+    def __init__(self, layer: nn.Module, low: float, high: float) -> None:
+        super().__init__()
+        self.layer = layer
+        low, high = min(low, 0.0), max(high, 0.0)
+        scale = max((high - low) / 255.0, 1e-8)
+        self.scale = nn.Parameter(torch.tensor([scale]))
+        self.zero_point = nn.Parameter(torch.tensor([float(round(-low / scale))]))
+
+    def input_range(self) -> tuple[float, float]:
+        """The learned (low, high) of the input quantizer."""
+        s = float(self.scale.detach().abs().clamp_min(1e-8))
+        zp = float(torch.clamp(torch.round(self.zero_point.detach()), 0, 255))
+        return -zp * s, (255 - zp) * s
+
+    def fake_weight(self) -> torch.Tensor:
+        w = self.layer.weight
+        scale = (w.detach().abs().reshape(w.shape[0], -1).amax(1) / 127).clamp_min(1e-8)
+        zp = torch.zeros(w.shape[0], dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -128, 127)
+
+    def fake_input(self, x: torch.Tensor) -> torch.Tensor:
+        zp = torch.clamp(self.zero_point, 0, 255)
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            x, self.scale.abs().clamp_min(1e-8), zp, 0, 255, 1.0
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fake_input(x)
+        w = self.fake_weight()
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, w, layer.bias)
+        if isinstance(layer, nn.Conv1d):
+            return F.conv1d(
+                x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+            )
+        return F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+@torch.no_grad()
+def _input_ranges(model: nn.Module, names: list[str], inputs: list[Any]) -> dict[str, list[float]]:
+    from slimfuse.tasks import forward
+
+    ranges: dict[str, list[float]] = {}
+    hooks = []
+    for name in names:
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0].detach()
+            lo, hi = float(x.min()), float(x.max())
+            old = ranges.get(name)
+            ranges[name] = [min(lo, old[0]), max(hi, old[1])] if old else [lo, hi]
+
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        for x in inputs:
+            forward(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def prepare_qat(model: nn.Module, cfg: QuantConfig, inputs: list[Any]) -> nn.Module:
+    """A copy of ``model`` with :class:`FakeQuantLayer` on the selected layers (ranges from ``inputs``)."""
+    model = copy.deepcopy(model).eval()
+    chosen = cfg.targeting.select(model, default_types=QAT_TYPES, what="quantization")
+    names = [n for n, m in chosen.items() if isinstance(m, QAT_TYPES)]
+    ranges = _input_ranges(model, names, inputs)
+    for name in names:
+        _set(model, name, FakeQuantLayer(model.get_submodule(name), *ranges[name]))
+    return model
+
+
+def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[float, float]]]:
+    """The float model with the trained weights, and each layer's learned input range."""
+    model = copy.deepcopy(model)
+    learned = {}
+    for name, m in list(model.named_modules()):
+        if isinstance(m, FakeQuantLayer):
+            learned[name] = m.input_range()
+            _set(model, name, m.layer)
+    return model, learned
+
+
+def qat(
+    model: nn.Module,
+    cfg: QuantConfig,
+    inputs: list[Any],
+    example_inputs: Any,
+    *,
+    data: Any,
+    task: str = "classification",
+) -> nn.Module:
+    """Prepare, train with the one loop, convert to an int8 QDQ graph (ONNX Runtime)."""
+    import tempfile
+    from pathlib import Path
+
+    from slimfuse.errors import ConfigError
+    from slimfuse.quantization.graph import node_modules
+    from slimfuse.quantization.ptq import prepare, ptq
+    from slimfuse.training import TrainConfig, train
+
+    if data is None:
+        raise ConfigError("qat needs training data (data=...); got none")
+    fq = prepare_qat(model, cfg, inputs)
+    objective = None
+    if cfg.distill:
+        from slimfuse.distillation.objectives import objective as distill_objective
+
+        objective = distill_objective(copy.deepcopy(model).eval(), task)
+    tc = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, quiet=True, **cfg.extra.get("train", {}))
+    result = train(fq, data, task, tc, objective=objective, description="qat")
+    float_model, learned = strip_fake_quant(fq)
+    float_model.eval()
+    with tempfile.TemporaryDirectory(prefix="slimfuse-qat-") as tmp:
+        prep = prepare(float_model, inputs, example_inputs, Path(tmp))
+        names = {n for n, _ in float_model.named_modules() if n}
+        owners = node_modules(prep.graph, names)
+        ranges = {}
+        for node in prep.graph.node:
+            owner = owners.get(node.name)
+            if owner in learned and node.op_type in ("Conv", "Gemm", "MatMul"):
+                ranges[node.input[0]] = learned[owner]
+        static = QuantConfig.from_dict({**cfg.to_dict(), "mode": "static"})
+        q = ptq(
+            prep,
+            static,
+            ranges=ranges,
+            mode="qat",
+            config=cfg.to_dict(),
+            qat={
+                "epochs": result.epochs_run,
+                "best_val": result.best_metric,
+                "learned_ranges": learned,
+            },
+        )
+    object.__setattr__(q, "fake_quant_model", fq)
+    return q

@@ -1,0 +1,147 @@
+"""An int8 ONNX graph as a module: what PTQ and QAT produce, measured like any other model.
+
+:class:`QuantizedModel` holds the quantized ONNX graph as a ``uint8`` buffer (so the bundle's
+``model.safetensors`` carries the int8 weights, about a quarter of fp32) and runs it with ONNX
+Runtime on the CPU: calling it runs the int8 kernels (VNNI where the CPU has it). Its
+:meth:`export_onnx` writes that graph; :func:`slimfuse.exporting.export_onnx` delegates to it.
+Bundles rebuild it through the ``quantized_graph`` edit (:func:`load_quantized`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimfuse.errors import ExportError, ModelError
+from slimfuse.models.source import ModelSpec, record, set_spec, spec_of
+
+EDIT_KIND = "quantized_graph"
+
+
+class QuantizedModel(nn.Module):
+    """A quantized ONNX graph behind ``forward``; ``info`` says how it was made (JSON-able)."""
+
+    def __init__(self, graph: bytes | torch.Tensor, info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if isinstance(graph, bytes):
+            graph = torch.frombuffer(bytearray(graph), dtype=torch.uint8).clone()
+        self.register_buffer("graph", graph)
+        self.info: dict[str, Any] = dict(info or {})
+        self._sessions: dict[int, Any] = {}
+
+    # -- running --------------------------------------------------------------------------
+    def graph_bytes(self) -> bytes:
+        return self.graph.numpy().tobytes()
+
+    def session(self, threads: int | None = None) -> Any:
+        import onnxruntime as ort
+
+        threads = threads or torch.get_num_threads()
+        if threads not in self._sessions:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            self._sessions[threads] = ort.InferenceSession(
+                self.graph_bytes(), so, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[threads]
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sessions = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        sess = self.session()
+        names = [i.name for i in sess.get_inputs()]
+        values = list(args) + [kwargs[n] for n in names[len(args) :] if n in kwargs]
+        if len(values) != len(names):
+            raise ModelError(f"the quantized graph takes inputs {names}; got {len(values)} values")
+        feeds = {
+            n: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            for n, v in zip(names, values, strict=True)
+        }
+        return torch.from_numpy(sess.run(None, feeds)[0])
+
+    # -- what measure asks ----------------------------------------------------------------
+    def count_params(self) -> tuple[int, int]:
+        """Parameters of the model that was quantized (the int8 graph holds the same count)."""
+        return int(self.info.get("params", 0)), int(self.info.get("nonzero_params", 0))
+
+    def count_macs(self) -> int | None:
+        return self.info.get("macs")
+
+    def export_onnx(
+        self, path: str | Path, example_inputs: Any, opset: int = 18, atol: float = 1e-4
+    ) -> Path:
+        """Write the int8 graph to ``path`` (atomically), check it and run it once at batch 1."""
+        import onnx
+
+        from slimfuse.exporting import _as_tuple
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(self.graph_bytes())
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)
+            except Exception as exc:
+                raise ExportError(
+                    f"the quantized graph fails the ONNX checker: {str(exc).splitlines()[0]}"
+                ) from None
+            args, kwargs, _ = _as_tuple(example_inputs)
+            out = self(*args, **kwargs)
+            if not torch.isfinite(out).all():
+                raise ExportError("the quantized graph gives NaN/Inf on the example input")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def extra_repr(self) -> str:
+        return f"mode={self.info.get('mode')}, bytes={self.graph.numel()}"
+
+
+def wrap_graph(
+    float_model: nn.Module, graph: bytes, info: dict[str, Any], example_inputs: Any = None
+) -> QuantizedModel:
+    """A :class:`QuantizedModel` that inherits (a copy of) the float model's spec plus the edit."""
+    from slimfuse.measuring import count_macs, count_params
+
+    q = QuantizedModel(graph, info)
+    if "params" not in q.info:
+        params, nonzero = count_params(float_model)
+        q.info.update(params=params, nonzero_params=nonzero)
+    if "macs" not in q.info and example_inputs is not None:
+        q.info["macs"] = count_macs(float_model, example_inputs)
+    spec = spec_of(float_model)
+    if spec is not None:
+        set_spec(q, ModelSpec.from_dict(copy.deepcopy(spec.to_dict())))
+        record(q, edit={"kind": EDIT_KIND, "info": q.info})
+    return q
+
+
+def refresh_edit(q: QuantizedModel) -> QuantizedModel:
+    """Copy ``q.info`` into its recorded edit after the info grew (so the bundle has it too)."""
+    import json
+
+    spec = spec_of(q)
+    if spec is not None and spec.edits and spec.edits[-1].get("kind") == EDIT_KIND:
+        spec.edits[-1]["info"] = json.loads(json.dumps(q.info, default=str))
+    return q
+
+
+def load_quantized(
+    model: nn.Module, edit: dict[str, Any], state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """Edit handler: replace the rebuilt float model by the saved int8 graph."""
+    if "graph" not in state:
+        raise ModelError("bundle says the model is a quantized graph but has no 'graph' tensor")
+    return QuantizedModel(torch.zeros_like(state["graph"]), edit.get("info", {}))

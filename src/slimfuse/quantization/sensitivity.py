@@ -1,0 +1,193 @@
+"""Sensitivity analysis and mixed precision.
+
+:func:`sensitivity` quantizes each candidate layer alone and measures the output SQNR against
+fp32 and the metric drop. :func:`mixed_precision` quantizes everything, and while the drop is
+over ``max_drop`` keeps the most sensitive layers in fp32, fewest first, until it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimfuse.quantization.config import QuantConfig
+from slimfuse.quantization.graph import supported_types
+from slimfuse.quantization.ptq import Prepared, ptq
+from slimfuse.quantization.runtime import QuantizedModel, refresh_edit
+
+Metric = Callable[[nn.Module], float]
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, inputs: list[Any]) -> list[torch.Tensor]:
+    from slimfuse.tasks import forward
+
+    return [forward(model.eval(), x).float() for x in inputs]
+
+
+def agreement_metric(reference: nn.Module, inputs: list[Any], task: str) -> Metric:
+    """Default metric: top-1 agreement with fp32 (classification) or mean cosine (otherwise)."""
+    ref = _outputs(reference, inputs)
+
+    def metric(model: nn.Module) -> float:
+        got = _outputs(model, inputs)
+        if task == "classification":
+            same = [(g.argmax(-1) == r.argmax(-1)).float() for g, r in zip(got, ref, strict=True)]
+        else:
+            same = [
+                torch.nn.functional.cosine_similarity(g.flatten(1), r.flatten(1), dim=1)
+                for g, r in zip(got, ref, strict=True)
+            ]
+        return float(torch.cat(same).mean())
+
+    return metric
+
+
+def output_sqnr(reference: list[torch.Tensor], model: nn.Module, inputs: list[Any]) -> float:
+    from slimfuse.quantization.api import sqnr_db
+
+    got = _outputs(model, inputs)
+    return sqnr_db(
+        torch.cat([r.flatten() for r in reference]), torch.cat([g.flatten() for g in got])
+    )
+
+
+def _fake_act(x: torch.Tensor, rng: tuple[float, float] | None) -> torch.Tensor:
+    """uint8 asymmetric fake-quant of an activation: per call (dynamic) or a fixed range (static)."""
+    lo, hi = (float(x.min()), float(x.max())) if rng is None else rng
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / 255.0, 1e-12)
+    zp = round(-lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+
+
+def _fake_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    flat = w.reshape(w.shape[0], -1)
+    amax = (
+        flat.abs().amax(1, keepdim=True) if per_channel else flat.abs().amax().expand(len(flat), 1)
+    )
+    scale = (amax / 127).clamp_min(1e-12)
+    return (torch.clamp(torch.round(flat / scale), -127, 127) * scale).reshape(w.shape)
+
+
+@torch.no_grad()
+def emulated_sensitivity(
+    model: nn.Module,
+    layers: list[str],
+    inputs: list[Any],
+    metric: Metric,
+    static: bool,
+    per_channel: bool,
+) -> list[dict[str, Any]]:
+    """Each layer alone under an int8 emulation in PyTorch (fast): ``{"layer", "sqnr_db", "drop"}``.
+
+    Dynamic mode: the input range is taken per call, as ``DynamicQuantizeLinear`` does; static:
+    the min/max over the calibration inputs. Weights: int8 symmetric, per channel.
+    """
+    from slimfuse.quantization.api import sqnr_db
+    from slimfuse.quantization.qat import _input_ranges
+
+    ranges = _input_ranges(model, layers, inputs) if static else {}
+    ref = _outputs(model, inputs)
+    base = metric(model)
+    rows = []
+    for name in layers:
+        layer = model.get_submodule(name)
+        saved = layer.weight.data.clone()
+        layer.weight.data.copy_(_fake_weight(saved, per_channel))
+        handle = None
+        if not isinstance(layer, nn.Embedding):
+            rng = tuple(ranges[name]) if static and name in ranges else None
+            handle = layer.register_forward_pre_hook(
+                lambda _m, a, r=rng: (_fake_act(a[0], r), *a[1:])
+            )
+        try:
+            got = _outputs(model, inputs)
+            value = metric(model)
+        finally:
+            layer.weight.data.copy_(saved)
+            if handle is not None:
+                handle.remove()
+        sq = sqnr_db(torch.cat([r.flatten() for r in ref]), torch.cat([g.flatten() for g in got]))
+        rows.append({"layer": name, "sqnr_db": round(sq, 2), "metric": value, "drop": base - value})
+    rows.sort(key=lambda r: (-r["drop"], r["sqnr_db"]))
+    return rows
+
+
+def sensitivity(
+    prep: Prepared, cfg: QuantConfig, metric: Metric, base: float | None = None
+) -> list[dict[str, Any]]:
+    """Each candidate layer quantized alone in ONNX Runtime: ``{"layer", "sqnr_db", "metric", "drop"}``, worst first."""
+    supported = supported_types(cfg.mode, cfg.quantize_embeddings)
+    layers = [
+        n
+        for n, m in cfg.targeting.select(
+            prep.model, default_types=supported, what="quantization"
+        ).items()
+        if isinstance(m, supported)
+    ]
+    base = metric(prep.model) if base is None else base
+    ref = _outputs(prep.model, prep.calibration_inputs)
+    rows = []
+    for name in layers:
+        alone = QuantConfig.from_dict({**cfg.to_dict(), "targets": [name], "ignore": []})
+        q = ptq(prep, alone)
+        value = metric(q)
+        rows.append(
+            {
+                "layer": name,
+                "sqnr_db": round(output_sqnr(ref, q, prep.calibration_inputs), 2),
+                "metric": value,
+                "drop": base - value,
+            }
+        )
+    rows.sort(key=lambda r: (-r["drop"], r["sqnr_db"]))
+    return rows
+
+
+def mixed_precision(
+    prep: Prepared, cfg: QuantConfig, metric: Metric | None, task: str = "classification"
+) -> QuantizedModel:
+    """Fewest fp32 layers (most sensitive first) so that the metric drop is <= ``cfg.max_drop``."""
+    assert cfg.max_drop is not None
+    metric = metric or agreement_metric(prep.model, prep.calibration_inputs, task)
+    base = metric(prep.model)
+    q = ptq(prep, cfg)
+    drop = base - metric(q)
+    steps = [{"fp32_layers": 0, "drop": drop}]
+    if drop <= cfg.max_drop:
+        q.info["mixed_precision"] = {
+            "base": base,
+            "max_drop": cfg.max_drop,
+            "steps": steps,
+            "met": True,
+        }
+        return refresh_edit(q)
+    rows = sensitivity(prep, cfg, metric, base)
+    keep: dict[str, str] = {}
+    met = False
+    for row in rows:
+        keep[row["layer"]] = (
+            f"kept fp32 by mixed precision (alone it costs {row['drop']:.4f}, "
+            f"output SQNR {row['sqnr_db']} dB)"
+        )
+        if len(keep) == len(rows):
+            break
+        candidate = ptq(prep, cfg, keep_fp32=keep)
+        drop = base - metric(candidate)
+        steps.append({"fp32_layers": len(keep), "drop": drop})
+        q = candidate
+        if drop <= cfg.max_drop:
+            met = True
+            break
+    q.info["mixed_precision"] = {
+        "base": base,
+        "max_drop": cfg.max_drop,
+        "steps": steps,
+        "met": met,
+        "sensitivity": rows,
+    }
+    return refresh_edit(q)

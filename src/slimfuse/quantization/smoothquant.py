@@ -1,0 +1,83 @@
+"""SmoothQuant-style scaling: move activation outliers into the weights before int8.
+
+For a Linear ``y = x W^T``, per input channel ``j``: ``s_j = max|x_j|^a / max|W_:,j|^(1-a)``,
+then ``y = (x / s) (W s)^T``: the same function, but the activation that int8 quantizes per
+tensor has flatter channels, and the weight (quantized per output channel) absorbs the range.
+Where the scaling cannot be folded into a preceding op (post-LayerNorm residuals, GELU), the
+``1 / s`` stays as one elementwise multiply in front of the matmul.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SmoothedLinear(nn.Module):
+    """``linear(x * inv_scale)`` with the weight already multiplied by the scale."""
+
+    def __init__(self, linear: nn.Linear, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = linear
+        with torch.no_grad():
+            linear.weight.mul_(scale.unsqueeze(0))
+        self.register_buffer("inv_scale", (1.0 / scale).to(linear.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x * self.inv_scale)
+
+
+@torch.no_grad()
+def smooth(
+    model: nn.Module,
+    inputs: list[Any],
+    alpha: float = 0.5,
+    names: list[str] | None = None,
+    min_ratio: float = 4.0,
+    quantile: float = 0.9,
+) -> nn.Module:
+    """A copy of ``model`` with the selected Linear layers smoothed (``alpha`` migration strength).
+
+    Only layers whose input has outlier channels (largest channel max over median channel max
+    at least ``min_ratio``) are smoothed: elsewhere it would only add a multiply.
+    """
+    from slimfuse.tasks import forward
+
+    model = copy.deepcopy(model).eval()
+    linears = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and (names is None or n in names)
+    }
+    amax: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, m in linears.items():
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            amax[name] = torch.maximum(amax[name], x) if name in amax else x
+
+        hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        for x in inputs:
+            forward(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    smoothed = []
+    for name, m in linears.items():
+        a = amax.get(name)
+        if a is None or a.numel() < 2:
+            continue
+        if float(a.max()) < min_ratio * float(a.median().clamp_min(1e-8)):
+            continue
+        ref = torch.quantile(a.float(), quantile).clamp_min(1e-5)
+        s = (a / ref).clamp_min(1.0).pow(alpha)  # only outlier channels move into the weights
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, SmoothedLinear(m, s))
+        smoothed.append(name)
+    object.__setattr__(model, "smoothed_layers", smoothed)
+    return model

@@ -1,0 +1,128 @@
+"""Dynamic and static int8 through ONNX Runtime, on a real trained CNN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import slimfuse
+from slimfuse.errors import ConfigError, DataError, ExportError
+from slimfuse.models.source import ModelSpec, set_spec
+from slimfuse.quantization import QuantConfig, quantize
+from slimfuse.quantization.runtime import QuantizedModel
+
+
+@pytest.fixture(scope="module")
+def calib(mnist1d):
+    return mnist1d.loader("train", batch_size=64)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_static_int8_keeps_accuracy(trained_cnn, mnist1d, calib, method: str) -> None:
+    test = mnist1d.loader("test", batch_size=500)
+    base = slimfuse.evaluate(trained_cnn, test)
+    q = quantize(trained_cnn, QuantConfig(mode="static", calibration=method), calibration=calib)
+    assert isinstance(q, QuantizedModel)
+    assert abs(slimfuse.evaluate(q, test) - base) < 0.03
+    assert all(r["precision"] == "int8" for r in q.info["layers"])
+
+
+def test_dynamic_int8_lists_what_stayed_fp32(trained_cnn, mnist1d) -> None:
+    q = quantize(trained_cnn, QuantConfig(mode="dynamic"), example_inputs=mnist1d.example_input(1))
+    rows = {r["layer"]: r for r in q.info["layers"]}
+    assert rows["conv1"]["precision"] == "int8"
+    assert rows["linear"]["precision"] == "fp32"
+    assert "Gemm" in rows["linear"]["reason"]  # ONNX Runtime has no dynamic int8 Gemm
+
+
+def test_ignore_selector_keeps_layer_fp32_with_reason(trained_cnn, calib) -> None:
+    q = quantize(
+        trained_cnn, QuantConfig(mode="static", ignore=("re:conv[23]",)), calibration=calib
+    )
+    rows = {r["layer"]: r for r in q.info["layers"]}
+    assert rows["conv2"]["precision"] == "fp32"
+    assert rows["conv2"]["reason"] == "excluded by ignore selector 're:conv[23]'"
+    assert rows["conv1"]["precision"] == "int8"
+
+
+def test_unknown_selector_is_an_error(trained_cnn, calib) -> None:
+    with pytest.raises(ConfigError, match="matches no module"):
+        quantize(trained_cnn, QuantConfig(mode="static", ignore=("conv9",)), calibration=calib)
+
+
+def test_batch_size_one_and_forward_loop(trained_cnn, mnist1d) -> None:
+    x = mnist1d.example_input(32)
+
+    def loop(model: nn.Module) -> None:
+        for i in range(0, 32, 8):
+            model(x[i : i + 8])
+
+    q = quantize(trained_cnn, QuantConfig(mode="static"), calibration=loop)
+    one = q(mnist1d.example_input(1))
+    assert one.shape == (1, 10) and torch.isfinite(one).all()
+
+
+def test_size_and_measure_rows(mnist1d, calib) -> None:
+    model = slimfuse.build_model("mlp", data=mnist1d, hidden=(256, 256))
+    q = quantize(model, QuantConfig(mode="static"), calibration=calib)
+    rows = slimfuse.measure(q, mnist1d, engines=["onnxruntime"], budget_s=0.05)
+    params = sum(p.numel() for p in model.parameters())
+    assert rows[0]["params"] == params
+    assert rows[0]["onnx_bytes"] < 0.3 * 4 * params  # int8 weights + scales + graph
+
+
+class _Explodes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model must not run")
+
+
+def test_empty_calibration_fails_before_any_compute() -> None:
+    model = set_spec(_Explodes(), ModelSpec(source="test"))
+    with pytest.raises(DataError, match=r"calibration data is empty \(0 batches\)"):
+        quantize(model, QuantConfig(mode="static"), calibration=[])
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4)))
+    with pytest.raises(DataError, match="calibration data is empty"):
+        quantize(model, QuantConfig(mode="static"), calibration=empty)
+
+
+def test_nan_or_inf_in_calibration_data(trained_cnn) -> None:
+    bad = torch.randn(8, 40)
+    bad[3, 5] = float("nan")
+    with pytest.raises(DataError, match=r"calibration batch 2: input 'input' has 1 NaN/Inf"):
+        quantize(trained_cnn, QuantConfig(mode="static"), calibration=[torch.randn(8, 40), bad])
+    inf = torch.full((2, 40), float("inf"))
+    with pytest.raises(DataError, match="NaN/Inf value"):
+        quantize(trained_cnn, QuantConfig(mode="static"), calibration=[(inf, torch.zeros(2))])
+
+
+def test_static_needs_calibration() -> None:
+    model = set_spec(nn.Sequential(nn.Linear(4, 2)), ModelSpec(source="test"))
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        quantize(model, QuantConfig(mode="static"))
+
+
+class _Zeta(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.zeta(self.fc(x), torch.tensor(2.0))
+
+
+def test_export_failure_names_the_op() -> None:
+    model = set_spec(_Zeta(), ModelSpec(source="test"))
+    with pytest.raises(ExportError, match="no ONNX translation for op aten::special_zeta"):
+        quantize(model, QuantConfig(mode="dynamic"), example_inputs=torch.randn(1, 8))
+
+
+def test_bad_config_values() -> None:
+    with pytest.raises(ConfigError, match="int4 is weight-only here"):
+        QuantConfig(mode="static", bits=4)
+    with pytest.raises(ConfigError, match="calibration 'mse'"):
+        QuantConfig(calibration="mse")  # type: ignore[arg-type]
