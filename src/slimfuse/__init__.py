@@ -33,6 +33,7 @@ _VERBS: dict[str, str] = {
     "prune": "slimfuse.pruning:prune",
     "fuse": "slimfuse.fusion.api:fuse",
     "merge": "slimfuse.fusion.merge:merge",
+    "distill": "slimfuse.distillation.api:distill",
     "quantize": "slimfuse.quantization:quantize",
     "QuantConfig": "slimfuse.quantization:QuantConfig",
 }

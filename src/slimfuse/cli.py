@@ -21,6 +21,7 @@ from slimfuse import __version__
 FAMILIES: tuple[str, ...] = (
     "slimfuse.fusion.cli",
     "slimfuse.pruning.cli",
+    "slimfuse.distillation.cli",
     "slimfuse.quantization.cli",
 )
 

@@ -1,7 +1,7 @@
 """The ``distill`` verb: train a student to match one or several frozen teachers.
 
 All training goes through :func:`slimfuse.training.train` with the distillation
-:func:`~slimfuse.distillation.objective.objective`, so resume, signals, progress, early stopping
+:func:`~slimfuse.distillation.objectives.objective`, so resume, signals, progress, early stopping
 and DDP under ``torchrun`` are the loop's::
 
     student = slimfuse.distill(student, [t1, t2, t3], data, train_config=TrainConfig(epochs=60))
@@ -17,7 +17,7 @@ from typing import Any, Literal
 from torch import nn
 
 from slimfuse.data import Data, load_data
-from slimfuse.distillation.objective import objective
+from slimfuse.distillation.objectives import objective
 from slimfuse.models.source import record, spec_of
 from slimfuse.tasks import Task, get_task
 from slimfuse.training import Callback, TrainConfig, TrainResult, train

@@ -2,7 +2,7 @@
 
 ::
 
-    obj = slimfuse.distillation.objective(teacher, "classification", loss="kd", temperature=4.0)
+    obj = slimfuse.distillation.objectives(teacher, "classification", loss="kd", temperature=4.0)
     slimfuse.train(student, data, "classification", cfg, objective=obj)
 
 ``teacher`` is a model or a list of models (averaged by ``MeanFusion``). The teacher is frozen

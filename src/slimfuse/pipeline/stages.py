@@ -97,6 +97,7 @@ STAGES: Registry[Stage] = Registry(
         "fuse": "slimfuse.fusion.stage:fuse_stage",
         "merge": "slimfuse.fusion.stage:merge_stage",
         "mutual": "slimfuse.fusion.stage:mutual_stage",
+        "distill": "slimfuse.distillation.stage:distill_stage",
         "quantize": "slimfuse.quantization.stage:quantize_stage",
     },
 )

@@ -1,0 +1,139 @@
+"""The ``distill`` recipe stage.
+
+::
+
+    - stage: train                      # teachers first (or a fuse stage: an ensemble teacher)
+      name: teacher
+      model: mnist1d_cnn
+    - stage: distill
+      name: assistant
+      teachers: [teacher]               # earlier stage names or bundle folders (default: current)
+      student_from_teacher: {width: 0.5}
+    - stage: distill                    # a chain: teacher -> assistant -> student
+      name: student
+      teachers: [assistant]
+      student: mnist1d_cnn
+      student_kwargs: {channels: 8}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from torch import nn
+
+from slimfuse.errors import ConfigError
+from slimfuse.pipeline.stages import Context, StageConfig, stage
+from slimfuse.training import TrainConfig
+
+
+class DistillStage(StageConfig):
+    teachers: list[str] | None = None  # stage names or bundle folders; default: the current model
+    student: str | None = None  # a model source (zoo name, file.py:fn, bundle folder)
+    student_kwargs: dict[str, Any] = Field(default_factory=dict)
+    student_from_teacher: dict[str, Any] | None = None  # {depth: 3} | {keep: [0, 2]} | {width: 0.5}
+    loss: str = "kd"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    hints: dict[str, str] = Field(default_factory=dict)
+    hint_weight: float = 1.0
+    ensemble_space: Literal["probs", "logits"] = "probs"
+    cache: bool = True
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-2
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    patience: int | None = None
+    seed: int | None = None
+
+
+def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
+    if not names:
+        return [ctx.model_named(None)]
+    out = []
+    for name in names:
+        if name in ctx.models:
+            out.append(ctx.models[name])
+        elif Path(name).is_dir():
+            from slimfuse.models.source import load_model
+
+            out.append(load_model(name, data=ctx.data))
+        else:
+            out.append(ctx.model_named(name))  # raises, listing the earlier stages
+    return out
+
+
+def make_student(
+    teachers: list[nn.Module],
+    data: Any,
+    student: str | nn.Module | None,
+    student_kwargs: dict[str, Any],
+    from_teacher: dict[str, Any] | None,
+) -> nn.Module:
+    """The student: a model source, or a depth/width-reduced copy of the first teacher."""
+    if (student is None) == (from_teacher is None):
+        raise ConfigError(
+            "give either a student model or student_from_teacher (depth=, keep=, width=); "
+            f"got {'both' if student is not None else 'neither'}"
+        )
+    if from_teacher is not None:
+        from slimfuse.distillation.students import build_student
+
+        allowed = {"depth", "keep", "width", "importance", "blocks_path"}
+        unknown = sorted(set(from_teacher) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"student_from_teacher keys {unknown}: expected some of {sorted(allowed)}"
+            )
+        return build_student(teachers[0], data.example_input(2, split="train"), **from_teacher)
+    from slimfuse.models.source import load_model
+
+    return load_model(student, data=data, **student_kwargs)
+
+
+@stage(DistillStage)
+def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
+    """Distil one or several teachers (an ensemble) into a student with the one training loop."""
+    from slimfuse.distillation.api import DistillConfig, distill_run
+
+    teachers = _teachers(ctx, cfg.teachers)
+    student = make_student(
+        teachers, ctx.data, cfg.student, cfg.student_kwargs, cfg.student_from_teacher
+    )
+    tc = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule,
+        patience=cfg.patience,
+        seed=ctx.seed if cfg.seed is None else cfg.seed,
+        quiet=ctx.quiet,
+    )
+    dc = DistillConfig(
+        loss=cfg.loss,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        hints=cfg.hints,
+        hint_weight=cfg.hint_weight,
+        ensemble_space=cfg.ensemble_space,
+        cache=cfg.cache,
+    )
+    ckpt = ctx.checkpoint_dir
+    run = distill_run(
+        student,
+        teachers if len(teachers) > 1 else teachers[0],
+        ctx.data,
+        ctx.task,
+        dc,
+        train_config=tc,
+        checkpoint_dir=ckpt,
+        resume=ctx.resume and (ckpt / "checkpoint.pt").is_file(),
+        description=ctx.stage_name,
+    )
+    return run.student

@@ -1,0 +1,85 @@
+"""Text as :class:`~slimfuse.data.Data` for embedding distillation.
+
+:func:`embedding_data` tokenizes train / val / test texts once and pairs each with its teacher
+embedding (the reference of the ``embedding`` task, whose metric is the mean cosine to it).
+A sample is ``({"input_ids", "attention_mask"}, target)``; the distillation objective drops
+all-padding columns per batch, so padding to ``max_length`` costs nothing in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from slimfuse.data import Data
+from slimfuse.errors import DataError
+
+
+class TokenDataset(Dataset):
+    """Token ids and masks ``(N, L)`` with targets ``(N, D)``."""
+
+    def __init__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        self.input_ids, self.attention_mask, self.target = input_ids, attention_mask, target
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return (
+            {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]},
+            self.target[i],
+        )
+
+
+@torch.no_grad()
+def embed(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+    """``model``'s embeddings of tokenized inputs, batch by batch, padding trimmed per batch."""
+    from slimfuse.distillation.objectives import trim_padding
+
+    model.eval()
+    outs = []
+    n = len(inputs["input_ids"])
+    for start in range(0, n, batch_size):
+        part, _ = trim_padding({k: v[start : start + batch_size] for k, v in inputs.items()})
+        outs.append(model(**part))
+    return torch.cat(outs)
+
+
+def embedding_data(
+    teacher: nn.Module,
+    texts: dict[str, list[str]],
+    *,
+    tokenizer: Any = None,
+    max_length: int = 128,
+    name: str = "text",
+) -> Data:
+    """Train / val / test token data whose targets are ``teacher``'s embeddings."""
+    from slimfuse.models.hf import tokenize
+
+    missing = [s for s in ("train", "val", "test") if not texts.get(s)]
+    if missing:
+        raise DataError(
+            f"text splits {', '.join(missing)} are empty or missing; expected train, val and test"
+        )
+    sets = {}
+    for split in ("train", "val", "test"):
+        enc = tokenize(list(texts[split]), tokenizer, max_length=max_length)
+        if enc["input_ids"].shape[1] < max_length:  # fixed width: any batch collates
+            pad = max_length - enc["input_ids"].shape[1]
+            enc = {k: nn.functional.pad(v, (0, pad)) for k, v in enc.items()}
+        target = embed(teacher, enc)
+        sets[split] = TokenDataset(enc["input_ids"], enc["attention_mask"], target)
+    return Data(
+        name=name,
+        train=sets["train"],
+        val=sets["val"],
+        test=sets["test"],
+        num_classes=None,
+        input_shape=(max_length,),
+        meta={"max_length": max_length},
+    )
