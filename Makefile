@@ -38,5 +38,10 @@ bench-fuse: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_soup.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_mutual.py
 
+bench-prune: $(STAMP)
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_unstructured.py
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_structured.py
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_minilm.py
+
 clean:
 	rm -rf runs .pytest_cache build *.egg-info src/*.egg-info

@@ -10,6 +10,6 @@
   the structural edit that lets ``slimfuse.load`` rebuild pruned shapes
 """
 
-from slimfuse.pruning.prune import prune
+from slimfuse.pruning.api import prune
 
 __all__ = ["prune"]

@@ -48,7 +48,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import record
-    from slimfuse.pruning.prune import prune
+    from slimfuse.pruning.api import prune
     from slimfuse.pruning.sparse import storage_report
 
     if args.heads is not None and args.ffn is None:

@@ -1,7 +1,7 @@
 """Recovery after pruning: fine-tune with the one training loop, the loss is pluggable.
 
 ``recovery="finetune"`` trains on the task loss; ``recovery="distill"`` uses the unpruned model
-as teacher through :func:`slimfuse.distillation.objective` (imported lazily; when the
+as teacher through :func:`slimfuse.distillation.objectives` (imported lazily; when the
 distillation family is not installed, plain fine-tuning is used and a warning says so).
 """
 

@@ -60,7 +60,7 @@ class AGPCallback(Callback):
         *,
         initial_sparsity: float = 0.0,
         begin: float = 0.0,
-        end: float = 0.75,
+        end: float = 0.5,
         prune_every: int | None = None,
         targets: Selector | Iterable[Selector] | None = None,
         ignore: Selector | Iterable[Selector] | None = None,

@@ -43,7 +43,7 @@ class PruneStage(StageConfig):
 @stage(PruneStage)
 def prune_stage(ctx: Context, cfg: PruneStage) -> nn.Module:
     """Prune (unstructured, channels or transformer heads/FFN), then recover by fine-tuning."""
-    from slimfuse.pruning.prune import prune
+    from slimfuse.pruning.api import prune
 
     return prune(
         ctx.model_named(cfg.model),
