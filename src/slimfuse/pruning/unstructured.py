@@ -174,17 +174,18 @@ class MaskCallback(Callback):
 @torch.no_grad()
 def finalize(model: nn.Module, masks: Masks, *, compact: bool = True) -> nn.Module:
     """Fold the masks into the weights (plain tensors with zeros); ``compact``: sparse bundle."""
+    from slimfuse.pruning.sparse import make_compact, storage_report
+
     masks.apply()
+    if compact:
+        make_compact(model, list(masks.masks))
     record(
         model,
         lineage={
             "stage": "prune_unstructured",
             "sparsity": round(masks.sparsity(), 6),
             "layers": {n: round(s, 4) for n, s in masks.per_layer().items()},
+            "storage": storage_report(model),  # dense bytes, non-zeros, encoded bytes
         },
     )
-    if compact:
-        from slimfuse.pruning.sparse import make_compact
-
-        make_compact(model, list(masks.masks))
     return model
