@@ -43,5 +43,9 @@ bench-prune: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_structured.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_minilm.py
 
+bench-distill: $(STAMP)
+	$(BIN)/python benchmarks/distill_mnist1d.py
+	$(BIN)/python benchmarks/distill_ddp.py
+	$(BIN)/python benchmarks/distill_minilm.py
 clean:
 	rm -rf runs .pytest_cache build *.egg-info src/*.egg-info

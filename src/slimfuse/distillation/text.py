@@ -56,9 +56,17 @@ def embedding_data(
     *,
     tokenizer: Any = None,
     max_length: int = 128,
+    train_max_length: int | None = None,
+    train_targets: bool = True,
     name: str = "text",
 ) -> Data:
-    """Train / val / test token data whose targets are ``teacher``'s embeddings."""
+    """Train / val / test token data whose targets are ``teacher``'s embeddings.
+
+    ``train_max_length`` truncates the training texts harder than the evaluation texts
+    (cheaper steps). With ``train_targets=False`` the training split gets empty targets
+    (shape ``(N, 0)``): distillation asks the teacher itself (and caches its answers), so the
+    teacher does not need a separate pass over the training texts.
+    """
     from slimfuse.models.hf import tokenize
 
     missing = [s for s in ("train", "val", "test") if not texts.get(s)]
@@ -68,11 +76,15 @@ def embedding_data(
         )
     sets = {}
     for split in ("train", "val", "test"):
-        enc = tokenize(list(texts[split]), tokenizer, max_length=max_length)
-        if enc["input_ids"].shape[1] < max_length:  # fixed width: any batch collates
-            pad = max_length - enc["input_ids"].shape[1]
+        width = (train_max_length or max_length) if split == "train" else max_length
+        enc = tokenize(list(texts[split]), tokenizer, max_length=width)
+        if enc["input_ids"].shape[1] < width:  # fixed width: any batch collates
+            pad = width - enc["input_ids"].shape[1]
             enc = {k: nn.functional.pad(v, (0, pad)) for k, v in enc.items()}
-        target = embed(teacher, enc)
+        if split == "train" and not train_targets:
+            target = torch.zeros(len(enc["input_ids"]), 0)
+        else:
+            target = embed(teacher, enc)
         sets[split] = TokenDataset(enc["input_ids"], enc["attention_mask"], target)
     return Data(
         name=name,
@@ -81,5 +93,5 @@ def embedding_data(
         test=sets["test"],
         num_classes=None,
         input_shape=(max_length,),
-        meta={"max_length": max_length},
+        meta={"max_length": max_length, "train_max_length": train_max_length or max_length},
     )
