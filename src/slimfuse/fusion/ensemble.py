@@ -29,9 +29,13 @@ from slimfuse.fusion.common import (
     declared_outputs,
     freeze,
 )
-from slimfuse.tasks import forward
 
 SPACES = ("probs", "logits")
+
+
+def call(model: nn.Module, x: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call a member with the fused model's inputs (``x`` first, like the exporter names them)."""
+    return model(*(() if x is None else (x, *args)), **kwargs)
 
 
 def log_mean_prob(outs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
@@ -61,10 +65,9 @@ class FusionModule(nn.Module):
             m.eval()  # members stay frozen: no BatchNorm updates, no dropout
         return self
 
-    def member_outputs(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+    def member_outputs(self, x: Any = None, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
         """Each member's raw output (logits), checked to have the same size."""
-        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-        outs = [forward(self.members[n], inputs) for n in self.names]
+        outs = [call(self.members[n], x, args, kwargs) for n in self.names]
         check_outputs(self.names, outs)
         return outs
 
@@ -104,9 +107,8 @@ class MeanFusion(FusionModule):
             weights=[float(v) for v in w],
         )
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-        outs = [forward(self.members[self.names[i]], inputs) for i in self._active]
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        outs = [call(self.members[self.names[i]], x, args, kwargs) for i in self._active]
         check_outputs([self.names[i] for i in self._active], outs)
         w = self.weights[self._active]
         if self.space == "logits":

@@ -9,6 +9,7 @@ the mean of the members' logits, so training starts from plain averaging.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -59,6 +60,8 @@ class HeadFusion(FusionModule):
         self.on, self.hidden, self.dropout = on, hidden, dropout
         self.layers: dict[str, str] = {}
         self._feats: dict[str, torch.Tensor] = {}
+        self._hooks: list[Any] = []
+        self._capturing = False
         if on != "logits":
             for name, m in self.pairs:
                 lname = layer or last_linear(m)
@@ -66,20 +69,34 @@ class HeadFusion(FusionModule):
                 if target is None:
                     raise FusionError(f"member {name!r} has no layer {lname!r}")
                 self.layers[name] = lname
-                target.register_forward_pre_hook(self._keeper(name))
+                self._hooks.append(target.register_forward_pre_hook(self._keeper(name)))
         self.layer = layer
         self.head: nn.Module | None = None
         if in_features is not None and n_classes is not None:
             self._make_head(in_features, n_classes)
 
     def _keeper(self, name: str) -> Any:
+        owner = weakref.ref(self)  # the member must not keep this head alive
+
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            self._feats[name] = args[0].flatten(1)
+            head = owner()
+            if head is not None and head._capturing:  # only while this head runs its members
+                head._feats[name] = args[0].flatten(1)
 
         return hook
 
-    def _inputs(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        outs = self.member_outputs(*args, **kwargs)
+    def remove_hooks(self) -> None:
+        """Detach the feature hooks from the members (the head stops working)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _inputs(self, x: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._capturing = True
+        try:
+            outs = self.member_outputs(x, *args, **kwargs)
+        finally:
+            self._capturing = False
         parts: list[torch.Tensor] = []
         if self.on in ("features", "both"):
             parts += [self._feats[n] for n in self.names]
@@ -133,10 +150,10 @@ class HeadFusion(FusionModule):
         self.best_val_ = self.result_.best_metric
         return self
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.head is None:
             raise FusionError("this HeadFusion is not fitted: call fit(data) first")
-        return self.head(self._inputs(*args, **kwargs))
+        return self.head(self._inputs(x, *args, **kwargs))
 
 
 def _build(members: list[tuple[str, nn.Module]], **kw: Any) -> nn.Module:

@@ -21,7 +21,7 @@ from torch import nn
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members, as_pairs, check_output_sizes, declared_outputs
-from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.fusion.ensemble import MeanFusion, call
 from slimfuse.tasks import Task, evaluate, forward, get_task
 from slimfuse.training import TrainConfig, train
 
@@ -43,9 +43,8 @@ class MutualLearning(nn.Module):
         self.members = nn.ModuleDict(dict(pairs))
         self.kl_weight, self.temperature = kl_weight, temperature
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-        return torch.stack([forward(self.members[n], inputs) for n in self.names])
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.stack([call(self.members[n], x, args, kwargs) for n in self.names])
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor, task: Task) -> torch.Tensor:
         """Sum over peers of the task loss plus the mean KL to the other peers."""

@@ -153,10 +153,10 @@ class StackingFusion(FusionModule):
 
     # -- inference ------------------------------------------------------------------------
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.meta_layer is None:
             raise FusionError("this StackingFusion is not fitted: call fit(data) first")
-        outs = self.member_outputs(*args, **kwargs)
+        outs = self.member_outputs(x, *args, **kwargs)
         return self.meta_layer(member_features(outs, self.features))
 
 

@@ -16,8 +16,7 @@ from torch import nn
 
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members, attach_spec, check_outputs, check_weights
-from slimfuse.fusion.ensemble import FusionModule, log_mean_prob
-from slimfuse.tasks import forward
+from slimfuse.fusion.ensemble import FusionModule, call, log_mean_prob
 
 VOTING = ("hard", "soft")
 
@@ -42,10 +41,9 @@ class VoteFusion(FusionModule):
         self._active = [i for i in range(n) if float(w[i]) > 0]
         attach_spec(self, self.pairs, "vote", voting=voting, weights=[float(v) for v in w])
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+    def forward(self, x: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         names = [self.names[i] for i in self._active]
-        outs = [forward(self.members[n], inputs) for n in names]
+        outs = [call(self.members[n], x, args, kwargs) for n in names]
         check_outputs(names, outs)
         w = self.weights[self._active]
         if self.voting == "soft":

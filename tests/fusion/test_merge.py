@@ -1,0 +1,108 @@
+"""Weight merging: uniform and greedy soups, TIES, BatchNorm re-estimation, mismatches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import slimfuse
+from slimfuse.errors import FusionError
+from slimfuse.fusion.merge import MERGE_METHODS
+from slimfuse.fusion.merge.common import recalibrate_bn, val_score
+from slimfuse.fusion.merge.soups import greedy_soup
+from slimfuse.fusion.merge.ties import ties_states, trim
+from slimfuse.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def variants(mnist1d):
+    """A parent and 4 variants fine-tuned from it (different lr and data order)."""
+    torch.manual_seed(0)
+    parent = slimfuse.build_model("mnist1d_cnn", data=mnist1d, channels=12)
+    slimfuse.train(parent, mnist1d, config=TrainConfig(epochs=3, quiet=True))
+    out = []
+    for i, lr in enumerate([3e-3, 1e-3, 3e-3, 1e-2]):
+        m = copy.deepcopy(parent)
+        slimfuse.train(m, mnist1d, config=TrainConfig(epochs=1, lr=lr, seed=i + 1, quiet=True))
+        out.append((f"ft{i}", m))
+    return parent, out
+
+
+def test_uniform_soup_is_the_mean_of_the_weights(variants, mnist1d):
+    _, pairs = variants
+    soup = slimfuse.merge(pairs, "uniform", data=mnist1d)
+    for k, v in soup.state_dict().items():
+        mean = torch.stack([m.state_dict()[k] for _, m in pairs]).mean(0)
+        torch.testing.assert_close(v, mean)
+    assert soup.slimfuse_spec.lineage[-1]["method"] == "uniform"
+    assert MERGE_METHODS.names() == ["greedy", "ties", "uniform"]
+
+
+def test_greedy_soup_is_never_worse_than_its_best_ingredient(variants, mnist1d):
+    parent, pairs = variants
+    # add a bad ingredient (the untrained-ish parent perturbed): greedy must reject it if it hurts
+    noisy = copy.deepcopy(parent)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    ingredients = [*pairs, ("noisy", noisy)]
+    model, info = greedy_soup(ingredients, data=mnist1d)
+    best = max(val_score(m, mnist1d) for _, m in ingredients)
+    assert val_score(model, mnist1d) >= best
+    assert info["val"] == pytest.approx(val_score(model, mnist1d))
+    assert "noisy" not in info["ingredients"] or info["val"] >= best
+
+
+def test_ties_trims_elects_and_merges(variants, mnist1d):
+    t = torch.tensor([0.1, -3.0, 0.5, 2.0])
+    assert torch.equal(trim(t, 0.5), torch.tensor([0.0, -3.0, 0.0, 2.0]))
+    parent = {"w": torch.zeros(3)}
+    a, b = {"w": torch.tensor([1.0, -2.0, 1.0])}, {"w": torch.tensor([3.0, 1.0, -1.0])}
+    merged = ties_states(parent, [a, b], density=1.0)["w"]
+    # elected signs: +, -, 0 -> disjoint means 2.0, -2.0, 0.0
+    torch.testing.assert_close(merged, torch.tensor([2.0, -2.0, 0.0]))
+    par, pairs = variants
+    one = slimfuse.merge(pairs[:1], "ties", parent=par, density=1.0, data=mnist1d)
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(v, pairs[0][1].state_dict()[k])
+    with pytest.raises(FusionError, match="needs the parent"):
+        slimfuse.merge(pairs, "ties")
+
+
+def test_batchnorm_statistics_are_re_estimated(mnist1d):
+    torch.manual_seed(0)
+    nets = [
+        slimfuse.build_model("resnet1d", data=mnist1d, widths=[8, 8], blocks_per_stage=1)
+        for _ in range(2)
+    ]
+    for i, n in enumerate(nets):
+        slimfuse.train(n, mnist1d, config=TrainConfig(epochs=1, seed=i, quiet=True))
+    soup = slimfuse.merge([("a", nets[0]), ("b", nets[1])], "uniform", data=mnist1d)
+    mean_stats = (nets[0].stem[1].running_mean + nets[1].stem[1].running_mean) / 2
+    assert not torch.allclose(soup.stem[1].running_mean, mean_stats)
+    # the same statistics as a fresh pass over the training data
+    ref = copy.deepcopy(soup)
+    recalibrate_bn(ref, mnist1d.loader("train", batch_size=128, shuffle=True, seed=0))
+    torch.testing.assert_close(soup.stem[1].running_mean, ref.stem[1].running_mean)
+    torch.testing.assert_close(soup.stem[1].running_var, ref.stem[1].running_var)
+    assert not soup.training
+
+
+def test_mismatched_models_and_empty_lists(variants, mnist1d):
+    _, pairs = variants
+    wide = slimfuse.build_model("mnist1d_cnn", data=mnist1d, channels=16)
+    with pytest.raises(
+        FusionError,
+        match=r"^'wide' does not match 'ft0': conv1.weight has shape \(16, 1, 5\), expected "
+        r"\(12, 1, 5\)$",
+    ):
+        slimfuse.merge([pairs[0], ("wide", wide)], "uniform")
+    mlp = slimfuse.build_model("mlp", data=mnist1d)
+    with pytest.raises(FusionError, match=r"^'mlp' does not match 'ft0': missing keys \["):
+        slimfuse.merge([pairs[0], ("mlp", mlp)], "uniform")
+    with pytest.raises(FusionError, match=r"^no members given"):
+        slimfuse.merge([], "greedy", data=mnist1d)
+    with pytest.raises(Exception, match=r"unknown merge method 'soup'"):
+        slimfuse.merge(pairs, "soup")

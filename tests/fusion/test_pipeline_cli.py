@@ -1,0 +1,122 @@
+"""train-members / fuse / merge / mutual stages, the CLI commands, export parity, teachers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import slimfuse
+from slimfuse.cli import main
+from slimfuse.data import from_arrays
+from slimfuse.errors import FusionError
+from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.fusion.head import HeadFusion
+from slimfuse.fusion.members import train_members
+from slimfuse.fusion.stacking import StackingFusion
+from slimfuse.fusion.vote import VoteFusion
+from slimfuse.fusion.weighted import WeightedFusion
+from slimfuse.training import TrainConfig
+
+RECIPE = """
+data: mnist1d
+measure_engines: [torch]
+stages:
+  - stage: train-members
+    name: members
+    model: mnist1d_cnn
+    model_kwargs: {channels: 8}
+    n: 2
+    epochs: 1
+  - stage: fuse
+    members: members
+    method: weighted
+  - stage: merge
+    members: members
+    method: uniform
+  - stage: mutual
+    model: mnist1d_cnn
+    model_kwargs: {channels: 8}
+    epochs: 1
+"""
+
+
+def test_recipe_stages_and_bundles(tmp_path, mnist1d):
+    result = slimfuse.run(RECIPE, tmp_path / "run", quiet=True)
+    assert [r["stage"] for r in result["stages"]] == ["members", "fuse", "merge", "mutual"]
+    x = mnist1d.example_input(4)
+    for name, kind in [("members", MeanFusion), ("fuse", MeanFusion), ("mutual", MeanFusion)]:
+        model = slimfuse.load(tmp_path / "run" / name)
+        assert isinstance(model, kind) and len(model.names) == 2
+        assert model(x).shape == (4, 10)
+    merged = slimfuse.load(tmp_path / "run" / "merge")
+    assert merged.conv1.weight.shape == (8, 1, 5)
+
+
+def test_kfold_members_and_too_little_data():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)).astype(np.float32), np.arange(40) % 4
+    data = from_arrays(x, y, x[:4], y[:4], val_fraction=0.25)
+    cfg = TrainConfig(epochs=1, quiet=True)
+    out = train_members("mlp", data, kfold=3, config=cfg)
+    assert [n for n, _ in out.pairs] == ["fold0", "fold1", "fold2"]
+    held = np.sort(np.concatenate(out.fold_indices))
+    assert np.array_equal(held, np.arange(30))
+    with pytest.raises(
+        FusionError,
+        match=r"^10 folds need at least 10 samples of every class; in the training data "
+        r"\(30 samples\) class \d has [6-9]$",
+    ):
+        train_members("mlp", data, kfold=10, config=cfg)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, members):
+    root = tmp_path_factory.mktemp("members")
+    return [str(slimfuse.save(m, root / n)) for n, m in members[:2]]
+
+
+def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
+    args = ["--data", "mnist1d", "--quiet"]
+    fuse = ["fuse", "--member", bundles[0], "--member", bundles[1], *args]
+    assert main([*fuse, "--method", "soft-vote", "--out", str(tmp_path / "f")]) == 0
+    assert isinstance(slimfuse.load(tmp_path / "f"), VoteFusion)
+    assert main([*fuse, "--weights", "1", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["slimfuse fuse: error: 1 weights for 2 members: expected one weight per member"]
+    merge = ["merge", "--member", bundles[0], "--member", bundles[1], *args]
+    assert main([*merge, "--method", "greedy", "--out", str(tmp_path / "m")]) == 0
+    assert "merged" in capsys.readouterr().out
+    assert main(["fuse", *args, "--out", str(tmp_path / "e")]) == 2
+    assert "no members given" in capsys.readouterr().err
+
+
+def test_every_fused_model_exports_with_parity(members, mnist1d, tmp_path):
+    from slimfuse.exporting import check_parity
+
+    cfg = TrainConfig(epochs=1, lr=1e-3, quiet=True)
+    fused = {
+        "mean-probs": MeanFusion(members),
+        "mean-logits": MeanFusion(members, space="logits"),
+        "weighted": WeightedFusion(members).fit(mnist1d),
+        "hard-vote": VoteFusion(members),
+        "soft-vote": VoteFusion(members, voting="soft"),
+        "stack": StackingFusion(members).fit(mnist1d),
+        "head": HeadFusion(members, on="both").fit(mnist1d, config=cfg),
+    }
+    x = mnist1d.example_input(1)
+    for name, model in fused.items():
+        # the TorchScript exporter keeps this test fast; test_ensemble and the benchmark's cost
+        # table export through the default (dynamo) path
+        path = slimfuse.export(model, x, tmp_path / f"{name}.onnx", dynamo=False)
+        assert check_parity(model, path, mnist1d.example_input(200)) <= 1e-4, name
+
+
+def test_a_fused_model_is_a_distillation_teacher(members, mnist1d):
+    from slimfuse.distillation.api import distill
+
+    teacher = StackingFusion(members).fit(mnist1d)
+    student = slimfuse.build_model("mnist1d_cnn", data=mnist1d, channels=4)
+    before = student.conv1.weight.clone()
+    distill(student, teacher, mnist1d, train_config=TrainConfig(epochs=1, quiet=True))
+    assert not torch.equal(before, student.conv1.weight)
