@@ -58,7 +58,8 @@ def test_mutual_learning_trains_both_peers_in_one_loop(mnist1d, tmp_path):
 
     task = get_task("classification")
     plain = sum(task.loss(o, y) for o in out)
-    assert float(dml.loss(out, y, task).detach()) > float(plain.detach())  # the KL term adds to the labels' loss
+    # the KL term adds to the labels' loss
+    assert float(dml.loss(out, y, task).detach()) > float(plain.detach())
     assert dml.fit(mnist1d, config=TrainConfig(epochs=2, quiet=True)) is dml
     assert dml.result_.epochs_run == 2
     for (name, m), s in zip(peers, start, strict=True):
