@@ -109,7 +109,7 @@ def main() -> None:
         "MACs <= 0.3x": (o["macs_ratio"] <= 0.3, f"{o['macs_ratio']:.3f}x"),
         "speed-up >= 0.8 x MACs reduction": (
             o["efficiency"] >= 0.8,
-            f"{o['speedup']:.2f}x for {1 / o['macs_ratio']:.2f}x fewer MACs = {o['efficiency']:.2f}",
+            f"{o['speedup']:.2f}x for {1 / o['macs_ratio']:.2f}x fewer MACs = {o['efficiency']:.3f}",
         ),
         "accuracy within 1 point": (
             o["accuracy"] >= d["accuracy"] - 0.01,
@@ -131,7 +131,7 @@ def main() -> None:
         lines.append(
             f"| {r['model']} | {100 * r['accuracy']:.1f}% | {r['params']:,} | {r['macs']:,} | "
             f"{r['macs_ratio']:.3f} | {r['onnx_bytes'] / 1024:.0f} | {r['latency_ms_b64']:.2f} | "
-            f"{r['speedup']:.2f}x | {r['efficiency']:.2f} |"
+            f"{r['speedup']:.2f}x | {r['efficiency']:.3f} |"
         )
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     for k, (ok, txt) in checks.items():
