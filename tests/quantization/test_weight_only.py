@@ -56,12 +56,12 @@ def test_weight_only_keeps_outputs_and_batch_size_one() -> None:
     assert min(q8.quant_sqnr_db.values()) >= 35
 
 
-def test_int4_on_a_conv_layer_is_refused() -> None:
-    model = set_spec(nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten()), ModelSpec(source="test"))
+def test_int4_on_a_recurrent_layer_is_refused() -> None:
+    model = set_spec(nn.Sequential(nn.GRU(4, 8)), ModelSpec(source="test"))
     with pytest.raises(
-        UnsupportedLayerError, match=r"int4 weight-only asked for layer '0' \(Conv1d\)"
+        UnsupportedLayerError, match=r"int4 weight-only asked for layer '0' \(GRU\)"
     ):
-        quantize(model, QuantConfig(mode="weight-only", bits=4, targets=("type:Conv1d",)))
+        quantize(model, QuantConfig(mode="weight-only", bits=4, targets=("type:GRU",)))
 
 
 def test_int4_bundle_is_packed_and_reloads(tmp_path, mnist1d) -> None:

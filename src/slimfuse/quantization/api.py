@@ -84,7 +84,12 @@ def quantize(
     if config.smoothquant is not None:
         from slimfuse.quantization.smoothquant import smooth
 
-        model = smooth(model, inputs, config.smoothquant)
+        model = smooth(
+            model,
+            inputs,
+            config.smoothquant,
+            min_ratio=float(config.extra.get("smooth_min_ratio", 4.0)),
+        )
     from slimfuse.quantization.ptq import prepare, ptq
 
     with tempfile.TemporaryDirectory(prefix="slimfuse-quant-") as tmp:

@@ -75,6 +75,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     rows = measure(q, data, args.task, stage="quantize", threads=args.threads)
     save(q, args.out, metrics={"task": args.task, "metric": rows[0]["metric"], "stages": rows})
     layers = getattr(q, "info", {}).get("layers", [])
+    if layers:
+        from slimfuse.quantization.graph import summary
+
+        print(summary(layers))
     for row in layers:
         if row["precision"] == "fp32":
             print(f"fp32: {row['layer']} ({row['type']}): {row['reason']}")

@@ -21,7 +21,7 @@ class QuantConfig:
     - ``mode``: ``dynamic`` (int8 weights per channel, activations quantized at run time),
       ``static`` (int8 QDQ, activation ranges from calibration), ``weight-only`` (int8/int4
       group-wise weights, float compute) or ``qat`` (fake-quant training, then int8 QDQ).
-    - ``bits``: 8, or 4 for ``weight-only``.
+    - ``bits``: 8, or 4 for ``weight-only`` (and ``qat``, which then trains int4 weight-only).
     - ``calibration``: ``minmax``, ``percentile`` (``percentile`` kept) or ``entropy``.
     - ``per_channel``: one weight scale per output channel (else one per tensor).
     - ``targets`` / ``ignore``: layer selectors in the shared syntax (:mod:`slimfuse.targeting`).
@@ -58,10 +58,10 @@ class QuantConfig:
             )
         if self.bits not in (4, 8):
             raise ConfigError(f"bits {self.bits}: expected 8 or 4")
-        if self.bits == 4 and self.mode != "weight-only":
+        if self.bits == 4 and self.mode not in ("weight-only", "qat"):
             raise ConfigError(
                 f"bits 4 with mode {self.mode!r}: int4 is weight-only here; expected bits 8 "
-                "or mode 'weight-only'"
+                "or mode 'weight-only' / 'qat'"
             )
         if self.calibration not in CALIBRATIONS:
             raise ConfigError(

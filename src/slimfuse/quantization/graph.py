@@ -135,12 +135,14 @@ def layer_report(
         if nodes and any(w is not None and w in done for w in weights):
             rows.append({"layer": name, "type": kind, "precision": "int8", "reason": "quantized"})
             continue
+        reason = _why_fp32(name, module, nodes, targeting, supported, mode, kept)
+        folded = reason.startswith("folded")
         rows.append(
             {
                 "layer": name,
                 "type": kind,
-                "precision": "fp32",
-                "reason": _why_fp32(name, module, nodes, targeting, supported, mode, kept),
+                "precision": "folded" if folded else "fp32",
+                "reason": reason,
             }
         )
     return rows
@@ -178,6 +180,6 @@ def _why_fp32(
 
 def summary(rows: list[dict[str, str]]) -> str:
     """``"12 int8, 3 fp32 (...)"`` for logs and the CLI."""
-    q = sum(r["precision"] != "fp32" for r in rows)
+    q = sum(r["precision"] == "int8" for r in rows)
     f = [r for r in rows if r["precision"] == "fp32"]
     return f"{q} layer(s) quantized, {len(f)} kept fp32"

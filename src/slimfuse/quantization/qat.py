@@ -53,16 +53,32 @@ class FakeQuantLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fake_input(x)
-        w = self.fake_weight()
-        layer = self.layer
-        if isinstance(layer, nn.Linear):
-            return F.linear(x, w, layer.bias)
-        if isinstance(layer, nn.Conv1d):
-            return F.conv1d(
-                x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
-            )
-        return F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return _apply(self.layer, self.fake_input(x), self.fake_weight())
+
+
+class FakeQuantWeight(nn.Module):
+    """A Linear / Conv whose weight is fake-quantized group-wise (int4, straight-through)."""
+
+    def __init__(self, layer: nn.Module, bits: int, group_size: int) -> None:
+        super().__init__()
+        self.layer, self.bits, self.group_size = layer, bits, group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from slimfuse.quantization.weight_only import quantize_groups
+
+        w = self.layer.weight
+        q, scales = quantize_groups(w, self.bits, self.group_size)
+        fan_in = w[0].numel()
+        deq = (q.float() * scales.unsqueeze(2)).reshape(w.shape[0], -1)[:, :fan_in]
+        return _apply(self.layer, x, w + (deq.reshape(w.shape) - w).detach())
+
+
+def _apply(layer: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``layer``'s operation with weight ``w`` instead of its own."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, w, layer.bias)
+    fn = F.conv1d if isinstance(layer, nn.Conv1d) else F.conv2d
+    return fn(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -97,6 +113,12 @@ def _input_ranges(model: nn.Module, names: list[str], inputs: list[Any]) -> dict
 def prepare_qat(model: nn.Module, cfg: QuantConfig, inputs: list[Any]) -> nn.Module:
     """A copy of ``model`` with :class:`FakeQuantLayer` on the selected layers (ranges from ``inputs``)."""
     model = copy.deepcopy(model).eval()
+    if cfg.bits == 4:  # int4 weight-only QAT
+        for name in cfg.targeting.select(model, default_types=QAT_TYPES, what="quantization"):
+            layer = model.get_submodule(name)
+            if isinstance(layer, QAT_TYPES):
+                _set(model, name, FakeQuantWeight(layer, 4, cfg.group_size))
+        return model
     chosen = cfg.targeting.select(model, default_types=QAT_TYPES, what="quantization")
     names = [n for n, m in chosen.items() if isinstance(m, QAT_TYPES)]
     ranges = _input_ranges(model, names, inputs)
@@ -112,6 +134,8 @@ def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[float
     for name, m in list(model.named_modules()):
         if isinstance(m, FakeQuantLayer):
             learned[name] = m.input_range()
+            _set(model, name, m.layer)
+        elif isinstance(m, FakeQuantWeight):
             _set(model, name, m.layer)
     return model, learned
 
@@ -146,6 +170,13 @@ def qat(
     result = train(fq, data, task, tc, objective=objective, description="qat")
     float_model, learned = strip_fake_quant(fq)
     float_model.eval()
+    if cfg.bits == 4:
+        from slimfuse.quantization.weight_only import quantize_weights
+
+        wo = QuantConfig.from_dict({**cfg.to_dict(), "mode": "weight-only"})
+        out = quantize_weights(float_model, wo)
+        object.__setattr__(out, "fake_quant_model", fq)
+        return out
     with tempfile.TemporaryDirectory(prefix="slimfuse-qat-") as tmp:
         prep = prepare(float_model, inputs, example_inputs, Path(tmp))
         names = {n for n, _ in float_model.named_modules() if n}

@@ -19,6 +19,7 @@ from slimfuse.quantization.ptq import Prepared, ptq
 from slimfuse.quantization.runtime import QuantizedModel, refresh_edit
 
 Metric = Callable[[nn.Module], float]
+EXACT_UP_TO = 16
 
 
 @torch.no_grad()
@@ -148,6 +149,22 @@ def sensitivity(
     return rows
 
 
+def _ranked(prep: Prepared, cfg: QuantConfig, metric: Metric, base: float) -> list[dict[str, Any]]:
+    """Layers by sensitivity: each quantized alone in ONNX Runtime (exact) when there are at
+    most ``EXACT_UP_TO`` of them, else under the PyTorch emulation (one float pass per layer)."""
+    supported = supported_types(cfg.mode, cfg.quantize_embeddings)
+    chosen = cfg.targeting.select(prep.model, default_types=supported, what="quantization")
+    layers = [n for n, m in chosen.items() if isinstance(m, supported)]
+    how = cfg.extra.get("sensitivity") or (
+        "onnxruntime" if len(layers) <= EXACT_UP_TO else "emulated"
+    )
+    if how == "onnxruntime":
+        return sensitivity(prep, cfg, metric, base)
+    return emulated_sensitivity(
+        prep.model, layers, prep.calibration_inputs, metric, cfg.mode != "dynamic", cfg.per_channel
+    )
+
+
 def mixed_precision(
     prep: Prepared, cfg: QuantConfig, metric: Metric | None, task: str = "classification"
 ) -> QuantizedModel:
@@ -166,7 +183,7 @@ def mixed_precision(
             "met": True,
         }
         return refresh_edit(q)
-    rows = sensitivity(prep, cfg, metric, base)
+    rows = _ranked(prep, cfg, metric, base)
     keep: dict[str, str] = {}
     met = False
     for row in rows:

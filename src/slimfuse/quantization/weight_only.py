@@ -134,7 +134,7 @@ class WeightOnly(nn.Module):
 
 
 def _kinds(bits: int) -> tuple[type, ...]:
-    return (nn.Linear,) if bits == 4 else (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -151,14 +151,10 @@ def quantize_weights(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     chosen = cfg.targeting.select(model, default_types=kinds, what="quantization")
     for name, layer in chosen.items():
         if not isinstance(layer, kinds):
-            takes = (
-                "Linear layers only (ONNX Runtime MatMulNBits)"
-                if cfg.bits == 4
-                else ("Linear, Conv1d and Conv2d layers")
-            )
             raise UnsupportedLayerError(
                 f"int{cfg.bits} weight-only asked for layer {name!r} ({type(layer).__name__}); "
-                f"int{cfg.bits} takes {takes}: drop it from the targets or add it to ignore"
+                f"int{cfg.bits} takes Linear, Conv1d and Conv2d layers: drop it from the "
+                "targets or add it to ignore"
             )
     if not chosen:
         raise UnsupportedLayerError(

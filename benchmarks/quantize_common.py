@@ -1,0 +1,59 @@
+"""Shared helpers of the quantization benchmarks (not a benchmark itself)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_flags() -> str:
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    vnni = "yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"
+    return f"{platform.processor() or platform.machine()}, AVX-512 VNNI: {vnni}"
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 9) -> dict[str, float]:
+    """Median latency (ms) of each callable over ``rounds``; one call of each per round, in turn.
+
+    A warm-up call of each first. Alternating single calls spreads the noise of a shared CPU
+    evenly over the variants, so their ratios hold even when absolute times drift.
+    """
+    for fn in fns.values():
+        fn()
+    got: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            got[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def ort_session(path_or_bytes: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,175 @@
+"""all-MiniLM-L6-v2 int8 on real held-out text: fidelity, neighbours, speed and size.
+
+Text: held-out paragraphs of Python's own documentation (``slimfuse.data.text_corpus()["test"]``,
+a seeded sample of ``--texts``), tokenized to at most 128 tokens. Fidelity: mean and minimum
+cosine between each variant's embeddings and fp32's, and top-10 neighbour agreement (overlap
+of each text's 10 nearest neighbours). Speed: one batch of 32 texts, ONNX Runtime (or PyTorch
+for the torch.ao peer) with fixed threads, interleaved rounds, median of p50s; speed-up over
+ONNX Runtime fp32. Size: the int8 ONNX file over the fp32 one (torch.ao: its state dict).
+
+Peers in the same run: ONNX Runtime ``quantize_dynamic`` at its defaults and with per-channel
+weights, and ``torch.ao.quantization.quantize_dynamic`` (Linear layers, qint8). slimfuse:
+its default (dynamic int8, per-channel weights, embeddings int8, attention matmuls fp32), and
+with outlier-channel smoothing (calibrated on 64 *train* paragraphs). Writes
+``benchmarks/results/quantize_minilm.md``.
+
+    .venv/bin/python benchmarks/quantize_minilm.py      # about 10 min on 2 busy cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantize_common import RESULTS, cpu_flags, interleaved, ort_session, table
+
+
+@torch.no_grad()
+def neighbour_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
+    def knn(e: torch.Tensor) -> torch.Tensor:
+        e = torch.nn.functional.normalize(e, dim=-1)
+        sim = e @ e.T
+        sim.fill_diagonal_(-2)
+        return sim.topk(k, dim=1).indices
+
+    na, nb = knn(a), knn(b)
+    same = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(na, nb, strict=True)]
+    return float(np.mean(same))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--texts", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=9)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import slimfuse
+    from slimfuse.data import text_corpus
+    from slimfuse.models.hf import minilm, tokenize, tokenizer
+    from slimfuse.quantization import QuantConfig, quantize
+
+    corpus = text_corpus()
+    rng = np.random.default_rng(0)
+    test = [corpus["test"][i] for i in rng.permutation(len(corpus["test"]))[: args.texts]]
+    tok = tokenizer()
+    batches = [tokenize(test[i : i + 32], tok) for i in range(0, len(test), 32)]
+    train = corpus["train"]
+    calib = [tokenize(train[i : i + 32], tok) for i in (0, 32)]
+    timing = batches[0]
+    feeds = {k: v.numpy() for k, v in timing.items()}
+
+    model = minilm()
+    tmp = Path(tempfile.mkdtemp(prefix="qbench-minilm-"))
+    example = {k: v[:1] for k, v in timing.items()}
+    t0 = time.time()
+    fp32 = slimfuse.export(model, example, tmp / "fp32.onnx", atol=1e-4)
+    print(f"fp32 export {time.time() - t0:.0f}s", flush=True)
+    graphs: dict[str, bytes] = {"ONNX Runtime fp32": fp32.read_bytes()}
+    quantize_dynamic(str(fp32), str(tmp / "ort.onnx"), weight_type=QuantType.QInt8)
+    graphs["ONNX Runtime quantize_dynamic (defaults)"] = (tmp / "ort.onnx").read_bytes()
+    quantize_dynamic(
+        str(fp32), str(tmp / "ort_pc.onnx"), per_channel=True, weight_type=QuantType.QInt8
+    )
+    graphs["ONNX Runtime quantize_dynamic per-channel"] = (tmp / "ort_pc.onnx").read_bytes()
+    notes: dict[str, str] = {}
+    for label, cfg, cal in [
+        ("slimfuse default (dynamic)", QuantConfig(mode="dynamic"), None),
+        (
+            "slimfuse dynamic + outlier smoothing (alpha 1, channels >= 4x median)",
+            QuantConfig(mode="dynamic", smoothquant=1.0),
+            calib,
+        ),
+        (
+            "slimfuse dynamic + outlier smoothing (alpha 1, channels >= 8x median)",
+            QuantConfig(mode="dynamic", smoothquant=1.0, extra={"smooth_min_ratio": 8.0}),
+            calib,
+        ),
+    ]:
+        t0 = time.time()
+        q = quantize(model, cfg, calibration=cal, example_inputs=example)
+        graphs[label] = q.graph_bytes()
+        fp = [r for r in q.info["layers"] if r["precision"] == "fp32"]
+        kinds = sorted({r["type"] for r in fp})
+        smoothed = [n for n in q.info.get("smoothed_layers", []) if "pooler" not in n]
+        notes[label] = f"fp32: {len(fp)} ({', '.join(kinds)})" + (
+            f"; {len(smoothed)} linears smoothed" if smoothed else ""
+        )
+        print(f"{label}: {time.time() - t0:.0f}s; {notes[label]}", flush=True)
+
+    torch_ao = torch.ao.quantization.quantize_dynamic(
+        minilm(), {torch.nn.Linear}, dtype=torch.qint8
+    ).eval()
+    buf = io.BytesIO()
+    torch.save(torch_ao.state_dict(), buf)
+    ao_bytes = buf.getbuffer().nbytes
+
+    sessions = {k: ort_session(v, args.threads) for k, v in graphs.items()}
+
+    def run_ort(sess, b) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items()})[0])
+
+    emb: dict[str, torch.Tensor] = {}
+    for k, s in sessions.items():
+        emb[k] = torch.cat([run_ort(s, b) for b in batches])
+    with torch.inference_mode():
+        emb["torch.ao quantize_dynamic (PyTorch)"] = torch.cat([torch_ao(**b) for b in batches])
+    fns = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
+    with torch.inference_mode():
+        fns["torch.ao quantize_dynamic (PyTorch)"] = lambda: torch_ao(**timing)
+        lat = interleaved(fns, rounds=args.rounds)
+    ref = emb["ONNX Runtime fp32"]
+    fp32_bytes = len(graphs["ONNX Runtime fp32"])
+    sizes = {k: len(v) for k, v in graphs.items()}
+    sizes["torch.ao quantize_dynamic (PyTorch)"] = ao_bytes
+    rows = []
+    for k in emb:
+        cos = torch.nn.functional.cosine_similarity(emb[k], ref, dim=-1)
+        rows.append(
+            [
+                k,
+                f"{float(cos.mean()):.4f}",
+                f"{float(cos.min()):.4f}",
+                f"{neighbour_agreement(emb[k], ref):.3f}",
+                f"{lat[k]:.0f}",
+                f"{lat['ONNX Runtime fp32'] / lat[k]:.2f}x",
+                f"{sizes[k] / 1e6:.1f}",
+                f"{sizes[k] / fp32_bytes:.3f}",
+                notes.get(k, ""),
+            ]
+        )
+    header = [
+        "variant",
+        "mean cos",
+        "min cos",
+        "top-10 agreement",
+        "b32 ms",
+        "speed-up vs ORT fp32",
+        "MB",
+        "size vs fp32",
+        "notes",
+    ]
+    text = (
+        "# all-MiniLM-L6-v2 int8 on held-out Python documentation text\n\n"
+        f"CPU: {cpu_flags()}; threads {args.threads}; {len(test)} held-out paragraphs "
+        f"(max 128 tokens); latency: one batch of 32, median of {args.rounds} rounds, one "
+        "call of each variant per round in turn. Cosine and neighbours against ONNX Runtime fp32 embeddings.\n\n"
+        + table(header, rows)
+        + "\n\nReproduce: `make bench-quantize` (or `.venv/bin/python benchmarks/quantize_minilm.py`).\n"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "quantize_minilm.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

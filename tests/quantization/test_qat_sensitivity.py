@@ -1,0 +1,87 @@
+"""QAT (int8 QDQ and int4 weight-only), sensitivity, mixed precision and outlier smoothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import slimfuse
+from slimfuse.models.source import ModelSpec, set_spec
+from slimfuse.quantization import QuantConfig, quantize
+from slimfuse.quantization.qat import FakeQuantLayer
+from slimfuse.quantization.runtime import QuantizedModel
+from slimfuse.quantization.sensitivity import agreement_metric, emulated_sensitivity
+from slimfuse.quantization.smoothquant import SmoothedLinear, smooth
+from slimfuse.quantization.weight_only import WeightOnly
+
+# The int8 graph also quantizes each layer's output (one more rounding per layer than the
+# fake-quant model, which quantizes inputs and weights): agreement is checked to 5% relative L2.
+QAT_REL_TOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def qat_int8(trained_cnn, mnist1d):
+    cfg = QuantConfig(mode="qat", qat_epochs=1)
+    return quantize(
+        trained_cnn, cfg, calibration=mnist1d.loader("train", batch_size=64), data=mnist1d
+    )
+
+
+def test_qat_int8_graph_agrees_with_fake_quant_model(qat_int8, mnist1d) -> None:
+    assert isinstance(qat_int8, QuantizedModel) and qat_int8.info["mode"] == "qat"
+    fq = qat_int8.fake_quant_model.eval()
+    assert any(isinstance(m, FakeQuantLayer) for m in fq.modules())
+    x = mnist1d.example_input(256)
+    with torch.no_grad():
+        ref = fq(x)
+    got = qat_int8(x)
+    assert float((got - ref).norm() / ref.norm()) <= QAT_REL_TOL
+    ranges = qat_int8.info["qat"]["learned_ranges"]
+    assert set(ranges) == {"conv1", "conv2", "conv3", "linear"}
+    assert ranges["conv2"][0] == pytest.approx(0.0, abs=1e-6)  # after a ReLU: nothing below 0
+
+
+def test_qat_int4_gives_packed_weight_only_model(trained_cnn, mnist1d) -> None:
+    cfg = QuantConfig(mode="qat", bits=4, qat_epochs=1)
+    q = quantize(trained_cnn, cfg, calibration=mnist1d.loader("train", batch_size=64), data=mnist1d)
+    assert isinstance(q.conv2, WeightOnly) and q.conv2.bits == 4
+    acc = slimfuse.evaluate(q, mnist1d.loader("test", batch_size=500))
+    base = slimfuse.evaluate(trained_cnn, mnist1d.loader("test", batch_size=500))
+    assert acc > base - 0.05
+
+
+def test_emulated_sensitivity_ranks_layers(trained_cnn, mnist1d) -> None:
+    inputs = [mnist1d.example_input(128)]
+    metric = agreement_metric(trained_cnn, inputs, "classification")
+    assert metric(trained_cnn) == 1.0
+    layers = ["conv1", "conv2", "conv3", "linear"]
+    rows = emulated_sensitivity(trained_cnn, layers, inputs, metric, static=True, per_channel=True)
+    assert sorted(r["layer"] for r in rows) == layers
+    drops = [r["drop"] for r in rows]
+    assert drops == sorted(drops, reverse=True)
+    assert all(r["sqnr_db"] > 15 for r in rows)
+    torch.testing.assert_close(metric(trained_cnn), 1.0)  # weights restored afterwards
+
+
+def test_mixed_precision_zero_budget_keeps_sensitive_layers(trained_cnn, mnist1d) -> None:
+    calib = mnist1d.loader("train", batch_size=128)
+    cfg = QuantConfig(mode="static", max_drop=0.0, calibration_batches=2)
+    q = quantize(trained_cnn, cfg, calibration=calib)
+    mp = q.info["mixed_precision"]
+    assert mp["steps"][0]["fp32_layers"] == 0
+    if mp["steps"][0]["drop"] > 0:
+        kept = [r for r in q.info["layers"] if r["reason"].startswith("kept fp32 by mixed")]
+        assert kept and len(mp["sensitivity"]) == 4
+    assert mp["met"] or len(mp["steps"]) == 4
+
+
+def test_smoothing_preserves_the_float_function() -> None:
+    torch.manual_seed(0)
+    model = set_spec(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), ModelSpec("t"))
+    x = torch.randn(64, 16)
+    x[:, 3] *= 40  # an outlier channel
+    smoothed = smooth(model, [x], alpha=1.0)
+    assert smoothed.smoothed_layers == ["0"]
+    assert isinstance(smoothed[0], SmoothedLinear) and isinstance(model[0], nn.Linear)
+    torch.testing.assert_close(smoothed(x), model(x), rtol=1e-4, atol=1e-4)
