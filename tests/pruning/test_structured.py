@@ -209,3 +209,22 @@ def test_unknown_importance_and_bn_without_batchnorm(data) -> None:
         prune_structured(mlp, data.example_input(1), ratio=0.5, importance="bn")
     with pytest.raises(ConfigError, match="importance 'taylor' needs data"):
         prune_structured(mlp, data.example_input(1), ratio=0.5, importance="taylor")
+
+
+class _SoftmaxHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(12, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.l1(x).relu()).softmax(-1) * 2.0
+
+
+def test_output_layer_behind_ops_is_kept_or_reported(data) -> None:
+    model = _SoftmaxHead()
+    small = prune_structured(model, data.example_input(1), ratio=0.5, ignore=["l2"])
+    assert small(data.example_input(2)).shape == (2, 4) and small.l1.out_features == 8
+    with pytest.raises(
+        ConfigError, match=r"output shape from \(1, 4\) to \(1, 2\); add the output layer to ignore"
+    ):
+        prune_structured(model, data.example_input(1), ratio=0.5)

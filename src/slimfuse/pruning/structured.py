@@ -223,6 +223,8 @@ def prune_structured(
                 f"expected a ratio below {1 - 1 / n:.3f} or ignore that layer"
             )
     protected = set(output_layers(model, example_inputs))
+    with torch.no_grad():
+        out_shape = tuple(getattr(forward(model, example_inputs), "shape", ()))
     ignored = [m for m in model.modules() if isinstance(m, ROOT_TYPES) and m not in chosen.values()]
     ignored += [m for m in protected if m not in ignored]
     custom = {type(m): _LeaveAlone() for m in bad.values()}
@@ -262,13 +264,19 @@ def prune_structured(
             recover(model, step)
     try:
         with torch.no_grad():
-            forward(model.eval(), example_inputs)
+            out_after = forward(model.eval(), example_inputs)
     except Exception as exc:
         raise UnsupportedLayerError(
             f"after pruning, {type(model).__name__} no longer runs "
             f"({str(exc).splitlines()[0][:160]}); ignore the layers next to "
             f"{', '.join(bad) or 'the failing op'}"
         ) from None
+    shape_after = tuple(getattr(out_after, "shape", ()))
+    if shape_after != out_shape:
+        raise ConfigError(
+            f"pruning changed {type(model).__name__}'s output shape from {out_shape} to "
+            f"{shape_after}; add the output layer to ignore=[...]"
+        )
     record_resize(
         model,
         before,
