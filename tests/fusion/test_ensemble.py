@@ -84,3 +84,29 @@ def test_empty_and_mismatched_members(members, mnist1d):
         fused(mnist1d.example_input(2))
     with pytest.raises(FusionError, match=r"space 'votes': expected one of probs, logits"):
         MeanFusion(members, space="votes")  # type: ignore[arg-type]
+
+
+def test_sklearn_classifiers_as_members(members, mnist1d, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    from slimfuse.errors import ExportError, ModelError
+    from slimfuse.fusion.sklearn import SklearnMember
+
+    x_tr, y_tr = mnist1d.arrays("train")
+    lr = LogisticRegression(max_iter=100).fit(x_tr[:1000], y_tr[:1000])
+    linear = SklearnMember(lr)  # a torch layer: softmax of its output is predict_proba
+    x = mnist1d.example_input(16)
+    np_proba = lr.predict_proba(x.numpy())
+    torch.testing.assert_close(linear(x).softmax(-1), torch.from_numpy(np_proba).float())
+    fused = MeanFusion([members[0], ("logreg", linear)])
+    back = slimfuse.load(slimfuse.save(fused, tmp_path / "with_lr"))
+    torch.testing.assert_close(back(x), fused(x))
+    slimfuse.export(fused, x[:1], tmp_path / "with_lr.onnx", dynamo=False)
+    tree = SklearnMember(DecisionTreeClassifier(max_depth=4).fit(x_tr[:1000], y_tr[:1000]))
+    with_tree = MeanFusion([members[0], ("tree", tree)])
+    assert with_tree(x).shape == (16, 10)  # runs in PyTorch
+    with pytest.raises(ExportError, match="DecisionTreeClassifier is not linear"):
+        slimfuse.export(with_tree, x[:1], tmp_path / "tree.onnx")
+    with pytest.raises(ModelError, match="MeanFusion has no recorded source"):
+        slimfuse.save(with_tree, tmp_path / "tree")  # a bundle holds torch layers only

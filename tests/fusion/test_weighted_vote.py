@@ -69,3 +69,14 @@ def test_vote_round_trip(members, mnist1d, tmp_path):
     back = slimfuse.load(slimfuse.save(fused, tmp_path / "vote"))
     x = mnist1d.example_input(32)
     assert torch.equal(back(x), fused(x))
+
+
+def test_shrinkage_toward_uniform_is_chosen_by_cross_validation(members, mnist1d):
+    plain = WeightedFusion(members, shrink=0.0).fit(mnist1d)
+    cv = WeightedFusion(members).fit(mnist1d)
+    assert 0.0 <= cv.shrink_ <= 1.0 and set(cv.shrink_curve_) >= {0.0, 1.0}
+    assert cv.shrink_curve_[cv.shrink_] == min(cv.shrink_curve_.values())
+    expect = (1 - cv.shrink_) * plain.weights_ + cv.shrink_ / 3
+    np.testing.assert_allclose(cv.weights_, expect, atol=1e-5)
+    with pytest.raises(FusionError, match=r"^shrink=2: expected 'cv' or a number in \[0, 1\]$"):
+        WeightedFusion(members, shrink=2)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from slimfuse.data import Data
@@ -54,6 +55,7 @@ def train_members(
     for k in range(count):
         name = f"fold{k}" if folds is not None else f"seed{cfg.seed + k}"
         member_data = with_train_subset(data, folds[k][0]) if folds is not None else data
+        torch.manual_seed(cfg.seed + k)  # the initialisation follows the seed too
         model = build_model(source, data=data, **kw)
         result = train(
             model,

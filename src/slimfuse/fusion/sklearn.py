@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimfuse.errors import ExportError, FusionError, ModelError
+from slimfuse.errors import ExportError, FusionError
 from slimfuse.models.source import ModelSpec, set_spec
 
 
@@ -87,14 +87,23 @@ class SklearnClassifier(nn.Module):
         self.n_outputs = len(estimator.classes_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.estimator.predict_proba(x.detach().flatten(1).cpu().numpy().astype(np.float64))
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            self._refuse()
+        try:
+            arr = x.detach().flatten(1).cpu().numpy().astype(np.float64)
+        except (RuntimeError, NotImplementedError):  # a fake tensor: torch.export is tracing
+            self._refuse()
+        p = self.estimator.predict_proba(arr)
         return torch.from_numpy(np.log(np.clip(p, 1e-12, None))).to(torch.float32)
 
-    def export_onnx(self, path: Any, example_inputs: Any, opset: int, atol: float) -> Any:
+    def _refuse(self) -> None:
         raise ExportError(
             f"{type(self.estimator).__name__} is not linear and cannot join an ONNX graph: "
             "expected a linear scikit-learn classifier (coef_, intercept_)"
         )
+
+    def export_onnx(self, path: Any, example_inputs: Any, opset: int, atol: float) -> Any:
+        self._refuse()
 
 
 def SklearnMember(estimator: Any) -> nn.Module:
@@ -102,13 +111,3 @@ def SklearnMember(estimator: Any) -> nn.Module:
     if is_linear(estimator):
         return linear_to_torch(estimator)
     return SklearnClassifier(estimator)
-
-
-def refuse_unsaveable(model: nn.Module) -> None:
-    """Bundles need torch layers: a wrapped non-linear estimator cannot be saved."""
-    for m in model.modules():
-        if isinstance(m, SklearnClassifier):
-            raise ModelError(
-                f"{type(m.estimator).__name__} is a non-linear scikit-learn model: expected "
-                "linear members/meta-learners to save a bundle"
-            )

@@ -109,8 +109,9 @@ class StackingFusion(FusionModule):
                         f"member {name!r} has no recorded source to retrain per fold: expected "
                         "members built by slimfuse, or cv='prefit'"
                     )
-                fresh = build_model(spec.source, **spec.kwargs)
                 cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * f + i)
+                torch.manual_seed(cfg.seed)
+                fresh = build_model(spec.source, **spec.kwargs)
                 train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
                 outs, _ = collect([(name, fresh)], held, task)
                 n_out = outs.shape[-1]

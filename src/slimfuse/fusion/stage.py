@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -166,11 +167,12 @@ def mutual_stage(ctx: Context, cfg: MutualStage) -> nn.Module:
     from slimfuse.fusion.mutual import MutualLearning
     from slimfuse.models.source import build_model
 
+    tc = cfg.train_config(ctx)
+    torch.manual_seed(tc.seed)
     peers = [
         (f"peer{i}", build_model(cfg.model, data=ctx.data, **cfg.model_kwargs))
         for i in range(cfg.n)
     ]
-    tc = cfg.train_config(ctx)
     dml = MutualLearning(peers, kl_weight=cfg.kl_weight, temperature=cfg.temperature)
     dml.fit(ctx.data, config=tc, task=ctx.task, checkpoint_dir=ctx.checkpoint_dir)
     return dml.fused() if cfg.output == "fused" else dml.member("peer0")

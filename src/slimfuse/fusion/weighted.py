@@ -62,11 +62,45 @@ def simplex_log_loss_weights(
     return w, _loss_and_grad(w, feats, y, space)[0]
 
 
+SHRINK_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def cv_shrinkage(
+    outputs: torch.Tensor, y: torch.Tensor, space: str, folds: int, seed: int = 0
+) -> tuple[float, dict[float, float]]:
+    """How far to pull the fitted weights toward uniform, chosen by K-fold log-loss.
+
+    For each fold, weights are fitted on the other folds; the mixture
+    ``(1 - a) * w + a * uniform`` is scored on the held-out fold for every ``a`` in the grid.
+    Returns the ``a`` with the lowest mean held-out log-loss and the whole curve.
+    """
+    from slimfuse.fusion.folds import kfold
+
+    n = outputs.shape[0]
+    uniform = np.full(n, 1.0 / n)
+    feats = outputs.double().softmax(-1) if space == "probs" else outputs.double()
+    losses = {a: 0.0 for a in SHRINK_GRID}
+    splits = kfold(y.numpy(), folds, seed, what="validation data")
+    for tr, te in splits:
+        w, _ = simplex_log_loss_weights(outputs[:, tr], y[tr], space)
+        for a in SHRINK_GRID:
+            mix = (1 - a) * w + a * uniform
+            losses[a] += _loss_and_grad(mix, feats[:, te], y[te].long(), space)[0] * len(te)
+    total = sum(len(te) for _, te in splits)
+    curve = {a: v / total for a, v in losses.items()}
+    return min(curve, key=lambda a: (curve[a], -a)), curve
+
+
 class WeightedFusion(MeanFusion):
     """A :class:`MeanFusion` whose weights are learned by :meth:`fit` (or given).
 
-    Learned attributes (scikit-learn style): ``weights_`` (numpy, on the simplex) and
-    ``log_loss_`` (the validation log-loss at those weights).
+    ``shrink="cv"`` (the default) guards against fitting the weights to the noise of a small
+    validation set: the fitted weights are pulled toward uniform by the amount that gives the
+    lowest ``cv``-fold held-out log-loss on the validation data; a number in [0, 1] fixes that
+    amount (0: the plain log-loss optimum).
+
+    Learned attributes (scikit-learn style): ``weights_`` (numpy, on the simplex),
+    ``log_loss_`` (the validation log-loss at those weights) and ``shrink_`` (the amount used).
     """
 
     def __init__(
@@ -75,9 +109,14 @@ class WeightedFusion(MeanFusion):
         *,
         space: Literal["probs", "logits"] = "probs",
         weights: Sequence[float] | torch.Tensor | None = None,
+        shrink: float | Literal["cv"] = "cv",
+        cv: int = 5,
     ) -> None:
         super().__init__(members, space=space, weights=weights)
+        if shrink != "cv" and not (isinstance(shrink, (int, float)) and 0.0 <= shrink <= 1.0):
+            raise FusionError(f"shrink={shrink!r}: expected 'cv' or a number in [0, 1]")
         self.given = weights is not None
+        self.shrink, self.cv = shrink, cv
 
     def fit(self, data: Data | Any, *, split: str = "val") -> WeightedFusion:
         """Learn the weights on ``data`` (a :class:`Data` split, default ``val``, or a loader)."""
@@ -92,7 +131,14 @@ class WeightedFusion(MeanFusion):
                 w, outputs.double().softmax(-1) if self.space == "probs" else outputs, y, self.space
             )[0]
         else:
-            w, loss = simplex_log_loss_weights(outputs, y, self.space)
+            w, _ = simplex_log_loss_weights(outputs, y, self.space)
+            if self.shrink == "cv":
+                self.shrink_, self.shrink_curve_ = cv_shrinkage(outputs, y, self.space, self.cv)
+            else:
+                self.shrink_ = float(self.shrink)
+            w = (1 - self.shrink_) * w + self.shrink_ / len(w)
+            feats = outputs.double().softmax(-1) if self.space == "probs" else outputs
+            loss = _loss_and_grad(w, feats, y, self.space)[0]
             self.set_weights(w)
         self.weights_ = np.asarray(self.weights.double().numpy())
         self.log_loss_ = float(loss)
