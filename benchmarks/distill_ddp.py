@@ -51,7 +51,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     bench = _mnist_bench()

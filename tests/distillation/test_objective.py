@@ -160,3 +160,20 @@ def test_unknown_loss_and_hint_without_hints(trained_cnn) -> None:
         objective(trained_cnn, loss="kl")
     with pytest.raises(ConfigError, match=r"loss 'hint' needs hints"):
         objective(trained_cnn, loss="hint")
+
+
+def test_mixup_feeds_blends_and_skips_the_cache(small_data, trained_cnn) -> None:
+    obj = objective(trained_cnn, "classification", mixup=0.4)
+    assert obj.cache is None
+    student = _cnn(small_data, channels=8).train()
+    batch = next(iter(small_data.loader("train", batch_size=32)))
+    torch.manual_seed(0)
+    loss = obj(student, batch)
+    torch.manual_seed(0)
+    blended, (lam, perm) = obj._mix(batch[0])
+    torch.testing.assert_close(blended, lam * batch[0] + (1 - lam) * batch[0][perm])
+    assert 0.0 <= lam <= 1.0 and loss.requires_grad
+    with pytest.raises(ConfigError, match=r"^mixup -1: expected a number >= 0 \(0: off\)$"):
+        objective(trained_cnn, mixup=-1)
+    with pytest.raises(ConfigError, match=r"mixup needs floating-point tensor inputs; got dict"):
+        obj._mix({"input_ids": torch.zeros(2, 3, dtype=torch.long)})

@@ -36,6 +36,7 @@ class DistillConfig:
     ensemble_weights: Sequence[float] | None = None
     cache: bool = True
     max_cache_mb: float = 1024.0
+    mixup: float = 0.0  # > 0: the teacher labels mixup blends of the inputs (function matching)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,6 +91,7 @@ def distill_run(
         ensemble_weights=cfg.ensemble_weights,
         cache=cfg.cache,
         max_cache_mb=cfg.max_cache_mb,
+        mixup=cfg.mixup,
         student=student,
         example_inputs=data.example_input(2, split="train"),
     )

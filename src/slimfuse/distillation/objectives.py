@@ -99,6 +99,7 @@ class DistillObjective:
         ensemble_weights: Sequence[float] | None = None,
         cache: bool = True,
         max_cache_mb: float = 1024.0,
+        mixup: float = 0.0,
         student: nn.Module | None = None,
         example_inputs: Any = None,
     ) -> None:
@@ -106,6 +107,8 @@ class DistillObjective:
             raise ConfigError(f"temperature {temperature!r}: expected a number > 0")
         if temperature <= 0:
             raise ConfigError(f"temperature {temperature}: expected a number > 0")
+        if not (isinstance(mixup, (int, float)) and 0.0 <= mixup < math.inf):
+            raise ConfigError(f"mixup {mixup!r}: expected a number >= 0 (0: off)")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha {alpha}: expected a number in [0, 1]")
         if hint_weight < 0:
@@ -122,7 +125,9 @@ class DistillObjective:
                 "loss 'hint' needs hints: expected a mapping of student layer -> teacher layer"
             )
         self.teacher = make_teacher(teacher, space=ensemble_space, weights=ensemble_weights)
-        self.cache = TeacherCache(max_cache_mb) if cache else None
+        self.mixup = float(mixup)
+        # mixed inputs are new every step: nothing to cache
+        self.cache = TeacherCache(max_cache_mb) if cache and not self.mixup else None
         self.adapters = nn.ModuleDict()
         self._s_tap: FeatureTap | None = None
         self._t_tap: FeatureTap | None = None
@@ -206,6 +211,9 @@ class DistillObjective:
 
     def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         inputs, target = self.task.unpack(batch)
+        mixed = None
+        if self.mixup and model.training:
+            inputs, mixed = self._mix(inputs)
         keys = sample_keys(inputs) if self.cache is not None else None
         inputs, mask = trim_padding(inputs)
         lengths = mask.sum(1) if mask is not None else None
@@ -225,9 +233,23 @@ class DistillObjective:
                 adapter = self.adapters[self.pair_key(s_name, t_name)]
                 ctx.hints.append((s_feats[s_name], t_feats[t_name], adapter))
         loss = self.loss_fn(s_out, t_out, target, ctx)
+        if mixed is not None and target is not None and self.alpha < 1.0:
+            lam, perm = mixed  # the hard-label term follows the mix; the soft term is the same
+            loss = lam * loss + (1.0 - lam) * self.loss_fn(s_out, t_out, target[perm], ctx)
         if ctx.hints and self.loss_name != "hint" and self.hint_weight > 0:
             loss = loss + self.hint_weight * hint_term(ctx)
         return loss
+
+    def _mix(self, inputs: Any) -> tuple[torch.Tensor, tuple[float, torch.Tensor]]:
+        """Mixup of the batch with a permutation of itself, ``lam ~ Beta(m, m)``."""
+        if not (isinstance(inputs, torch.Tensor) and inputs.is_floating_point()):
+            raise ConfigError(
+                f"mixup needs floating-point tensor inputs; got {type(inputs).__name__}"
+                f"{'' if not isinstance(inputs, torch.Tensor) else ' of ' + str(inputs.dtype)}"
+            )
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        perm = torch.randperm(len(inputs))
+        return lam * inputs + (1.0 - lam) * inputs[perm], (lam, perm)
 
     def close(self) -> None:
         """Remove the feature hooks from the teacher and the student."""
@@ -249,6 +271,7 @@ def objective(
     ensemble_weights: Sequence[float] | None = None,
     cache: bool = True,
     max_cache_mb: float = 1024.0,
+    mixup: float = 0.0,
     student: nn.Module | None = None,
     example_inputs: Any = None,
 ) -> DistillObjective:
@@ -257,6 +280,9 @@ def objective(
     ``loss`` is a name in :data:`slimfuse.distillation.losses.LOSSES` (``kd``, ``mse``,
     ``cosine``, ``hint``). ``alpha`` weighs the soft (teacher) term against the hard-label task
     loss. With ``student`` and ``example_inputs`` the output shapes are checked up front.
+    ``mixup > 0`` feeds both models blends ``lam * x + (1 - lam) * x[perm]`` with
+    ``lam ~ Beta(mixup, mixup)`` (function matching, Beyer et al. 2022): the teacher labels
+    inputs between the training samples, where its soft outputs carry the most information.
     """
     return DistillObjective(
         teacher,
@@ -270,6 +296,7 @@ def objective(
         ensemble_weights=ensemble_weights,
         cache=cache,
         max_cache_mb=max_cache_mb,
+        mixup=mixup,
         student=student,
         example_inputs=example_inputs,
     )
