@@ -36,7 +36,8 @@ from slimfuse.training import TrainConfig
 METHODS = [
     ("mean (probs)", "slimfuse MeanFusion(space='probs') = soft vote"),
     ("mean (logits)", "slimfuse MeanFusion(space='logits')"),
-    ("weighted", "slimfuse WeightedFusion, weights fitted on val (simplex log-loss)"),
+    ("weighted (probs)", "slimfuse WeightedFusion: simplex log-loss on val, CV shrinkage"),
+    ("weighted (logits)", "slimfuse WeightedFusion(space='logits'), the same fitting"),
     ("hard vote", "slimfuse VoteFusion(voting='hard')"),
     ("stack prefit", "slimfuse StackingFusion(cv='prefit'), LR on val predictions"),
     ("stack cv=K", "slimfuse StackingFusion(cv=K), members retrained per fold, LR on OOF"),
@@ -79,7 +80,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], lis
     fused: dict[str, torch.nn.Module] = {
         "mean (probs)": MeanFusion(pairs, space="probs"),
         "mean (logits)": MeanFusion(pairs, space="logits"),
-        "weighted": WeightedFusion(pairs).fit(data),
+        "weighted (probs)": WeightedFusion(pairs).fit(data),
+        "weighted (logits)": WeightedFusion(pairs, space="logits").fit(data),
         "hard vote": VoteFusion(pairs, voting="hard"),
         "stack prefit": StackingFusion(pairs, seed=seed).fit(data),
         "stack cv=K": StackingFusion(pairs, cv=args.cv, train_config=cfg, seed=seed).fit(data),
@@ -89,7 +91,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], lis
     print(f"  fused in {time.perf_counter() - t0:.0f}s", flush=True)
     accs = {k: evaluate(m, test) for k, m in fused.items()}
     accs.update(sklearn_peers(pairs, data))
-    extra = {"weights": fused["weighted"].weights_.tolist()}  # type: ignore[union-attr]
+    extra = {
+        k: {"weights": m.weights_.tolist(), "shrink": m.shrink_}  # type: ignore[union-attr]
+        for k, m in fused.items()
+        if k.startswith("weighted")
+    }
     print(f"  {accs}", flush=True)
     return {**{f"single {n}": v for n, v in singles.items()}, **accs}, [pairs, fused, data], extra
 
@@ -194,9 +200,14 @@ def render(per_seed: list[dict[str, float]], costs: dict, args: Any, minutes: fl
             max(delta["mean (probs)"], delta["mean (logits)"]) >= 0.015,
         ),
         (
-            "weighted ≥ mean",
-            f"{100 * m(col['weighted']):.2f} vs {100 * m(col['mean (probs)']):.2f}",
-            m(col["weighted"]) >= m(col["mean (probs)"]),
+            "weighted ≥ mean (probs)",
+            f"{100 * m(col['weighted (probs)']):.2f} vs {100 * m(col['mean (probs)']):.2f}",
+            m(col["weighted (probs)"]) >= m(col["mean (probs)"]),
+        ),
+        (
+            "weighted ≥ mean (logits)",
+            f"{100 * m(col['weighted (logits)']):.2f} vs {100 * m(col['mean (logits)']):.2f}",
+            m(col["weighted (logits)"]) >= m(col["mean (logits)"]),
         ),
         (
             "stacking ≥ mean",
