@@ -110,3 +110,13 @@ def test_sklearn_classifiers_as_members(members, mnist1d, tmp_path):
         slimfuse.export(with_tree, x[:1], tmp_path / "tree.onnx")
     with pytest.raises(ModelError, match="MeanFusion has no recorded source"):
         slimfuse.save(with_tree, tmp_path / "tree")  # a bundle holds torch layers only
+
+
+def test_a_pruned_member_reloads_inside_the_fused_bundle(members, mnist1d, tmp_path):
+    pruned = slimfuse.prune(members[1][1], mnist1d, channels=0.5, schedule="oneshot")
+    assert pruned.conv1.weight.shape[0] < members[1][1].conv1.weight.shape[0]
+    fused = MeanFusion([members[0], ("pruned", pruned)])
+    assert fused.slimfuse_spec.edits == [{"kind": "fusion_members"}]
+    back = slimfuse.load(slimfuse.save(fused, tmp_path / "with_pruned"))
+    x = mnist1d.example_input(8)
+    torch.testing.assert_close(back(x), fused(x), atol=0, rtol=0)
