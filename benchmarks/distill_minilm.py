@@ -4,9 +4,10 @@ Data: ``slimfuse.data.text_corpus()`` (Python documentation topics and standard-
 docstrings); the held-out ``test`` topics are never trained on. Training texts are the train
 paragraphs plus their sentences; 5% of the train paragraphs are split off for validation.
 
-Student: teacher layers ``--keep`` (default 0,2,4) copied (DistilBERT-style). Losses:
-token-level hidden-state MSE (each student layer matched to the teacher layer whose output the
-next kept layer was trained on: with 0,2,4 -> teacher outputs 1,3,5, padding masked) plus
+Student: teacher layers ``--keep`` (default 0,3,5) copied (DistilBERT-style). Losses:
+token-level hidden states (``1 - cos`` per token by default, padding masked; each student layer
+matched to the teacher layer whose output the next kept layer was trained on: with 0,3,5 ->
+teacher outputs 2,4,5) plus
 ``alpha * (1 - cos) + (1 - alpha) * MSE`` on the sentence embeddings.
 
 Reports on the held-out text: mean cosine to the teacher's embeddings, top-10 neighbour
@@ -89,15 +90,16 @@ def ort_latency(models: dict[str, torch.nn.Module], inputs: dict, threads: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--keep", default="0,2,4")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--keep", default="0,3,5")
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hint-weight", type=float, default=1.0)
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--train-max-length", type=int, default=64)
-    ap.add_argument("--max-train", type=int, default=4000, help="cap on training texts (0: all)")
+    ap.add_argument("--train-max-length", type=int, default=128)
+    ap.add_argument("--hint-metric", default="cosine", choices=["mse", "cosine"])
+    ap.add_argument("--max-train", type=int, default=3000, help="cap on training texts (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -154,6 +156,7 @@ def main() -> None:
         alpha=args.alpha,
         hints=hints,
         hint_weight=args.hint_weight,
+        hint_metric=args.hint_metric,
         max_cache_mb=1500,
     )
     steps = args.epochs * ((len(data.train) + args.batch_size - 1) // args.batch_size)
@@ -207,7 +210,7 @@ def main() -> None:
         f"Held-out text: {len(test)} paragraphs of Python documentation topics and standard-library "
         f"docstrings never trained on; training: {len(data.train)} texts (paragraphs and their "
         f"sentences, truncated to {args.train_max_length} tokens), {len(data.val)} for validation. Student keeps teacher layers {keep}; "
-        f"hints (student -> teacher layer output): {', '.join(f'{k[-1]}->{v[-1]}' for k, v in hints.items())}; "
+        f"token-level hints ({args.hint_metric}, padding masked; student -> teacher layer output): {', '.join(f'{k[-1]}->{v[-1]}' for k, v in hints.items())}; "
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, AdamW with warm-up and cosine "
         f"decay, token/position embeddings frozen, seed {args.seed}. torch threads {args.threads} (the 2-core CPU was shared with other jobs, load average "
         f"{load_avg}).",

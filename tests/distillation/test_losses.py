@@ -60,3 +60,19 @@ def test_mse_and_cosine_losses() -> None:
     cos = LOSSES.get("cosine")(s, t, None, LossContext(task=task, alpha=0.5))
     assert float(cos) == pytest.approx(0.5 * 1.0 + 0.5 * 1.0)
     assert float(LOSSES.get("cosine")(t, t, None, LossContext(task=task))) == pytest.approx(0.0)
+
+
+def test_cosine_hint_metric_ignores_scale_and_masks_padding() -> None:
+    from slimfuse.distillation.losses import hint_term
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 8)
+    s = 10.0 * t  # same direction, another scale
+    s[1, 3:] = torch.randn(2, 8)  # differs only at padded positions
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    task = get_task("embedding")
+    ctx = LossContext(task=task, hints=[(s, t, torch.nn.Identity())], mask=mask)
+    ctx.hint_metric = "cosine"
+    assert float(hint_term(ctx)) == pytest.approx(0.0, abs=1e-6)
+    ctx.hint_metric = "mse"
+    assert float(hint_term(ctx)) > 1.0

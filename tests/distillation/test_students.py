@@ -69,3 +69,13 @@ def test_width_student_through_pruning(mnist1d, trained_cnn) -> None:
 def test_no_block_list_is_a_clear_error(trained_cnn) -> None:
     with pytest.raises(ConfigError, match=r"MNIST1DCNN has no block list"):
         depth_student(trained_cnn, depth=2)
+
+
+def test_students_do_not_inherit_teacher_hooks() -> None:
+    torch.manual_seed(0)
+    teacher = slimfuse.build_model("resnet1d", num_classes=10, widths=[8], blocks_per_stage=2)
+    seen = []
+    teacher.layers[0].register_forward_hook(lambda *_: seen.append(1))
+    student = depth_student(teacher, keep=[0, 1])
+    student(torch.randn(1, 40))
+    assert seen == []

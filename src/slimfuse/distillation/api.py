@@ -32,6 +32,7 @@ class DistillConfig:
     alpha: float = 0.9
     hints: Mapping[str, str] = field(default_factory=dict)
     hint_weight: float = 1.0
+    hint_metric: Literal["mse", "cosine"] = "mse"
     ensemble_space: Literal["probs", "logits"] = "probs"
     ensemble_weights: Sequence[float] | None = None
     cache: bool = True
@@ -87,6 +88,7 @@ def distill_run(
         alpha=cfg.alpha,
         hints=cfg.hints,
         hint_weight=cfg.hint_weight,
+        hint_metric=cfg.hint_metric,
         ensemble_space=cfg.ensemble_space,
         ensemble_weights=cfg.ensemble_weights,
         cache=cfg.cache,

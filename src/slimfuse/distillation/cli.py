@@ -51,6 +51,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         hints={str(k): str(v) for k, v in hints.items()},
         hint_weight=args.hint_weight,
+        hint_metric=args.hint_metric,
         ensemble_space=args.ensemble_space,
         cache=not args.no_cache,
     )
@@ -134,6 +135,9 @@ def add_commands(sub: Any) -> None:
         help="feature hint between named layers (repeatable)",
     )
     p.add_argument("--hint-weight", type=float, default=1.0)
+    p.add_argument(
+        "--hint-metric", choices=["mse", "cosine"], default="mse", help="feature distance"
+    )
     p.add_argument("--ensemble-space", choices=["probs", "logits"], default="probs")
     p.add_argument("--no-cache", action="store_true", help="run the teachers on every batch")
     p.add_argument("--epochs", type=int, default=30)

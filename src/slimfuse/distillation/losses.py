@@ -40,6 +40,7 @@ class LossContext:
     # (student feature, teacher feature, adapter) per hint pair, for this batch
     hints: list[tuple[torch.Tensor, torch.Tensor, nn.Module]] = field(default_factory=list)
     mask: torch.Tensor | None = None  # token mask (B, S) for sequence features
+    hint_metric: str = "mse"  # "mse" (FitNets) or "cosine" (1 - cos per position, scale-free)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, Any, LossContext], torch.Tensor]
@@ -100,11 +101,24 @@ def cosine_loss(
 def hint_term(ctx: LossContext) -> torch.Tensor:
     """Mean over hint pairs of ``MSE(adapter(student feature), teacher feature)``.
 
-    With a token mask (sequence features ``(B, S, D)``), padded positions are left out.
+    With a token mask (sequence features ``(B, S, D)``), padded positions are left out. With
+    ``hint_metric="cosine"`` each position (token, or the whole feature of a sample) contributes
+    ``1 - cos`` instead, which ignores the very different scales of different layers.
     """
     terms = []
     for s, t, adapter in ctx.hints:
         a = adapter(s)
+        if ctx.hint_metric == "cosine":
+            dim = -1 if a.dim() == 3 else 1
+            d = 1.0 - F.cosine_similarity(a, t, dim=dim) if a.dim() <= 3 else None
+            if d is None:
+                d = 1.0 - F.cosine_similarity(a.flatten(2), t.flatten(2), dim=1)
+            if ctx.mask is not None and d.shape == ctx.mask.shape:
+                m = ctx.mask.to(d.dtype)
+                terms.append((d * m).sum() / m.sum().clamp(min=1.0))
+            else:
+                terms.append(d.mean())
+            continue
         if ctx.mask is not None and a.dim() == 3 and a.shape[:2] == ctx.mask.shape:
             m = ctx.mask.to(a.dtype).unsqueeze(-1)
             terms.append(((a - t) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp(min=1.0))

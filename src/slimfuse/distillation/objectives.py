@@ -95,6 +95,7 @@ class DistillObjective:
         alpha: float = 0.9,
         hints: Mapping[str, str] | None = None,
         hint_weight: float = 1.0,
+        hint_metric: Literal["mse", "cosine"] = "mse",
         ensemble_space: Literal["probs", "logits"] = "probs",
         ensemble_weights: Sequence[float] | None = None,
         cache: bool = True,
@@ -111,6 +112,8 @@ class DistillObjective:
             raise ConfigError(f"mixup {mixup!r}: expected a number >= 0 (0: off)")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha {alpha}: expected a number in [0, 1]")
+        if hint_metric not in ("mse", "cosine"):
+            raise ConfigError(f"hint_metric {hint_metric!r}: expected mse or cosine")
         if hint_weight < 0:
             raise ConfigError(f"hint_weight {hint_weight}: expected >= 0")
         self.task = get_task(task)
@@ -120,6 +123,7 @@ class DistillObjective:
         self.alpha = float(alpha)
         self.hints = dict(hints or {})
         self.hint_weight = float(hint_weight)
+        self.hint_metric = hint_metric
         if loss == "hint" and not self.hints:
             raise ConfigError(
                 "loss 'hint' needs hints: expected a mapping of student layer -> teacher layer"
@@ -225,6 +229,7 @@ class DistillObjective:
             temperature=self.temperature,
             alpha=self.alpha,
             hint_weight=self.hint_weight,
+            hint_metric=self.hint_metric,
             mask=mask,
         )
         if self._s_tap is not None:
@@ -267,6 +272,7 @@ def objective(
     alpha: float = 0.9,
     hints: Mapping[str, str] | None = None,
     hint_weight: float = 1.0,
+    hint_metric: Literal["mse", "cosine"] = "mse",
     ensemble_space: Literal["probs", "logits"] = "probs",
     ensemble_weights: Sequence[float] | None = None,
     cache: bool = True,
@@ -292,6 +298,7 @@ def objective(
         alpha=alpha,
         hints=hints,
         hint_weight=hint_weight,
+        hint_metric=hint_metric,
         ensemble_space=ensemble_space,
         ensemble_weights=ensemble_weights,
         cache=cache,

@@ -39,6 +39,7 @@ class DistillStage(StageConfig):
     alpha: float = 0.9
     hints: dict[str, str] = Field(default_factory=dict)
     hint_weight: float = 1.0
+    hint_metric: Literal["mse", "cosine"] = "mse"
     ensemble_space: Literal["probs", "logits"] = "probs"
     cache: bool = True
     epochs: int = 30
@@ -121,6 +122,7 @@ def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
         alpha=cfg.alpha,
         hints=cfg.hints,
         hint_weight=cfg.hint_weight,
+        hint_metric=cfg.hint_metric,
         ensemble_space=cfg.ensemble_space,
         cache=cfg.cache,
     )

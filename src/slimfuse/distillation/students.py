@@ -69,6 +69,17 @@ def _set_blocks(model: nn.Module, path: str, keep: Sequence[int]) -> nn.Module:
     return model
 
 
+def fresh_copy(teacher: nn.Module) -> nn.Module:
+    """A trainable deep copy without the teacher's forward hooks (feature taps are per model)."""
+    student = copy.deepcopy(teacher)
+    for m in student.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student
+
+
 def keep_blocks_edit(
     model: nn.Module, edit: dict[str, Any], _state: dict[str, torch.Tensor]
 ) -> nn.Module:
@@ -133,9 +144,7 @@ def depth_student(
                 f"block {i} of {path!r} changes the shape {changing[i][0]} -> {changing[i][1]}, "
                 f"so it cannot be dropped; expected keep to include {sorted(changing)}"
             )
-    student = copy.deepcopy(teacher)
-    for p in student.parameters():
-        p.requires_grad_(True)
+    student = fresh_copy(teacher)
     _set_blocks(student, path, keep)
     student.train()
     record(student, edit={"kind": "keep_blocks", "path": path, "keep": keep})
@@ -149,9 +158,7 @@ def width_student(
     """A copy of ``teacher`` with ``ratio`` of the channels removed by structured pruning."""
     from slimfuse.pruning.structured import prune_structured
 
-    student = copy.deepcopy(teacher)  # a frozen teacher's copy must train (and be prunable)
-    for p in student.parameters():
-        p.requires_grad_(True)
+    student = fresh_copy(teacher)  # a frozen teacher's copy must train (and be prunable)
     student = prune_structured(
         student, example_inputs, ratio=ratio, importance=importance, inplace=True
     )
