@@ -46,7 +46,11 @@ def log_mean_prob(outs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor
 
 
 class FusionModule(nn.Module):
-    """Base of fused models: frozen members in a ``ModuleDict`` that stay in eval mode."""
+    """Base of fused models: frozen members in a ``ModuleDict`` that stay in eval mode.
+
+    Members are frozen in place (``requires_grad=False``, eval mode), as distillation teachers
+    are; pass copies to keep training a member on its own.
+    """
 
     def __init__(self, members: Members) -> None:
         super().__init__()
