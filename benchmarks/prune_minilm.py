@@ -6,7 +6,7 @@ embeddings of held-out Python documentation paragraphs, before and after a short
 (the unpruned model as teacher, cosine loss, through the one training loop).
 Targets: ORT speed-up >= 1.4x; parameters and ONNX size reduced accordingly.
 
-Run: ``python benchmarks/prune_minilm.py`` (about 10 minutes on one thread).
+Run: ``python benchmarks/prune_minilm.py`` (about 15 minutes on one thread).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--importance", default="activation")
     ap.add_argument("--train-texts", type=int, default=800)
     ap.add_argument("--test-texts", type=int, default=200)
-    ap.add_argument("--recovery-epochs", type=int, default=1)
+    ap.add_argument("--recovery-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
