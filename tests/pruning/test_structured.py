@@ -91,6 +91,8 @@ def test_iterative_prune_recover_and_recovery(data) -> None:
     assert steps == [0, 1] and small.stem[0].out_channels == 8
     tuned = slimfuse.prune(model, data, channels=0.5, finetune_epochs=1, lr=1e-2)
     assert tuned.stem[0].out_channels == 8
+    distilled = slimfuse.prune(model, data, channels=0.5, finetune_epochs=1, recovery="distill")
+    assert distilled.stem[0].out_channels == 8 and model.stem[0].out_channels == 16
 
 
 def test_pruned_bundle_reloads_in_a_fresh_process_and_exports(data, tmp_path) -> None:
