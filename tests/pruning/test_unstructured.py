@@ -48,6 +48,11 @@ def test_threshold_drops_exactly_the_small_weights(data) -> None:
     prune_unstructured(model, threshold=0.1, targets=["net.0"])
     assert torch.equal(model.net[0].weight != 0, w.abs() > 0.1)
     assert int((model.net[2].weight == 0).sum()) == 0  # not targeted
+    dense = _mlp(data)
+    tau = slimfuse.prune(dense, data, threshold=0.1, finetune_epochs=1)  # one-shot, then masks kept
+    for k in (0, 2, 4):
+        small = dense.net[k].weight.abs() <= 0.1
+        assert bool((tau.net[k].weight[small] == 0).all()) and bool(small.any())
 
 
 def test_masks_survive_fine_tuning(data) -> None:
@@ -128,5 +133,8 @@ def test_bad_requests_are_refused(data) -> None:
         prune_unstructured(model, sparsity=0.5, targets=["fc9"])
     with pytest.raises(ConfigError, match="schedule 'agp' prunes gradually during fine-tuning"):
         slimfuse.prune(model, data, sparsity=0.5)
-    with pytest.raises(ConfigError, match="give exactly one of sparsity, channels or ffn/heads"):
+    with pytest.raises(
+        ConfigError,
+        match="give exactly one of sparsity, threshold, channels or ffn/heads; got sparsity, channels",
+    ):
         slimfuse.prune(model, data, sparsity=0.5, channels=0.5)

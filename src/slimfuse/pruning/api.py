@@ -2,7 +2,7 @@
 
 - ``sparsity=0.9``: magnitude masks, ``schedule="agp"`` (cubic, during fine-tuning) or
   ``"oneshot"`` (then fine-tune with the masks kept); masks are folded in and the bundle stores
-  the sparse weights compactly.
+  the sparse weights compactly. ``threshold=τ`` instead drops every ``|w| <= τ`` (one-shot).
 - ``channels=0.5``: structured removal of channels/neurons (``importance`` l1, l2, bn, taylor),
   optionally ``iterative_steps`` of prune → recover, then recovery.
 - ``ffn=0.5, heads=0.25``: FFN neurons and attention heads of a BERT-style encoder.
@@ -34,6 +34,7 @@ def prune(
     data: Data | None = None,
     *,
     sparsity: float | None = None,
+    threshold: float | None = None,
     channels: float | None = None,
     ffn: float | None = None,
     heads: float | None = None,
@@ -56,16 +57,17 @@ def prune(
     checkpoint_dir: Any = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` (the input is left unchanged)."""
-    modes = [
-        n
-        for n, v in (("sparsity", sparsity), ("channels", channels), ("ffn/heads", ffn or heads))
-        if v is not None and v is not False
-    ]
-    if ffn == 0 and heads == 0 and not modes:
-        modes = ["ffn/heads"]
+    given = {
+        "sparsity": sparsity is not None,
+        "threshold": threshold is not None,
+        "channels": channels is not None,
+        "ffn/heads": ffn is not None or heads is not None,
+    }
+    modes = [n for n, v in given.items() if v]
     if len(modes) != 1:
         raise ConfigError(
-            f"give exactly one of sparsity, channels or ffn/heads; got {', '.join(modes) or 'none'}"
+            "give exactly one of sparsity, threshold, channels or ffn/heads; "
+            f"got {', '.join(modes) or 'none'}"
         )
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
@@ -98,11 +100,12 @@ def prune(
                 description=desc,
             )
 
-    if sparsity is not None:
-        check_sparsity(sparsity)
+    if sparsity is not None or threshold is not None:
+        if sparsity is not None:
+            check_sparsity(sparsity)
         model = copy.deepcopy(model)
         gp = True if global_pruning is None else global_pruning
-        if schedule == "agp":
+        if schedule == "agp" and threshold is None:
             if not finetune_epochs:
                 raise ConfigError(
                     "schedule 'agp' prunes gradually during fine-tuning; expected finetune_epochs >= 1 "
@@ -113,7 +116,12 @@ def prune(
             masks = cb.masks
         else:
             masks = prune_unstructured(
-                model, sparsity=sparsity, targets=targets, ignore=ignore, global_pruning=gp
+                model,
+                sparsity=sparsity,
+                threshold=threshold,
+                targets=targets,
+                ignore=ignore,
+                global_pruning=gp,
             )
             fine_tune(model, [MaskCallback(masks)], "prune finetune")
         return finalize(model, masks)

@@ -24,6 +24,7 @@ from slimfuse.pipeline.stages import Context, StageConfig, stage
 class PruneStage(StageConfig):
     model: str | None = None  # an earlier stage's name; default: the current model
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
+    threshold: float | None = Field(default=None, ge=0.0)  # one-shot: drop |w| <= threshold
     channels: float | None = Field(default=None, ge=0.0, lt=1.0)
     ffn: float | None = Field(default=None, ge=0.0, lt=1.0)
     heads: float | None = Field(default=None, ge=0.0, lt=1.0)
@@ -49,6 +50,7 @@ def prune_stage(ctx: Context, cfg: PruneStage) -> nn.Module:
         ctx.model_named(cfg.model),
         ctx.data,
         sparsity=cfg.sparsity,
+        threshold=cfg.threshold,
         channels=cfg.channels,
         ffn=cfg.ffn,
         heads=cfg.heads,
