@@ -5,7 +5,8 @@ scale (symmetric, zero point 0). int4 values are packed two per byte. The packed
 the bundle stores (``qweight``, ``scales``): the ``weight_only`` edit tells
 :func:`slimfuse.load` to rebuild these layers, and the weights are dequantized on load (and
 cached) so compute stays in float. In an ONNX export the dequantization is part of the graph,
-on constants, so the file holds the packed weights and ONNX Runtime folds them at load.
+on constants, so the file holds the packed weights (the exporter may fold a small layer to
+float) and ONNX Runtime folds the rest at load.
 """
 
 from __future__ import annotations
