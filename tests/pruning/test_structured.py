@@ -16,6 +16,7 @@ from slimfuse.measuring import count_macs, count_params
 from slimfuse.models.source import ModelSpec, set_spec
 from slimfuse.pruning.structured import prune_structured
 from slimfuse.training import TrainConfig
+from tests.helpers import ROOT
 from tests.pruning.nets import tiny_data
 
 
@@ -118,7 +119,7 @@ def test_pruned_bundle_reloads_in_a_fresh_process_and_exports(data, tmp_path) ->
         """
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.split()[-1]) <= 1e-4
