@@ -30,10 +30,19 @@ def test_static_int8_keeps_accuracy(trained_cnn, mnist1d, calib, method: str) ->
 
 def test_dynamic_int8_lists_what_stayed_fp32(trained_cnn, mnist1d) -> None:
     q = quantize(trained_cnn, QuantConfig(mode="dynamic"), example_inputs=mnist1d.example_input(1))
+    assert all(r["precision"] == "int8" for r in q.info["layers"])  # Gemm rewritten as MatMul
+    gru = slimfuse.build_model("gru", data=mnist1d)
+    q = quantize(gru, QuantConfig(mode="dynamic"), example_inputs=mnist1d.example_input(1))
     rows = {r["layer"]: r for r in q.info["layers"]}
-    assert rows["conv1"]["precision"] == "int8"
-    assert rows["linear"]["precision"] == "fp32"
-    assert "Gemm" in rows["linear"]["reason"]  # ONNX Runtime has no dynamic int8 Gemm
+    assert rows["fc"]["precision"] == "int8"
+    assert rows["gru"] == {
+        "layer": "gru",
+        "type": "GRU",
+        "precision": "fp32",
+        "reason": "GRU has no int8 dynamic kernel in ONNX Runtime",
+    }
+    x = mnist1d.example_input(4)
+    torch.testing.assert_close(q(x), gru(x).detach(), atol=0.02, rtol=0.05)
 
 
 def test_ignore_selector_keeps_layer_fp32_with_reason(trained_cnn, calib) -> None:

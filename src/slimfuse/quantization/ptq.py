@@ -168,6 +168,59 @@ def quantize_graph(
     return data, report
 
 
+def gemm_as_matmul(prep: Prepared) -> Path:
+    """The fp32 graph with each ``Gemm`` on a constant weight rewritten as ``MatMul`` + ``Add``.
+
+    ONNX Runtime's dynamic quantizer has no int8 ``Gemm`` (what a 2-D Linear exports to), so it
+    would leave those layers fp32; as ``MatMul`` they get ``MatMulInteger``. The node keeps its
+    name and the weight its name (transposed in place), so targeting and the report still match.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = prep.workdir / "fp32-matmul.onnx"
+    if path.is_file():
+        return path
+    model = onnx.load(str(prep.fp32_path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = node.input[1] if len(node.input) > 1 else ""
+        if (
+            node.op_type != "Gemm"
+            or attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+            or weight not in inits
+            or uses.get(weight, 0) != 1
+        ):
+            nodes.append(node)
+            continue
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[weight]).T.copy()
+            inits[weight].CopyFrom(numpy_helper.from_array(w, weight))
+        out = node.output[0]
+        if len(node.input) > 2 and node.input[2]:
+            mm_out = f"{out}_matmul"
+            nodes.append(helper.make_node("MatMul", node.input[:2], [mm_out], name=node.name))
+            nodes.append(
+                helper.make_node("Add", [mm_out, node.input[2]], [out], name=f"{node.name}_bias")
+            )
+        else:
+            nodes.append(helper.make_node("MatMul", node.input[:2], [out], name=node.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # stale shapes (transposed weights); shape inference redoes them
+    onnx.save(model, str(path))
+    return path
+
+
 @contextlib.contextmanager
 def _quiet_logs() -> Any:
     """ONNX Runtime's quantizers log advice on the root logger; keep it at ERROR meanwhile."""
@@ -197,7 +250,7 @@ def _run_quantizer(
 
     if cfg.mode == "dynamic":
         quantize_dynamic(
-            str(prep.fp32_path),
+            str(gemm_as_matmul(prep)),
             str(out),
             per_channel=cfg.per_channel,
             reduce_range=False,
