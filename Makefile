@@ -47,6 +47,7 @@ bench-distill: $(STAMP)
 	$(BIN)/python benchmarks/distill_mnist1d.py
 	$(BIN)/python benchmarks/distill_ddp.py
 	$(BIN)/python benchmarks/distill_minilm.py
+
 bench-quantize: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python quantize_cnn.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python quantize_qat.py

@@ -34,6 +34,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from_teacher = None
     if args.student_from_teacher:
         from_teacher = parse_kv(args.student_from_teacher)
+    import torch
+
+    torch.manual_seed(args.seed)  # the same student initialisation in every process and run
     student: Any = args.student
     if student is not None and args.weights:
         student = load_model(
