@@ -174,5 +174,6 @@ def mutual_stage(ctx: Context, cfg: MutualStage) -> nn.Module:
         for i in range(cfg.n)
     ]
     dml = MutualLearning(peers, kl_weight=cfg.kl_weight, temperature=cfg.temperature)
-    dml.fit(ctx.data, config=tc, task=ctx.task, checkpoint_dir=ctx.checkpoint_dir)
+    resume = ctx.resume and (ctx.checkpoint_dir / "checkpoint.pt").is_file()
+    dml.fit(ctx.data, config=tc, task=ctx.task, checkpoint_dir=ctx.checkpoint_dir, resume=resume)
     return dml.fused() if cfg.output == "fused" else dml.member("peer0")
