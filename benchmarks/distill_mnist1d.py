@@ -57,7 +57,7 @@ def n_params(m: torch.nn.Module) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--teacher-epochs", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=4.0)
