@@ -15,7 +15,7 @@ agreement (overlap of each text's 10 nearest neighbours under teacher and studen
 ONNX Runtime latency of teacher and student at batch 32 (interleaved, medians). Writes
 ``benchmarks/results/distill_minilm.md``.
 
-    .venv/bin/python benchmarks/distill_minilm.py            # about 20-30 min on 2 busy cores
+    .venv/bin/python benchmarks/distill_minilm.py            # 17-30 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def ort_latency(models: dict[str, torch.nn.Module], inputs: dict, threads: int) 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", default="0,3,5")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=7)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hint-weight", type=float, default=1.0)
