@@ -23,7 +23,8 @@ def digits():
 
 @pytest.fixture(scope="session")
 def trained_cnn(mnist1d):
-    """A real MNIST-1D CNN trained for a few epochs (about 1 s)."""
+    """A real MNIST-1D CNN trained for a few epochs (about 1 s), the same whatever runs first."""
+    torch.manual_seed(0)
     model = slimfuse.build_model("mnist1d_cnn", data=mnist1d)
     slimfuse.train(model, mnist1d, config=TrainConfig(epochs=8, quiet=True))
     return model

@@ -102,6 +102,20 @@ class TrainResult:
 # -- distributed ------------------------------------------------------------------------------
 
 
+def trainable_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that trains: every parameter ``requires_grad``, no forward hooks.
+
+    What a stage that changes a model works on, so that a model frozen elsewhere (a distillation
+    teacher, a fusion member) can still be fine-tuned, pruned or quantization-aware trained, and
+    hooks that belong to the original (feature taps) do not follow it.
+    """
+    new = copy.deepcopy(model)
+    for m in new.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return new.requires_grad_(True)
+
+
 def distributed() -> tuple[int, int]:
     """``(rank, world_size)``; initialises a gloo process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -153,7 +167,11 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if not params:
-        raise ConfigError("nothing to train: the model has no parameter with requires_grad=True")
+        raise ConfigError(
+            "nothing to train: the model has no parameter with requires_grad=True (a model used "
+            "as a distillation teacher or fusion member is frozen; train "
+            "slimfuse.training.trainable_copy(model) instead)"
+        )
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -321,15 +339,26 @@ def _task_objective(task: Task, model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def _epoch_loader(dataset: Any, batch_size: int, seed: int, world: int, rank: int) -> Any:
-    from torch.utils.data import DataLoader, DistributedSampler
+    """This process's batches of one epoch: slices of the same global batches in every process.
 
-    if world > 1:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
-        )
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    One permutation of the whole set (seeded per epoch, the permutation a shuffled ``DataLoader``
+    draws) is cut into global batches of ``batch_size * world``; process ``rank`` takes the
+    ``rank``-th slice of each. DDP averages the gradients of the slices, so ``world`` processes
+    take the same steps as one process with the global batch (up to float summation order).
+    A last global batch too small to give every process a sample is dropped.
+    """
+    from torch.utils.data import DataLoader
+
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
+    order = torch.randperm(len(dataset), generator=g)
+    if world == 1:
+        return DataLoader(dataset, batch_size=batch_size, sampler=order.tolist())
+    batches = []
+    for chunk in order.split(batch_size * world):
+        if len(chunk) < world:
+            break
+        batches.append(torch.tensor_split(chunk, world)[rank].tolist())
+    return DataLoader(dataset, batch_sampler=batches)
 
 
 def _progress(loader: Any, show: bool, desc: str) -> Any:

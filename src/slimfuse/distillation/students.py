@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import nn
 from slimfuse.errors import ConfigError, ModelError
 from slimfuse.models.source import record
 from slimfuse.tasks import forward
+from slimfuse.training import trainable_copy
 
 # where the block list lives, tried in order
 BLOCK_PATHS = ("encoder.encoder.layer", "encoder.layer", "layers", "blocks", "layer")
@@ -67,17 +67,6 @@ def _set_blocks(model: nn.Module, path: str, keep: Sequence[int]) -> nn.Module:
     if config is not None and hasattr(config, "num_hidden_layers") and "layer" in attr:
         config.num_hidden_layers = len(kept)  # HF encoders: keep the config truthful
     return model
-
-
-def fresh_copy(teacher: nn.Module) -> nn.Module:
-    """A trainable deep copy without the teacher's forward hooks (feature taps are per model)."""
-    student = copy.deepcopy(teacher)
-    for m in student.modules():
-        m._forward_hooks.clear()
-        m._forward_pre_hooks.clear()
-    for p in student.parameters():
-        p.requires_grad_(True)
-    return student
 
 
 def keep_blocks_edit(
@@ -144,7 +133,7 @@ def depth_student(
                 f"block {i} of {path!r} changes the shape {changing[i][0]} -> {changing[i][1]}, "
                 f"so it cannot be dropped; expected keep to include {sorted(changing)}"
             )
-    student = fresh_copy(teacher)
+    student = trainable_copy(teacher)
     _set_blocks(student, path, keep)
     student.train()
     record(student, edit={"kind": "keep_blocks", "path": path, "keep": keep})
@@ -158,7 +147,7 @@ def width_student(
     """A copy of ``teacher`` with ``ratio`` of the channels removed by structured pruning."""
     from slimfuse.pruning.structured import prune_structured
 
-    student = fresh_copy(teacher)  # a frozen teacher's copy must train (and be prunable)
+    student = trainable_copy(teacher)  # a frozen teacher's copy must train (and be prunable)
     student = prune_structured(
         student, example_inputs, ratio=ratio, importance=importance, inplace=True
     )

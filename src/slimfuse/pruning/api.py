@@ -13,7 +13,6 @@ uses the unpruned model as teacher).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -26,7 +25,7 @@ from slimfuse.pruning.schedule import SCHEDULES, AGPCallback
 from slimfuse.pruning.unstructured import MaskCallback, check_sparsity, finalize, prune_unstructured
 from slimfuse.targeting import Selector
 from slimfuse.tasks import Task, get_task
-from slimfuse.training import TrainConfig
+from slimfuse.training import TrainConfig, trainable_copy
 
 
 def prune(
@@ -103,7 +102,7 @@ def prune(
     if sparsity is not None or threshold is not None:
         if sparsity is not None:
             check_sparsity(sparsity)
-        model = copy.deepcopy(model)
+        model = trainable_copy(model)
         gp = True if global_pruning is None else global_pruning
         if schedule == "agp" and threshold is None:
             if not finetune_epochs:

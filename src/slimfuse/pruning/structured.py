@@ -14,7 +14,6 @@ The model's output layer (found by tracing) is never shrunk, so the outputs keep
 
 from __future__ import annotations
 
-import copy
 import itertools
 import warnings
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ from slimfuse.pruning.importance import IMPORTANCE
 from slimfuse.pruning.resize import record_resize, snapshot
 from slimfuse.targeting import Selector, select_modules
 from slimfuse.tasks import Task, forward, get_task
+from slimfuse.training import trainable_copy
 
 # layers whose channels Torch-Pruning knows how to remove (the roots are conv and linear)
 ROOT_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -207,7 +207,7 @@ def prune_structured(
         raise ConfigError(f"iterative_steps {iterative_steps}: expected >= 1")
     task = get_task(task)
     if not inplace:
-        model = copy.deepcopy(model)
+        model = trainable_copy(model)
     model.eval()
     criterion, bad = _prep(model, example_inputs, ratio, importance, data, unsupported)
     chosen = select_modules(model, targets, ignore, default_types=ROOT_TYPES, what="pruning target")

@@ -20,7 +20,6 @@ exports to ONNX::
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +31,7 @@ from slimfuse.models.source import record
 from slimfuse.pruning.resize import record_resize, snapshot
 from slimfuse.pruning.structured import check_ratio
 from slimfuse.tasks import forward
+from slimfuse.training import trainable_copy
 
 TRANSFORMER_IMPORTANCE = ("l1", "l2", "activation")
 
@@ -165,7 +165,7 @@ def prune_transformer(
             f"transformer importance {importance!r}: expected one of {', '.join(TRANSFORMER_IMPORTANCE)}"
         )
     if not inplace:
-        model = copy.deepcopy(model)
+        model = trainable_copy(model)
     layers = _layers(model)
     enc = _encoder(model)
     before = snapshot(model)
