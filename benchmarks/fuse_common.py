@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+
+from slimfuse.hardware import describe_cpu
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,19 +50,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def cpu_line() -> str:
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    vnni = "yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"
-    return (
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"1 thread, AVX-512 VNNI: {vnni}"
-    )
+    return f"{describe_cpu()}, torch {torch.__version__}, 1 thread"
 
 
 def write(name: str, text: str, raw: dict[str, Any]) -> Path:

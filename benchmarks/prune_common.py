@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -11,26 +10,14 @@ from typing import Any
 
 import torch
 
+from slimfuse.hardware import describe_cpu
 from slimfuse.measuring import time_calls
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_line(threads: int) -> str:
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    vnni = "yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"
-    avx512 = "yes" if "avx512f" in flags else "no"
-    return (
-        f"{platform.processor() or platform.machine()}, AVX-512 {avx512}, VNNI {vnni}; "
-        f"{threads} thread(s); torch {torch.__version__}"
-    )
+    return f"{describe_cpu()}; {threads} thread(s); torch {torch.__version__}"
 
 
 def interleaved(

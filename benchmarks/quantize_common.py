@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from slimfuse.hardware import describe_cpu
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_flags() -> str:
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    vnni = "yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"
-    return f"{platform.processor() or platform.machine()}, AVX-512 VNNI: {vnni}"
+    return describe_cpu()
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 9) -> dict[str, float]:

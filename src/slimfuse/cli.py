@@ -150,17 +150,14 @@ def cmd_env(args: argparse.Namespace) -> int:
     import torch
 
     print(f"cpu cores {os.cpu_count()}, torch threads {torch.get_num_threads()}")
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-    print("cpu flags " + ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted))
-    print("int8 fast path (VNNI): " + ("yes" if {"avx512_vnni", "avx_vnni"} & flags else "no"))
+    from slimfuse.hardware import SHOWN_FLAGS, cpu_flags, has_vnni
+
+    flags = cpu_flags()
+    print("cpu flags " + ", ".join(f"{f}={'yes' if f in flags else 'no'}" for f in SHOWN_FLAGS))
+    print(
+        "int8 fast path (VNNI): "
+        + ("yes" if has_vnni() else "no (int8 weights use 7 bits by default: reduce_range)")
+    )
     return 0
 
 

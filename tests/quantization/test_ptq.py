@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -26,6 +27,34 @@ def test_static_int8_keeps_accuracy(trained_cnn, mnist1d, calib, method: str) ->
     assert isinstance(q, QuantizedModel)
     assert abs(slimfuse.evaluate(q, test) - base) < 0.03
     assert all(r["precision"] == "int8" for r in q.info["layers"])
+
+
+def _int8_weights(q: QuantizedModel) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(q.graph_bytes()).graph
+    arrays = [numpy_helper.to_array(i) for i in graph.initializer]
+    return [a for a in arrays if a.dtype == np.int8 and a.ndim >= 2]
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_reduce_range_sets_the_weight_bits(trained_cnn, calib, reduce_range: bool) -> None:
+    cfg = QuantConfig(mode="static", reduce_range=reduce_range)
+    q = quantize(trained_cnn, cfg, calibration=calib)
+    peak = max(int(np.abs(w.astype(np.int32)).max()) for w in _int8_weights(q))
+    assert peak == (64 if reduce_range else 127)
+    assert q.info["reduce_range"] is reduce_range
+
+
+def test_reduce_range_default_follows_the_cpu(monkeypatch) -> None:
+    from slimfuse import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert QuantConfig().reduced_range and QuantConfig().weight_qmax == 64
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert not QuantConfig().reduced_range and QuantConfig().weight_qmax == 127
+    assert QuantConfig(reduce_range=True).reduced_range
 
 
 def test_dynamic_int8_lists_what_stayed_fp32(trained_cnn, mnist1d) -> None:

@@ -19,6 +19,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", choices=["minmax", "percentile", "entropy"], default="minmax")
     p.add_argument("--percentile", type=float, default=99.999)
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    p.add_argument(
+        "--reduce-range",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="7-bit int8 weights, exact on CPUs without VNNI (auto: yes where this CPU lacks VNNI)",
+    )
     p.add_argument("--targets", nargs="+", help="layers: names, re:<regex>, type:<Class>")
     p.add_argument("--ignore", nargs="+", default=[], help="layers to keep fp32 (same syntax)")
     p.add_argument(
@@ -51,6 +57,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         percentile=args.percentile,
         per_channel=not args.per_tensor,
+        reduce_range={"auto": None, "yes": True, "no": False}[args.reduce_range],
         targets=tuple(args.targets) if args.targets else None,
         ignore=tuple(args.ignore),
         max_drop=args.max_drop,

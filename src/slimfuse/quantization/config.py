@@ -24,6 +24,9 @@ class QuantConfig:
     - ``bits``: 8, or 4 for ``weight-only`` (and ``qat``, which then trains int4 weight-only).
     - ``calibration``: ``minmax``, ``percentile`` (``percentile`` kept) or ``entropy``.
     - ``per_channel``: one weight scale per output channel (else one per tensor).
+    - ``reduce_range``: int8 weights in 7 bits ([-64, 64]) so that ONNX Runtime's u8 x s8
+      kernels cannot saturate on CPUs without VNNI; ``None`` (default) decides from this CPU
+      (:func:`slimfuse.hardware.has_vnni`): 8 bits with VNNI, 7 without.
     - ``targets`` / ``ignore``: layer selectors in the shared syntax (:mod:`slimfuse.targeting`).
     - ``max_drop``: with ``mixed_precision``, the largest allowed metric drop; the most
       sensitive layers stay fp32 until the budget holds.
@@ -38,6 +41,7 @@ class QuantConfig:
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     percentile: float = 99.999
     per_channel: bool = True
+    reduce_range: bool | None = None
     targets: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     quantize_attention: bool = False
@@ -85,6 +89,20 @@ class QuantConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
         if not isinstance(self.ignore, tuple):
             object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def reduced_range(self) -> bool:
+        """``reduce_range`` resolved for this CPU: True means 7-bit int8 weights."""
+        if self.reduce_range is None:
+            from slimfuse.hardware import has_vnni
+
+            return not has_vnni()
+        return bool(self.reduce_range)
+
+    @property
+    def weight_qmax(self) -> int:
+        """The largest int8 weight magnitude: 127, or 64 with the reduced range (ONNX Runtime's)."""
+        return 64 if self.reduced_range else 127
 
     @property
     def targeting(self) -> Targeting:

@@ -3,7 +3,8 @@
 The float model is exported once (dynamo, parity-checked), then ONNX Runtime's own quantizers do
 the graph surgery: ``quantize_dynamic`` (int8 weights per channel, activations quantized at run
 time) and ``quantize_static`` (QDQ; activation ranges from min-max, percentile or entropy
-calibration on the given inputs; u8 activations, s8 per-channel weights, the fast pair on VNNI).
+calibration on the given inputs; u8 activations, s8 per-channel weights, the fast pair on VNNI;
+without VNNI the weights use 7 bits, ``reduce_range``, so the u8 x s8 kernels cannot saturate).
 What slimfuse adds: the inputs from a loader or ``forward_loop`` checked up front, layer
 targeting in the shared syntax mapped onto ONNX nodes, and a per-layer list of what stayed fp32
 and why.
@@ -253,7 +254,7 @@ def _run_quantizer(
             str(gemm_as_matmul(prep)),
             str(out),
             per_channel=cfg.per_channel,
-            reduce_range=False,
+            reduce_range=cfg.reduced_range,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
         )
@@ -266,7 +267,7 @@ def _run_quantizer(
             None,
             quant_format=QuantFormat.QDQ,
             per_channel=cfg.per_channel,
-            reduce_range=False,
+            reduce_range=cfg.reduced_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
@@ -285,5 +286,11 @@ def ptq(
 ) -> QuantizedModel:
     """Post-training int8 (``cfg.mode`` dynamic or static) as a :class:`QuantizedModel`."""
     data, report = quantize_graph(prep, cfg, keep_fp32, ranges)
-    meta = {"mode": cfg.mode, "config": cfg.to_dict(), "layers": report, **info}
+    meta = {
+        "mode": cfg.mode,
+        "config": cfg.to_dict(),
+        "reduce_range": cfg.reduced_range,
+        "layers": report,
+        **info,
+    }
     return wrap_graph(prep.model, data, meta, prep.example_inputs)

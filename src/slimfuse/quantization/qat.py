@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimfuse.quantization.config import QuantConfig
+from slimfuse.training import trainable_copy
 
 QAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -26,9 +27,10 @@ QAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 class FakeQuantLayer(nn.Module):
     """A Linear / Conv with fake-quantized input (uint8, learned range) and weight (int8/channel)."""
 
-    def __init__(self, layer: nn.Module, low: float, high: float) -> None:
+    def __init__(self, layer: nn.Module, low: float, high: float, weight_qmax: int = 127) -> None:
         super().__init__()
         self.layer = layer
+        self.weight_qmax = weight_qmax  # 64 where int8 weights use 7 bits (reduce_range)
         low, high = min(low, 0.0), max(high, 0.0)
         scale = max((high - low) / 255.0, 1e-8)
         self.scale = nn.Parameter(torch.tensor([scale]))
@@ -42,9 +44,11 @@ class FakeQuantLayer(nn.Module):
 
     def fake_weight(self) -> torch.Tensor:
         w = self.layer.weight
-        scale = (w.detach().abs().reshape(w.shape[0], -1).amax(1) / 127).clamp_min(1e-8)
+        q = self.weight_qmax
+        scale = (w.detach().abs().reshape(w.shape[0], -1).amax(1) / q).clamp_min(1e-8)
         zp = torch.zeros(w.shape[0], dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -128, 127)
+        low = -q if q < 127 else -128
+        return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, low, q)
 
     def fake_input(self, x: torch.Tensor) -> torch.Tensor:
         zp = torch.clamp(self.zero_point, 0, 255)
@@ -111,8 +115,11 @@ def _input_ranges(model: nn.Module, names: list[str], inputs: list[Any]) -> dict
 
 
 def prepare_qat(model: nn.Module, cfg: QuantConfig, inputs: list[Any]) -> nn.Module:
-    """A copy of ``model`` with :class:`FakeQuantLayer` on the selected layers (ranges from ``inputs``)."""
-    model = copy.deepcopy(model).eval()
+    """A trainable copy of ``model`` with fake-quant layers (input ranges from ``inputs``).
+
+    The copy trains even when ``model`` itself is frozen (a distillation teacher, a fusion member).
+    """
+    model = trainable_copy(model).eval()
     if cfg.bits == 4:  # int4 weight-only QAT
         for name in cfg.targeting.select(model, default_types=QAT_TYPES, what="quantization"):
             layer = model.get_submodule(name)
@@ -123,7 +130,8 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig, inputs: list[Any]) -> nn.Mod
     names = [n for n, m in chosen.items() if isinstance(m, QAT_TYPES)]
     ranges = _input_ranges(model, names, inputs)
     for name in names:
-        _set(model, name, FakeQuantLayer(model.get_submodule(name), *ranges[name]))
+        layer = model.get_submodule(name)
+        _set(model, name, FakeQuantLayer(layer, *ranges[name], weight_qmax=cfg.weight_qmax))
     return model
 
 

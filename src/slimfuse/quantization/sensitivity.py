@@ -65,13 +65,13 @@ def _fake_act(x: torch.Tensor, rng: tuple[float, float] | None) -> torch.Tensor:
     return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
 
 
-def _fake_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+def _fake_weight(w: torch.Tensor, per_channel: bool, qmax: int = 127) -> torch.Tensor:
     flat = w.reshape(w.shape[0], -1)
     amax = (
         flat.abs().amax(1, keepdim=True) if per_channel else flat.abs().amax().expand(len(flat), 1)
     )
-    scale = (amax / 127).clamp_min(1e-12)
-    return (torch.clamp(torch.round(flat / scale), -127, 127) * scale).reshape(w.shape)
+    scale = (amax / qmax).clamp_min(1e-12)
+    return (torch.clamp(torch.round(flat / scale), -qmax, qmax) * scale).reshape(w.shape)
 
 
 @torch.no_grad()
@@ -82,11 +82,13 @@ def emulated_sensitivity(
     metric: Metric,
     static: bool,
     per_channel: bool,
+    weight_qmax: int = 127,
 ) -> list[dict[str, Any]]:
     """Each layer alone under an int8 emulation in PyTorch (fast): ``{"layer", "sqnr_db", "drop"}``.
 
     Dynamic mode: the input range is taken per call, as ``DynamicQuantizeLinear`` does; static:
-    the min/max over the calibration inputs. Weights: int8 symmetric, per channel.
+    the min/max over the calibration inputs. Weights: int8 symmetric (``weight_qmax``: 127, or
+    64 with the reduced range), per channel or per tensor.
     """
     from slimfuse.quantization.api import sqnr_db
     from slimfuse.quantization.qat import _input_ranges
@@ -98,7 +100,7 @@ def emulated_sensitivity(
     for name in layers:
         layer = model.get_submodule(name)
         saved = layer.weight.data.clone()
-        layer.weight.data.copy_(_fake_weight(saved, per_channel))
+        layer.weight.data.copy_(_fake_weight(saved, per_channel, weight_qmax))
         handle = None
         if not isinstance(layer, nn.Embedding):
             rng = tuple(ranges[name]) if static and name in ranges else None
@@ -161,7 +163,13 @@ def _ranked(prep: Prepared, cfg: QuantConfig, metric: Metric, base: float) -> li
     if how == "onnxruntime":
         return sensitivity(prep, cfg, metric, base)
     return emulated_sensitivity(
-        prep.model, layers, prep.calibration_inputs, metric, cfg.mode != "dynamic", cfg.per_channel
+        prep.model,
+        layers,
+        prep.calibration_inputs,
+        metric,
+        cfg.mode != "dynamic",
+        cfg.per_channel,
+        cfg.weight_qmax,
     )
 
 

@@ -25,6 +25,7 @@ class QuantizeStage(StageConfig):
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     percentile: float = Field(default=99.999, gt=50, le=100)
     per_channel: bool = True
+    reduce_range: bool | None = None  # None: 7-bit weights where the CPU lacks VNNI
     targets: list[str] | None = None
     ignore: list[str] = Field(default_factory=list)
     max_drop: float | None = Field(default=None, ge=0)
