@@ -72,3 +72,12 @@ def test_resume_skips_finished_stages(tmp_path):
 def test_bad_recipes_are_refused_before_anything_runs(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_recipe(text)
+
+
+def test_the_demo_recipe_validates_and_bridges_every_family():
+    from slimfuse.cli import DEMO_RECIPE
+    from slimfuse.pipeline.recipe import load_recipe
+
+    recipe, _ = load_recipe(DEMO_RECIPE)
+    kinds = [s.stage for s in recipe.stages]
+    assert kinds == ["train-members", "fuse", "distill", "prune", "quantize", "export"]

@@ -25,11 +25,10 @@ from pydantic import Field
 from torch import nn
 
 from slimfuse.errors import ConfigError
-from slimfuse.pipeline.stages import Context, StageConfig, stage
-from slimfuse.training import TrainConfig
+from slimfuse.pipeline.stages import Context, TrainingStageConfig, stage
 
 
-class DistillStage(StageConfig):
+class DistillStage(TrainingStageConfig):
     teachers: list[str] | None = None  # stage names or bundle folders; default: the current model
     student: str | None = None  # a model source (zoo name, file.py:fn, bundle folder)
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -42,14 +41,7 @@ class DistillStage(StageConfig):
     hint_metric: Literal["mse", "cosine"] = "mse"
     ensemble_space: Literal["probs", "logits"] = "probs"
     cache: bool = True
-    epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    patience: int | None = None
-    seed: int | None = None
+    mixup: float = Field(default=0.0, ge=0)  # > 0: the teacher labels mixup blends of inputs
 
 
 def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
@@ -105,17 +97,7 @@ def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
     student = make_student(
         teachers, ctx.data, cfg.student, cfg.student_kwargs, cfg.student_from_teacher
     )
-    tc = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        optimizer=cfg.optimizer,
-        weight_decay=cfg.weight_decay,
-        schedule=cfg.schedule,
-        patience=cfg.patience,
-        seed=ctx.seed if cfg.seed is None else cfg.seed,
-        quiet=ctx.quiet,
-    )
+    tc = cfg.train_config(ctx)
     dc = DistillConfig(
         loss=cfg.loss,
         temperature=cfg.temperature,
@@ -125,6 +107,7 @@ def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
         hint_metric=cfg.hint_metric,
         ensemble_space=cfg.ensemble_space,
         cache=cfg.cache,
+        mixup=cfg.mixup,
     )
     ckpt = ctx.checkpoint_dir
     run = distill_run(
@@ -135,7 +118,7 @@ def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
         dc,
         train_config=tc,
         checkpoint_dir=ckpt,
-        resume=ctx.resume and (ckpt / "checkpoint.pt").is_file(),
+        resume=ctx.resuming,
         description=ctx.stage_name,
     )
     return run.student

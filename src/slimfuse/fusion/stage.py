@@ -22,30 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from slimfuse.errors import ConfigError
-from slimfuse.pipeline.stages import Context, StageConfig, stage
-from slimfuse.training import TrainConfig
-
-
-class _Training(StageConfig):
-    epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    patience: int | None = None
-    seed: int | None = None
-
-    def train_config(self, ctx: Context) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            seed=ctx.seed if self.seed is None else self.seed,
-            quiet=ctx.quiet,
-        )
+from slimfuse.pipeline.stages import Context, StageConfig, TrainingStageConfig, stage
 
 
 def _members_of(name: str, model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -74,7 +51,7 @@ def resolve_members(ctx: Context, members: str | list[str] | None) -> list[tuple
     return pairs
 
 
-class TrainMembersStage(_Training):
+class TrainMembersStage(TrainingStageConfig):
     model: str
     model_kwargs: dict = Field(default_factory=dict)
     n: int = Field(5, ge=1)
@@ -99,7 +76,7 @@ def train_members_stage(ctx: Context, cfg: TrainMembersStage) -> nn.Module:
     return MeanFusion(trained.pairs, space="probs")
 
 
-class FuseStage(_Training):
+class FuseStage(TrainingStageConfig):
     members: str | list[str] | None = None
     method: Literal["mean", "weighted", "vote", "soft-vote", "stack", "head"] = "mean"
     space: Literal["probs", "logits"] = "probs"
@@ -152,7 +129,7 @@ def merge_stage(ctx: Context, cfg: MergeStage) -> nn.Module:
     return merge(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
 
 
-class MutualStage(_Training):
+class MutualStage(TrainingStageConfig):
     model: str
     model_kwargs: dict = Field(default_factory=dict)
     n: int = Field(2, ge=2)
@@ -174,6 +151,7 @@ def mutual_stage(ctx: Context, cfg: MutualStage) -> nn.Module:
         for i in range(cfg.n)
     ]
     dml = MutualLearning(peers, kl_weight=cfg.kl_weight, temperature=cfg.temperature)
-    resume = ctx.resume and (ctx.checkpoint_dir / "checkpoint.pt").is_file()
-    dml.fit(ctx.data, config=tc, task=ctx.task, checkpoint_dir=ctx.checkpoint_dir, resume=resume)
+    dml.fit(
+        ctx.data, config=tc, task=ctx.task, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resuming
+    )
     return dml.fused() if cfg.output == "fused" else dml.member("peer0")

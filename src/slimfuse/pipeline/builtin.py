@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 from torch import nn
 
 from slimfuse.exporting import export_onnx
 from slimfuse.models.source import build_model, record
-from slimfuse.pipeline.stages import Context, StageConfig, stage
-from slimfuse.training import TrainConfig, train
+from slimfuse.pipeline.stages import Context, StageConfig, TrainingStageConfig, stage
+from slimfuse.training import train
 
 
-class TrainStage(StageConfig):
+class TrainStage(TrainingStageConfig):
     model: str | None = None  # a fresh model to train; default: the current model
     model_kwargs: dict = Field(default_factory=dict)
-    epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    patience: int | None = None
-    seed: int | None = None
-
-    def train_config(self, ctx: Context) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            patience=self.patience,
-            seed=ctx.seed if self.seed is None else self.seed,
-            quiet=ctx.quiet,
-        )
 
 
 @stage(TrainStage)
@@ -53,7 +30,7 @@ def train_stage(ctx: Context, cfg: TrainStage) -> nn.Module:
         ctx.task,
         tc,
         checkpoint_dir=ctx.checkpoint_dir,
-        resume=ctx.resume and (ctx.checkpoint_dir / "checkpoint.pt").is_file(),
+        resume=ctx.resuming,
         description=ctx.stage_name,
     )
     record(

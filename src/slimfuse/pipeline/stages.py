@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -20,11 +20,42 @@ from slimfuse.data import Data
 from slimfuse.registry import Registry
 from slimfuse.tasks import Task
 
+if TYPE_CHECKING:
+    from slimfuse.training import TrainConfig
+
 
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class TrainingStageConfig(StageConfig):
+    """The training keys shared by every stage that trains (``train``, ``distill``, ``fuse``...)."""
+
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-2
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    patience: int | None = None
+    seed: int | None = None  # default: the recipe's seed
+
+    def train_config(self, ctx: Context) -> TrainConfig:
+        from slimfuse.training import TrainConfig
+
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            patience=self.patience,
+            seed=ctx.seed if self.seed is None else self.seed,
+            quiet=ctx.quiet,
+        )
 
 
 @dataclass
@@ -62,6 +93,11 @@ class Context:
     @property
     def checkpoint_dir(self) -> Path:
         return self.out / ".checkpoints" / self.stage_name
+
+    @property
+    def resuming(self) -> bool:
+        """Resume asked and this stage left a checkpoint."""
+        return self.resume and (self.checkpoint_dir / "checkpoint.pt").is_file()
 
 
 @dataclass(frozen=True)
