@@ -267,14 +267,13 @@ def train(
     for cb in callbacks:
         cb.on_train_begin(model, total_steps)
     start = time.perf_counter()
-    show = not cfg.quiet and rank == 0
-    with _SignalGuard() as guard:
+    progress = _Progress(not cfg.quiet and rank == 0, description, total_steps, step, cfg.epochs)
+    with _SignalGuard() as guard, progress:
         while epoch < cfg.epochs:
             loader = _epoch_loader(train_set, per_rank, cfg.seed + epoch, world, rank)
             net.train()
-            bar = _progress(loader, show, f"{description} {epoch + 1}/{cfg.epochs}")
             running, count = 0.0, 0
-            for i, batch in enumerate(bar):
+            for i, batch in enumerate(loader):
                 if i < skip:
                     continue
                 for group in opt.param_groups:
@@ -296,8 +295,7 @@ def train(
                     cb.on_step_end(model, step)
                 running += float(loss.detach())
                 count += 1
-                if show and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{running / count:.4f}", refresh=False)
+                progress.step(running / count)
                 if guard.signum is not None:
                     checkpoint(epoch, i + 1)
                     raise TrainingInterrupted(guard.signum, ckpt if rank == 0 else None)
@@ -313,19 +311,11 @@ def train(
                 best_state = copy.deepcopy(model.state_dict()) if cfg.restore_best else None
             else:
                 stale += 1
-            if show:
-                print(
-                    f"  epoch {epoch + 1}: loss {running / max(count, 1):.4f}, val {task.metric} {metric:.4f}",
-                    flush=True,
-                )
+            progress.epoch(epoch + 1, running / max(count, 1), f"val {task.metric} {metric:.4f}")
             epoch += 1
             checkpoint(epoch, 0)
             if cfg.patience is not None and stale >= cfg.patience:
-                if show:
-                    print(
-                        f"  early stop: no better val {task.metric} for {cfg.patience} epochs",
-                        flush=True,
-                    )
+                progress.say(f"  early stop: no better val {task.metric} for {cfg.patience} epochs")
                 break
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
@@ -361,9 +351,39 @@ def _epoch_loader(dataset: Any, batch_size: int, seed: int, world: int, rank: in
     return DataLoader(dataset, batch_sampler=batches)
 
 
-def _progress(loader: Any, show: bool, desc: str) -> Any:
-    if not show:
-        return loader
-    from tqdm.auto import tqdm
+class _Progress:
+    """One progress bar for a whole run (a terminal), or a line every tenth of the epochs (a log)."""
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    def __init__(self, show: bool, desc: str, total: int, done: int, epochs: int) -> None:
+        import sys
+
+        self.show, self.desc, self.epochs = show, desc, epochs
+        self.bar: Any = None
+        if show and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)
+        self.every = max(1, epochs // 10)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def step(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+
+    def epoch(self, epoch: int, loss: float, val: str) -> None:
+        line = f"{self.desc} epoch {epoch}/{self.epochs}: loss {loss:.4f}, {val}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"epoch {epoch}/{self.epochs}, loss {loss:.4f}, {val}")
+        elif self.show and (epoch % self.every == 0 or epoch == self.epochs):
+            print(line, flush=True)
+
+    def say(self, line: str) -> None:
+        if self.show:
+            (self.bar.write if self.bar is not None else print)(line)
