@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import slimfuse
 from slimfuse.data import check_fits, from_arrays, load_data, text_corpus
+from slimfuse.cli import main
 from slimfuse.errors import DataError
 
 
@@ -99,10 +102,17 @@ def test_factory_source(tmp_path):
         "unknown",
     ],
 )
-def test_bad_data_gets_one_clear_line(tmp_path, setup, message):
+def test_bad_data_gets_one_clear_line(tmp_path, setup, message, capsys):
+    spec = setup(tmp_path)
     with pytest.raises(DataError, match=message) as err:
-        load_data(setup(tmp_path))
+        load_data(spec)
     assert "\n" not in str(err.value)
+    # the CLI: that line on stderr, exit code 2, before any training
+    out = tmp_path / "never"
+    assert main(["train", "--model", "mlp", "--data", spec, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert not out.exists()
 
 
 def test_wrong_feature_count_for_the_model(digits, mnist1d):
