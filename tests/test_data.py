@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import slimfuse
-from slimfuse.data import check_fits, from_arrays, load_data, text_corpus
 from slimfuse.cli import main
+from slimfuse.data import check_fits, from_arrays, load_data, text_corpus
 from slimfuse.errors import DataError
 
 
