@@ -136,8 +136,13 @@ def export_onnx(
     atol: float = PARITY_ATOL,
     parity_batch: int = 64,
     dynamo: bool | None = None,
+    cpu_passes: bool = True,
 ) -> Path:
-    """Export ``model`` to ``path`` (written atomically) and check it; returns the path."""
+    """Export ``model`` to ``path`` (written atomically) and check it; returns the path.
+
+    ``cpu_passes`` applies :func:`slimfuse.graph_passes.optimize_for_cpu` (BatchNorm folded into
+    convolutions, 1-D convolutions run as 2-D) before the checks.
+    """
     import onnx
 
     path = Path(path)
@@ -159,6 +164,8 @@ def export_onnx(
                 errors.append(f"{'dynamo' if use_dynamo else 'torchscript'}: {_first_line(exc)}")
         else:
             raise ExportError(f"ONNX export of {type(model).__name__} failed: " + "; ".join(errors))
+        if cpu_passes:
+            _optimize_file(tmp)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:
@@ -171,6 +178,16 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _optimize_file(path: Path) -> None:
+    import onnx
+
+    from slimfuse.graph_passes import optimize_for_cpu
+
+    graph = onnx.load(str(path))
+    if any(optimize_for_cpu(graph).values()):
+        onnx.save(graph, str(path))
 
 
 @torch.no_grad()
