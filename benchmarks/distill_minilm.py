@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--hint-metric", default="cosine", choices=["mse", "cosine"])
     ap.add_argument("--max-train", type=int, default=3000, help="cap on training texts (0: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--no-group-by-length", action="store_true", help="random batches (more padding)"
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +172,7 @@ def main() -> None:
         max_grad_norm=1.0,
         seed=args.seed,
         quiet=False,
+        group_by_length=not args.no_group_by_length,
     )
     t0 = time.perf_counter()
     run = distill_run(student, teacher, data, "embedding", cfg, train_config=tc)
@@ -211,7 +215,9 @@ def main() -> None:
         f"docstrings never trained on; training: {len(data.train)} texts (paragraphs and their "
         f"sentences, truncated to {args.train_max_length} tokens), {len(data.val)} for validation. Student keeps teacher layers {keep}; "
         f"token-level hints ({args.hint_metric}, padding masked; student -> teacher layer output): {', '.join(f'{k[-1]}->{v[-1]}' for k, v in hints.items())}; "
-        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, AdamW with warm-up and cosine "
+        f"{args.epochs} epochs, batch {args.batch_size}"
+        f"{' (texts of similar length batched together)' if not args.no_group_by_length else ''}, "
+        f"lr {args.lr}, AdamW with warm-up and cosine "
         f"decay, token/position embeddings frozen, seed {args.seed}. torch threads {args.threads} (the 2-core CPU was shared with other jobs, load average "
         f"{load_avg}).",
         "",

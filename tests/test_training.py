@@ -163,3 +163,24 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path):
     a = load_file(tmp_path / "ref" / "model.safetensors")
     b = load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_group_by_length_batches_similar_lengths_and_covers_every_sample():
+    from slimfuse.distillation.text import TokenDataset
+    from slimfuse.training import _epoch_loader
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 129, (1000,), generator=gen)
+    mask = (torch.arange(128)[None, :] < lengths[:, None]).long()
+    ds = TokenDataset(torch.ones(1000, 128, dtype=torch.long), mask, torch.zeros(1000, 0))
+    seen, spread, plain_spread = [], [], []
+    for grouped, out in ((True, spread), (False, plain_spread)):
+        for (inputs, _target) in _epoch_loader(ds, 32, seed=3, world=1, rank=0, by_length=grouped):
+            n = inputs["attention_mask"].sum(1)
+            out.append(int(n.max() - n.min()))
+            if grouped:
+                seen += n.tolist()
+    assert sorted(seen) == sorted(lengths.tolist())  # every sample once per epoch
+    assert sum(spread) / len(spread) < 0.2 * sum(plain_spread) / len(plain_spread)
+    with pytest.raises(ConfigError, match="group_by_length needs a data set with lengths"):
+        _epoch_loader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), 2, 0, 1, 0, True)

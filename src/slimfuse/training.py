@@ -48,6 +48,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without a better val metric
     restore_best: bool = True
     max_grad_norm: float | None = None
+    group_by_length: bool = False  # token data: batches of similar lengths (less padding)
     seed: int = 0
     quiet: bool = False
 
@@ -270,7 +271,9 @@ def train(
     progress = _Progress(not cfg.quiet and rank == 0, description, total_steps, step, cfg.epochs)
     with _SignalGuard() as guard, progress:
         while epoch < cfg.epochs:
-            loader = _epoch_loader(train_set, per_rank, cfg.seed + epoch, world, rank)
+            loader = _epoch_loader(
+                train_set, per_rank, cfg.seed + epoch, world, rank, cfg.group_by_length
+            )
             net.train()
             running, count = 0.0, 0
             for i, batch in enumerate(loader):
@@ -328,20 +331,27 @@ def _task_objective(task: Task, model: nn.Module, batch: Any) -> torch.Tensor:
     return task.loss(forward(model, inputs), target)
 
 
-def _epoch_loader(dataset: Any, batch_size: int, seed: int, world: int, rank: int) -> Any:
+def _epoch_loader(
+    dataset: Any, batch_size: int, seed: int, world: int, rank: int, by_length: bool = False
+) -> Any:
     """This process's batches of one epoch: slices of the same global batches in every process.
 
     One permutation of the whole set (seeded per epoch, the permutation a shuffled ``DataLoader``
     draws) is cut into global batches of ``batch_size * world``; process ``rank`` takes the
     ``rank``-th slice of each. DDP averages the gradients of the slices, so ``world`` processes
     take the same steps as one process with the global batch (up to float summation order).
-    A last global batch too small to give every process a sample is dropped.
+    A last global batch too small to give every process a sample is dropped. ``by_length``
+    (for datasets with ``lengths()``, such as token data) first sorts each run of 50 global
+    batches of the permutation by length, then shuffles the batches: each batch holds texts of
+    similar length, so little of it is padding.
     """
     from torch.utils.data import DataLoader
 
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)
-    if world == 1:
+    if by_length:
+        order = _grouped_by_length(order, dataset, batch_size * world, g)
+    if world == 1 and not by_length:
         return DataLoader(dataset, batch_size=batch_size, sampler=order.tolist())
     batches = []
     for chunk in order.split(batch_size * world):
@@ -349,6 +359,23 @@ def _epoch_loader(dataset: Any, batch_size: int, seed: int, world: int, rank: in
             break
         batches.append(torch.tensor_split(chunk, world)[rank].tolist())
     return DataLoader(dataset, batch_sampler=batches)
+
+
+def _grouped_by_length(
+    order: torch.Tensor, dataset: Any, batch: int, g: torch.Generator
+) -> torch.Tensor:
+    if not callable(getattr(dataset, "lengths", None)):
+        raise ConfigError(
+            f"group_by_length needs a data set with lengths() (token data); "
+            f"{type(dataset).__name__} has none"
+        )
+    lengths = torch.as_tensor(dataset.lengths())
+    groups = []
+    for mega in order.split(50 * batch):
+        mega = mega[torch.argsort(lengths[mega], descending=True, stable=True)]
+        groups += list(mega.split(batch))
+    keep = torch.randperm(len(groups), generator=g).tolist()
+    return torch.cat([groups[i] for i in keep])
 
 
 class _Progress:

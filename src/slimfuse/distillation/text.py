@@ -29,6 +29,10 @@ class TokenDataset(Dataset):
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def lengths(self) -> torch.Tensor:
+        """Tokens per sample (for ``TrainConfig(group_by_length=True)``)."""
+        return self.attention_mask.sum(1)
+
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return (
             {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]},

@@ -41,6 +41,7 @@ class TrainingStageConfig(StageConfig):
     schedule: Literal["cosine", "constant"] = "cosine"
     patience: int | None = None
     seed: int | None = None  # default: the recipe's seed
+    group_by_length: bool = False  # token data: batches of similar lengths
 
     def train_config(self, ctx: Context) -> TrainConfig:
         from slimfuse.training import TrainConfig
@@ -55,6 +56,7 @@ class TrainingStageConfig(StageConfig):
             patience=self.patience,
             seed=ctx.seed if self.seed is None else self.seed,
             quiet=ctx.quiet,
+            group_by_length=self.group_by_length,
         )
 
 
