@@ -87,6 +87,41 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The one training loop's settings, shared by every command that trains."""
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--patience", type=int, help="early stopping: epochs without a better val metric"
+    )
+    p.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="token data: batch texts of similar length together (less padding)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
+
+
+def train_config_arg(args: argparse.Namespace) -> Any:
+    """The :class:`~slimfuse.training.TrainConfig` of :func:`add_training_args`' flags."""
+    from slimfuse.training import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        seed=args.seed,
+        quiet=args.quiet,
+        group_by_length=args.group_by_length,
+    )
+
+
 def load_data_arg(args: argparse.Namespace) -> Any:
     from slimfuse.data import load_data
 
@@ -165,20 +200,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import record
-    from slimfuse.training import TrainConfig, is_main_process, train
+    from slimfuse.training import is_main_process, train
 
     data = load_data_arg(args)
     model = load_model_arg(args, data)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        quiet=args.quiet,
-    )
+    cfg = train_config_arg(args)
     out = Path(args.out)
     result = train(
         model, data, args.task, cfg, checkpoint_dir=Path(f"{out}.ckpt"), resume=args.resume
@@ -269,15 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model with the one training loop")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument(
-        "--patience", type=int, help="early stopping: epochs without a better val metric"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
+    add_training_args(p)
     p.add_argument(
         "--out", required=True, help="bundle folder to write (checkpoints go to OUT.ckpt/)"
     )

@@ -16,14 +16,14 @@ from typing import Any
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg, parse_kv
+    from slimfuse.cli import load_data_arg, parse_kv, train_config_arg
     from slimfuse.distillation.api import DistillConfig, distill_run
     from slimfuse.distillation.stage import make_student
     from slimfuse.errors import ConfigError
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import load_model
-    from slimfuse.training import TrainConfig, is_main_process
+    from slimfuse.training import is_main_process
 
     data = load_data_arg(args)
     teachers = [
@@ -58,16 +58,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         ensemble_space=args.ensemble_space,
         cache=not args.no_cache,
     )
-    tc = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        quiet=args.quiet,
-    )
+    tc = train_config_arg(args)
     out = Path(args.out)
     run = distill_run(
         student,
@@ -96,7 +87,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    from slimfuse.cli import add_common, add_data_args
+    from slimfuse.cli import add_common, add_data_args, add_training_args
 
     p = sub.add_parser(
         "distill", help="distil one or several teachers (an ensemble) into a smaller student"
@@ -143,15 +134,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--ensemble-space", choices=["probs", "logits"], default="probs")
     p.add_argument("--no-cache", action="store_true", help="run the teachers on every batch")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument(
-        "--patience", type=int, help="early stopping: epochs without a better val metric"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
+    add_training_args(p)
     p.add_argument("--out", required=True, help="student bundle folder to write")
     add_common(p)
     p.set_defaults(func=cmd_distill)
