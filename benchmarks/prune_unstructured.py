@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -39,21 +40,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 25])
     ap.add_argument("--epochs", type=int, default=60, help="dense training epochs")
-    ap.add_argument("--finetune-epochs", type=int, default=60)
+    ap.add_argument("--finetune-epochs", type=int, default=90)
+    ap.add_argument(
+        "--recovery", default="distill", choices=["distill", "finetune"], help="slimfuse's"
+    )
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--sparsity", type=float, default=0.9)
+    # recovery and epochs were chosen on seeds 0-2; the table reports held-out seeds
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = slimfuse.load_data("mnist1d")
     test = data.loader("test", batch_size=500)
-    ft = TrainConfig(epochs=args.finetune_epochs, lr=args.lr, quiet=True, restore_best=False)
     rows, payload = [], {"args": vars(args), "runs": []}
-    target_ok = None
-    for width in args.widths:
-        torch.manual_seed(0)
+    for width, seed in ((w, s) for w in args.widths for s in args.seeds):
+        ft = TrainConfig(
+            epochs=args.finetune_epochs, lr=args.lr, quiet=True, restore_best=False, seed=seed
+        )
+        torch.manual_seed(seed)
         dense = slimfuse.build_model("mnist1d_cnn", data=data, channels=width)
         t0 = time.perf_counter()
-        slimfuse.train(dense, data, config=TrainConfig(epochs=args.epochs, lr=1e-2, quiet=True))
+        cfg = TrainConfig(epochs=args.epochs, lr=1e-2, quiet=True, seed=seed)
+        slimfuse.train(dense, data, config=cfg)
         t_dense = time.perf_counter() - t0
         acc_dense = slimfuse.evaluate(dense, test)
         t0 = time.perf_counter()
@@ -64,6 +72,8 @@ def main() -> None:
             schedule="agp",
             finetune_epochs=args.finetune_epochs,
             lr=args.lr,
+            seed=seed,
+            recovery=args.recovery,
         )
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -72,13 +82,14 @@ def main() -> None:
         rep = storage_report(ours)
         for name, model, secs, stored in (
             ("dense", dense, t_dense, state_bytes(dense)),
-            ("slimfuse AGP (cubic) + fine-tune", ours, t_ours, rep["encoded_bytes"]),
+            (f"slimfuse AGP (cubic) + {args.recovery}", ours, t_ours, rep["encoded_bytes"]),
             ("torch.nn.utils.prune global L1 + fine-tune", peer, t_peer, state_bytes(peer)),
         ):
             acc = slimfuse.evaluate(model, test)
             params, nonzero = count_params(model)
             row = {
                 "width": width,
+                "seed": seed,
                 "method": name,
                 "accuracy": acc,
                 "delta_points": 100 * (acc - acc_dense),
@@ -90,8 +101,11 @@ def main() -> None:
             }
             rows.append(row)
             payload["runs"].append(row)
-        if width == args.widths[0]:
-            target_ok = rows[-2]["delta_points"] >= -1.0
+        print(
+            f"width {width} seed {seed}: "
+            + ", ".join(f"{r['method'][:8]} {r['delta_points']:+.1f}" for r in rows[-3:]),
+            flush=True,
+        )
         # the pruned bundle reloads with identical outputs and exports with parity
         import tempfile
 
@@ -106,21 +120,35 @@ def main() -> None:
         "# Unstructured pruning: MNIST-1D CNN at 90% sparsity",
         "",
         f"Command: `python benchmarks/prune_unstructured.py` ({cpu_line(1)}). Dense CNN trained "
-        f"{args.epochs} epochs; both pruned models fine-tuned {args.finetune_epochs} epochs, "
-        f"AdamW lr {args.lr}, cosine, the same loop. Test split: 1000 samples.",
+        f"{args.epochs} epochs; both pruned models trained {args.finetune_epochs} more epochs, "
+        f"AdamW lr {args.lr}, cosine, the same loop: slimfuse with recovery '{args.recovery}' "
+        "(distill: KD from the dense model), the peer fine-tuned on the labels as its docs show. "
+        f"Test split: 1000 samples. Seeds {args.seeds}: each trains its own dense model, then "
+        "prunes it both ways (recovery and epochs were chosen on seeds 0-2, which these are not).",
         "",
-        "| CNN width | method | test acc | Δ vs dense (points) | sparsity | non-zeros / params | stored weights | time (s) |",
+        "| CNN width | method | test acc (mean) | Δ vs dense, points: mean (per seed) | sparsity | non-zeros / params | stored weights | time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['width']} | {r['method']} | {100 * r['accuracy']:.1f}% | {r['delta_points']:+.1f} | "
-            f"{100 * r['sparsity']:.1f}% | {r['nonzero']:,} / {r['params']:,} | "
-            f"{r['stored_bytes'] / 1024:.1f} KiB | {r['seconds']:.0f} |"
-        )
+    means: dict[tuple[int, str], float] = {}
+    for width in args.widths:
+        for method in dict.fromkeys(r["method"] for r in rows):
+            rs = [r for r in rows if r["width"] == width and r["method"] == method]
+            acc = statistics.mean(r["accuracy"] for r in rs)
+            deltas = [r["delta_points"] for r in rs]
+            means[width, method] = statistics.mean(deltas)
+            first = rs[0]
+            lines.append(
+                f"| {width} | {method} | {100 * acc:.2f}% | {statistics.mean(deltas):+.2f} "
+                f"({', '.join(f'{d:+.1f}' for d in deltas)}) | {100 * first['sparsity']:.1f}% | "
+                f"{first['nonzero']:,} / {first['params']:,} | "
+                f"{first['stored_bytes'] / 1024:.1f} KiB | "
+                f"{statistics.mean(r['seconds'] for r in rs):.0f} |"
+            )
+    target_ok = means[args.widths[0], f"slimfuse AGP (cubic) + {args.recovery}"] >= -1.0
     lines += [
         "",
-        f"Target (width {args.widths[0]}): slimfuse within 1 point of dense: {verdict(bool(target_ok))}.",
+        f"Target (width {args.widths[0]}): slimfuse within 1 point of dense (mean over seeds): "
+        f"{verdict(bool(target_ok))}.",
         "Stored weights: slimfuse bundles keep non-zero values + a 1-bit mask per weight; the "
         "peer's and the dense model's are plain safetensors.",
         "",
