@@ -175,7 +175,7 @@ def test_group_by_length_batches_similar_lengths_and_covers_every_sample():
     ds = TokenDataset(torch.ones(1000, 128, dtype=torch.long), mask, torch.zeros(1000, 0))
     seen, spread, plain_spread = [], [], []
     for grouped, out in ((True, spread), (False, plain_spread)):
-        for (inputs, _target) in _epoch_loader(ds, 32, seed=3, world=1, rank=0, by_length=grouped):
+        for inputs, _target in _epoch_loader(ds, 32, seed=3, world=1, rank=0, by_length=grouped):
             n = inputs["attention_mask"].sum(1)
             out.append(int(n.max() - n.min()))
             if grouped:
