@@ -8,8 +8,10 @@
   ``1 x k`` kernel -> ``Squeeze``. ONNX Runtime runs 2-D convolutions in its blocked NCHWc
   layout, which it has no 1-D form of: measured on a 2-core AVX2 CPU, the residual CNN of the
   zoo runs about 1.5x faster at batch 64, and a channel-pruned copy of it about 1.8x.
+- :func:`sink_squeezes`: those ``Squeeze`` nodes move past elementwise ops and concatenations
+  and cancel against the next ``Unsqueeze``, so consecutive convolutions stay 2-D.
 
-Both keep node names (targeting and quantization reports still find their layers) and run on
+All keep node names (targeting and quantization reports still find their layers) and run on
 the graph alone, so any exporter's output qualifies. :func:`slimfuse.exporting.export_onnx`
 applies them before its checker and parity checks.
 """

@@ -413,4 +413,7 @@ class _Progress:
 
     def say(self, line: str) -> None:
         if self.show:
-            (self.bar.write if self.bar is not None else print)(line)
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                print(line, flush=True)
