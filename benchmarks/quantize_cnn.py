@@ -121,6 +121,9 @@ def rows_for(model_name: str, runs: dict[int, dict[str, dict]]) -> list[list]:
         accs = [runs[s][k]["acc"] for s in seeds]
         drops = [100 * (runs[s][base]["acc"] - runs[s][k]["acc"]) for s in seeds]
         speed = statistics.median(runs[s][base]["ms"] / runs[s][k]["ms"] for s in seeds)
+        notes = [runs[s][k]["note"] for s in seeds]
+        if len(set(notes)) > 1:  # mixed precision may keep other layers for another seed
+            notes = [f"seed {s}: {n}" for s, n in zip(seeds, notes, strict=True)]
         rows.append(
             [
                 model_name,
@@ -130,7 +133,7 @@ def rows_for(model_name: str, runs: dict[int, dict[str, dict]]) -> list[list]:
                 f"{runs[seeds[0]][k]['kib']:.1f}",
                 f"{statistics.median(runs[s][k]['ms'] for s in seeds):.3f}",
                 f"{speed:.2f}x",
-                runs[seeds[0]][k]["note"],
+                "; ".join(dict.fromkeys(notes)),
             ]
         )
     return rows
