@@ -75,7 +75,10 @@ def test_shrinkage_toward_uniform_is_chosen_by_cross_validation(members, mnist1d
     plain = WeightedFusion(members, shrink=0.0).fit(mnist1d)
     cv = WeightedFusion(members).fit(mnist1d)
     assert 0.0 <= cv.shrink_ <= 1.0 and set(cv.shrink_curve_) >= {0.0, 1.0}
-    assert cv.shrink_curve_[cv.shrink_] == min(cv.shrink_curve_.values())
+    fewest = min(errors for errors, _ in cv.shrink_curve_.values())
+    assert cv.shrink_curve_[cv.shrink_][0] == fewest
+    # ties go toward uniform: no larger shrinkage has as few held-out errors
+    assert all(cv.shrink_curve_[a][0] > fewest for a in cv.shrink_curve_ if a > cv.shrink_)
     expect = (1 - cv.shrink_) * plain.weights_ + cv.shrink_ / 3
     np.testing.assert_allclose(cv.weights_, expect, atol=1e-5)
     with pytest.raises(FusionError, match=r"^shrink=2: expected 'cv' or a number in \[0, 1\]$"):

@@ -59,7 +59,11 @@ def simplex_log_loss_weights(
     )
     w = np.clip(res.x, 0.0, None)
     w = w / w.sum()
-    return w, _loss_and_grad(w, feats, y, space)[0]
+    loss = _loss_and_grad(w, feats, y, space)[0]
+    start = _loss_and_grad(w0, feats, y, space)[0]
+    if not loss <= start:  # SLSQP stopped early (or at NaN): never return worse than uniform
+        return w0, start
+    return w, loss
 
 
 SHRINK_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -67,28 +71,35 @@ SHRINK_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def cv_shrinkage(
     outputs: torch.Tensor, y: torch.Tensor, space: str, folds: int, seed: int = 0
-) -> tuple[float, dict[float, float]]:
-    """How far to pull the fitted weights toward uniform, chosen by K-fold log-loss.
+) -> tuple[float, dict[float, tuple[int, float]]]:
+    """How far to pull the fitted weights toward uniform, chosen by K-fold held-out error.
 
-    For each fold, weights are fitted on the other folds; the mixture
+    For each fold, weights are fitted (log-loss) on the other folds; the mixture
     ``(1 - a) * w + a * uniform`` is scored on the held-out fold for every ``a`` in the grid.
-    Returns the ``a`` with the lowest mean held-out log-loss and the whole curve.
+    The choice is the ``a`` with the fewest held-out errors; ties go to the larger ``a`` (closer to
+    uniform). Error, not log-loss, decides: in probability space the log-loss optimum piles
+    onto one member (the mixture's loss is ruled by the few samples every member gets wrong),
+    which costs accuracy. Returns ``a`` and the curve ``{a: (errors, mean log-loss)}``.
     """
     from slimfuse.fusion.folds import kfold
 
     n = outputs.shape[0]
     uniform = np.full(n, 1.0 / n)
     feats = outputs.double().softmax(-1) if space == "probs" else outputs.double()
+    errors = {a: 0 for a in SHRINK_GRID}
     losses = {a: 0.0 for a in SHRINK_GRID}
     splits = kfold(y.numpy(), folds, seed, what="validation data")
     for tr, te in splits:
         w, _ = simplex_log_loss_weights(outputs[:, tr], y[tr], space)
+        yt = y[te].long()
         for a in SHRINK_GRID:
             mix = (1 - a) * w + a * uniform
-            losses[a] += _loss_and_grad(mix, feats[:, te], y[te].long(), space)[0] * len(te)
+            fused = torch.einsum("n,nsc->sc", torch.from_numpy(mix), feats[:, te])
+            errors[a] += int((fused.argmax(1) != yt).sum())
+            losses[a] += _loss_and_grad(mix, feats[:, te], yt, space)[0] * len(te)
     total = sum(len(te) for _, te in splits)
-    curve = {a: v / total for a, v in losses.items()}
-    return min(curve, key=lambda a: (curve[a], -a)), curve
+    curve = {a: (errors[a], losses[a] / total) for a in SHRINK_GRID}
+    return min(curve, key=lambda a: (curve[a][0], -a)), curve
 
 
 class WeightedFusion(MeanFusion):
@@ -96,7 +107,7 @@ class WeightedFusion(MeanFusion):
 
     ``shrink="cv"`` (the default) guards against fitting the weights to the noise of a small
     validation set: the fitted weights are pulled toward uniform by the amount that gives the
-    lowest ``cv``-fold held-out log-loss on the validation data; a number in [0, 1] fixes that
+    fewest ``cv``-fold held-out errors on the validation data (ties: closer to uniform); a number in [0, 1] fixes that
     amount (0: the plain log-loss optimum).
 
     Learned attributes (scikit-learn style): ``weights_`` (numpy, on the simplex),
