@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "distill_ddp.md"
-RUNS = Path("runs/bench_distill/ddp")
 BIN = Path(sys.executable).parent
 
 
@@ -54,7 +53,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fresh", action="store_true", help="rerun finished seeds too")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--out", default=str(RESULTS))
@@ -63,7 +62,8 @@ def main() -> None:
     import slimfuse
 
     data = slimfuse.load_data("mnist1d")
-    teachers = bench.teacher_bundles(data, 60)
+    teachers = bench.teacher_bundles(data)
+    runs = bench.teacher_dir().parent / f"ddp-{bench.teacher_dir().name}"
     common = ["distill", "--data", "mnist1d", "--student", "mnist1d_cnn"]
     common += ["--kw", f"channels={bench.STUDENT_CHANNELS}", "--epochs", str(args.epochs)]
     common += ["--loss", "kd", "--temperature", "4", "--alpha", "0.9", "--quiet"]
@@ -75,8 +75,8 @@ def main() -> None:
         one = [str(BIN / "python"), "-m", "slimfuse", *common, *tail, "--out"]
         ddp = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "slimfuse"]
         ddp += [*common, *tail, "--out"]
-        acc1, s1 = run([*one, str(RUNS / f"one_{seed}")])
-        acc2, s2 = run([*ddp, str(RUNS / f"ddp_{seed}")])
+        acc1, s1 = run([*one, str(runs / f"one_{seed}")])
+        acc2, s2 = run([*ddp, str(runs / f"ddp_{seed}")])
         rows.append((seed, acc1, acc2, s1, s2))
         print(f"seed {seed}: one process {acc1:.4f} ({s1:.0f}s), DDP x2 {acc2:.4f} ({s2:.0f}s)")
     m1 = statistics.mean(r[1] for r in rows)
