@@ -107,8 +107,8 @@ class WeightedFusion(MeanFusion):
 
     ``shrink="cv"`` (the default) guards against fitting the weights to the noise of a small
     validation set: the fitted weights are pulled toward uniform by the amount that gives the
-    fewest ``cv``-fold held-out errors on the validation data (ties: closer to uniform); a number in [0, 1] fixes that
-    amount (0: the plain log-loss optimum).
+    fewest ``cv``-fold held-out errors on the validation data (ties: closer to uniform); a
+    number in [0, 1] fixes that amount (0: the plain log-loss optimum).
 
     Learned attributes (scikit-learn style): ``weights_`` (numpy, on the simplex),
     ``log_loss_`` (the validation log-loss at those weights) and ``shrink_`` (the amount used).
