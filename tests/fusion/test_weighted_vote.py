@@ -38,6 +38,23 @@ def test_weights_favour_the_informative_member():
     assert w[0] > 0.9 and abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
 
 
+def test_weights_are_never_worse_than_uniform_when_the_solver_stops_early(monkeypatch):
+    # a solver that gives up at a bad point (all weight on the noise member): uniform is kept
+    import types
+
+    import scipy.optimize
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (200,), generator=g)
+    good = torch.nn.functional.one_hot(y, 4).float() * 4
+    outputs = torch.stack([torch.randn(200, 4, generator=g), good, good])
+    bad = types.SimpleNamespace(x=np.array([1.0, 0.0, 0.0]))
+    monkeypatch.setattr(scipy.optimize, "minimize", lambda *a, **k: bad)
+    w, loss = simplex_log_loss_weights(outputs, y, "probs")
+    np.testing.assert_allclose(w, np.full(3, 1 / 3))
+    assert np.isfinite(loss)
+
+
 def test_given_weights_are_kept(members, mnist1d):
     fused = WeightedFusion(members, weights=[3, 1, 0]).fit(mnist1d)
     np.testing.assert_allclose(fused.weights_, [0.75, 0.25, 0.0], atol=1e-7)
