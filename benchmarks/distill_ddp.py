@@ -53,7 +53,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--fresh", action="store_true", help="rerun finished seeds too")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--out", default=str(RESULTS))
