@@ -3,11 +3,11 @@
 Per seed: 5 small residual CNN members (``resnet1d``, widths 4/8/8, one block per stage,
 BatchNorm) are trained with the one loop (20 epochs, lr 1e-2), then fused every way slimfuse
 offers (``--member mnist1d_cnn --channels 64 --epochs 60 --weight-decay 0.05`` runs the paper's
-plain CNN instead: stronger alone, but its seeds make more of the same mistakes, so fusion gains
-less); the peers run in the same process over
-the same members, wrapped as prefit (frozen) scikit-learn estimators: ``VotingClassifier(
-voting="soft")`` and ``StackingClassifier`` (logistic regression, fitted on the validation split
-like slimfuse's prefit stacking, and on the training split as users often do). Cost (size,
+plain CNN instead: stronger alone, but its seeds make more of the same mistakes, so fusion
+gains less); the peers run in the same process over the same members, wrapped as prefit
+(frozen) scikit-learn estimators: ``VotingClassifier(voting="soft")`` and
+``StackingClassifier`` (logistic regression, fitted on the validation split like slimfuse's
+prefit stacking, and on the training split as users often do). Cost (size,
 ONNX Runtime latency at batch 1 and 64, one thread) is measured once, on the first seed, with
 ``slimfuse.measure`` (which exports each fused model to one ONNX graph with a parity check),
 after every seed has finished: the first seed's models go through ``slimfuse.save`` and come back
