@@ -22,16 +22,18 @@ from slimfuse.fusion.ensemble import MeanFusion
 from slimfuse.fusion.predict import as_loader, collect
 
 
+def _log_loss(fused: torch.Tensor, y: torch.Tensor, space: str) -> torch.Tensor:
+    """Mean log-loss of the fused prediction (a probability mixture, or summed logits)."""
+    if space == "probs":
+        return -torch.log(fused.gather(1, y[:, None]).clamp_min(1e-12)).mean()
+    return F.cross_entropy(fused, y)
+
+
 def _loss_and_grad(
     w: np.ndarray, outputs: torch.Tensor, y: torch.Tensor, space: str
 ) -> tuple[float, np.ndarray]:
     wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    outputs = outputs.double()
-    if space == "probs":
-        p = torch.einsum("n,nsc->sc", wt, outputs)
-        loss = -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean()
-    else:
-        loss = F.cross_entropy(torch.einsum("n,nsc->sc", wt, outputs), y)
+    loss = _log_loss(torch.einsum("n,nsc->sc", wt, outputs.double()), y, space)
     loss.backward()
     assert wt.grad is not None
     return float(loss.detach()), wt.grad.numpy().copy()
@@ -96,7 +98,7 @@ def cv_shrinkage(
             mix = (1 - a) * w + a * uniform
             fused = torch.einsum("n,nsc->sc", torch.from_numpy(mix), feats[:, te])
             errors[a] += int((fused.argmax(1) != yt).sum())
-            losses[a] += _loss_and_grad(mix, feats[:, te], yt, space)[0] * len(te)
+            losses[a] += float(_log_loss(fused, yt, space)) * len(te)
     total = sum(len(te) for _, te in splits)
     curve = {a: (errors[a], losses[a] / total) for a in SHRINK_GRID}
     return min(curve, key=lambda a: (curve[a][0], -a)), curve
