@@ -13,7 +13,7 @@ ONNX Runtime latency at batch 1 and 64, one thread) is measured once, on the fir
 after every seed has finished: the first seed's models go through ``slimfuse.save`` and come back
 through ``slimfuse.load``. Seeds run in ``--jobs`` processes of one torch thread each.
 
-    python benchmarks/fuse_ensemble.py            # 3 seeds (about 15 min on 2 cores)
+    python benchmarks/fuse_ensemble.py            # 6 seeds (about 30 min on 2 cores)
     python benchmarks/fuse_ensemble.py --quick    # smoke run
 """
 
@@ -143,7 +143,7 @@ def seed_job(seed: int, args: argparse.Namespace, keep: str | None) -> tuple[dic
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--member", choices=["resnet1d", "mnist1d_cnn"], default="resnet1d")
     ap.add_argument("--widths", type=int, nargs="+", default=[4, 8, 8], help="resnet1d stages")

@@ -78,17 +78,21 @@ def cv_shrinkage(
 
     For each fold, weights are fitted (log-loss) on the other folds; the mixture
     ``(1 - a) * w + a * uniform`` is scored on the held-out fold for every ``a`` in the grid.
-    The choice is the ``a`` with the fewest held-out errors; ties go to the larger ``a`` (closer to
-    uniform). Error, not log-loss, decides: in probability space the log-loss optimum piles
-    onto one member (the mixture's loss is ruled by the few samples every member gets wrong),
-    which costs accuracy. Returns ``a`` and the curve ``{a: (errors, mean log-loss)}``.
+    The choice follows the one-standard-error rule: the largest ``a`` (closest to uniform) whose
+    held-out errors exceed the fewest by at most one standard error of that paired difference
+    (``sqrt`` of the number of samples the two mixtures disagree on being right). Learned
+    weights must beat uniform by more than noise to be used: with members of equal skill the
+    optimum is uniform, and any weights fitted to a few hundred samples only add variance.
+    Error, not log-loss, decides: in probability space the log-loss optimum piles onto one
+    member (the mixture's loss is ruled by the few samples every member gets wrong), which
+    costs accuracy. Returns ``a`` and the curve ``{a: (errors, mean log-loss)}``.
     """
     from slimfuse.fusion.folds import kfold
 
     n = outputs.shape[0]
     uniform = np.full(n, 1.0 / n)
     feats = outputs.double().softmax(-1) if space == "probs" else outputs.double()
-    errors = {a: 0 for a in SHRINK_GRID}
+    wrong = {a: torch.zeros(len(y), dtype=torch.bool) for a in SHRINK_GRID}
     losses = {a: 0.0 for a in SHRINK_GRID}
     splits = kfold(y.numpy(), folds, seed, what="validation data")
     for tr, te in splits:
@@ -97,20 +101,27 @@ def cv_shrinkage(
         for a in SHRINK_GRID:
             mix = (1 - a) * w + a * uniform
             fused = torch.einsum("n,nsc->sc", torch.from_numpy(mix), feats[:, te])
-            errors[a] += int((fused.argmax(1) != yt).sum())
+            wrong[a][torch.as_tensor(te)] = fused.argmax(1) != yt
             losses[a] += float(_log_loss(fused, yt, space)) * len(te)
     total = sum(len(te) for _, te in splits)
-    curve = {a: (errors[a], losses[a] / total) for a in SHRINK_GRID}
-    return min(curve, key=lambda a: (curve[a][0], -a)), curve
+    curve = {a: (int(wrong[a].sum()), losses[a] / total) for a in SHRINK_GRID}
+    best = min(curve, key=lambda a: (curve[a][0], -a))
+    within = [
+        a
+        for a in SHRINK_GRID
+        if curve[a][0] - curve[best][0] <= float(int((wrong[a] ^ wrong[best]).sum())) ** 0.5
+    ]
+    return max(within), curve
 
 
 class WeightedFusion(MeanFusion):
     """A :class:`MeanFusion` whose weights are learned by :meth:`fit` (or given).
 
     ``shrink="cv"`` (the default) guards against fitting the weights to the noise of a small
-    validation set: the fitted weights are pulled toward uniform by the amount that gives the
-    fewest ``cv``-fold held-out errors on the validation data (ties: closer to uniform); a
-    number in [0, 1] fixes that amount (0: the plain log-loss optimum).
+    validation set: the fitted weights are pulled toward uniform by the largest amount whose
+    ``cv``-fold held-out errors on the validation data are within one standard error of the
+    fewest (:func:`cv_shrinkage`); a number in [0, 1] fixes that amount (0: the plain log-loss
+    optimum).
 
     Learned attributes (scikit-learn style): ``weights_`` (numpy, on the simplex),
     ``log_loss_`` (the validation log-loss at those weights) and ``shrink_`` (the amount used).
