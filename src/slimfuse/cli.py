@@ -318,7 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (default: 23 for transformer encoders, where attention exports as one "
+        "Attention op; 18 otherwise)",
+    )
     p.add_argument(
         "--atol", type=float, default=1e-4, help="parity tolerance vs PyTorch (default 1e-4)"
     )

@@ -164,3 +164,44 @@ def test_bad_config_values() -> None:
         QuantConfig(mode="static", bits=4)
     with pytest.raises(ConfigError, match="calibration 'mse'"):
         QuantConfig(calibration="mse")  # type: ignore[arg-type]
+
+
+def test_transformer_attention_exports_fused_and_stays_fp32() -> None:
+    """A BERT encoder exports at opset 23 (one Attention op per layer); int8 leaves that op fp32."""
+    import onnx
+
+    config = {
+        "model_type": "bert",
+        "vocab_size": 120,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 40,
+    }
+    torch.manual_seed(0)
+    model = slimfuse.build_model("hf_encoder", config=config).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(2):
+        mask = torch.ones(8, 12, dtype=torch.long)
+        mask[0, 9:] = 0
+        batches.append(
+            {"input_ids": torch.randint(5, 120, (8, 12), generator=g), "attention_mask": mask}
+        )
+    example = {k: v[:1] for k, v in batches[0].items()}
+    q = quantize(
+        model,
+        QuantConfig(mode="dynamic", smoothquant=1.0),
+        calibration=batches,
+        example_inputs=example,
+    )
+    nodes = onnx.load_from_string(q.graph_bytes()).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count("Attention") == 2 and "QAttention" not in ops and "Softmax" not in ops
+    linears = [r for r in q.info["layers"] if r["type"] == "Linear" and "pooler" not in r["layer"]]
+    assert len(linears) == 12 and all(r["precision"] == "int8" for r in linears)
+    with torch.no_grad():
+        ref = model(**batches[1])
+    cos = torch.nn.functional.cosine_similarity(q(**batches[1]), ref, dim=-1)
+    assert float(cos.min()) > 0.99

@@ -35,6 +35,8 @@ def _transformers() -> Any:
 class SentenceEncoder(nn.Module):
     """Mean-pooled (optionally normalised) token embeddings of a transformer encoder."""
 
+    onnx_opset = 23  # attention exports as ONNX's fused Attention op (export_onnx)
+
     def __init__(self, encoder: nn.Module, normalize: bool = True) -> None:
         super().__init__()
         self.encoder = encoder

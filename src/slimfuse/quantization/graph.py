@@ -87,6 +87,11 @@ def plan_nodes(
     owners = node_modules(graph, names)
     exclude = []
     for node in graph.node:
+        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            # ONNX's own Attention (opset 23) runs fused in fp32; ONNX Runtime's quantizer would
+            # take it for its contrib Attention and emit a QAttention that cannot take it
+            exclude.append(node.name)
+            continue
         if node.op_type not in WEIGHTED_OPS:
             continue
         has_weight = weight_input(graph, node) is not None

@@ -78,7 +78,7 @@ class QuantizedModel(nn.Module):
         return self.info.get("macs")
 
     def export_onnx(
-        self, path: str | Path, example_inputs: Any, opset: int = 18, atol: float = 1e-4
+        self, path: str | Path, example_inputs: Any, opset: int | None = None, atol: float = 1e-4
     ) -> Path:
         """Write the int8 graph to ``path`` (atomically), check it and run it once at batch 1."""
         import onnx
