@@ -9,35 +9,18 @@ import slimfuse
 from slimfuse.errors import ConfigError, UnsupportedLayerError
 from slimfuse.measuring import count_params
 from slimfuse.pruning.transformer import heads_per_layer, prune_transformer
-
-CONFIG = {
-    "model_type": "bert",
-    "vocab_size": 120,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 40,
-}
+from tests.helpers import TINY_BERT, bert_tokens
 
 
 @pytest.fixture(scope="module")
 def bert():
     torch.manual_seed(0)
-    return slimfuse.build_model("hf_encoder", config=CONFIG).eval()
-
-
-def _tokens(n: int = 3, length: int = 10) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 120, (n, length), generator=g)
-    mask = torch.ones(n, length, dtype=torch.long)
-    mask[0, 7:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+    return slimfuse.build_model("hf_encoder", config=TINY_BERT).eval()
 
 
 @pytest.mark.parametrize("importance", ["l1", "l2", "activation"])
 def test_heads_and_ffn_are_removed(bert, importance) -> None:
-    x = _tokens()
+    x = bert_tokens()
     small = prune_transformer(
         bert, ffn_ratio=0.5, head_ratio=0.25, importance=importance, inputs=[x]
     )
@@ -52,19 +35,19 @@ def test_heads_and_ffn_are_removed(bert, importance) -> None:
 
 
 def test_zero_ratio_is_lossless(bert) -> None:
-    x = _tokens()
+    x = bert_tokens()
     same = prune_transformer(bert, ffn_ratio=0.0, head_ratio=0.0)
     assert torch.equal(same(**x), bert(**x))
 
 
 def test_reload_and_onnx(bert, tmp_path) -> None:
-    x = _tokens()
+    x = bert_tokens()
     small = prune_transformer(bert, ffn_ratio=0.5, head_ratio=0.5)
     slimfuse.save(small, tmp_path / "b")
     back = slimfuse.load(tmp_path / "b")
     assert torch.equal(back(**x), small(**x))
     assert back.encoder.config.intermediate_size == 32 and heads_per_layer(back) == [2, 2]
-    slimfuse.export(back, _tokens(1), tmp_path / "m.onnx", atol=1e-4)
+    slimfuse.export(back, bert_tokens(1), tmp_path / "m.onnx", atol=1e-4)
 
 
 def test_bad_input(bert) -> None:

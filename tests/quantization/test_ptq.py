@@ -12,6 +12,7 @@ from slimfuse.errors import ConfigError, DataError, ExportError
 from slimfuse.models.source import ModelSpec, set_spec
 from slimfuse.quantization import QuantConfig, quantize
 from slimfuse.quantization.runtime import QuantizedModel
+from tests.helpers import TINY_BERT, bert_tokens
 
 
 @pytest.fixture(scope="module")
@@ -170,25 +171,9 @@ def test_transformer_attention_exports_fused_and_stays_fp32() -> None:
     """A BERT encoder exports at opset 23 (one Attention op per layer); int8 leaves that op fp32."""
     import onnx
 
-    config = {
-        "model_type": "bert",
-        "vocab_size": 120,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "max_position_embeddings": 40,
-    }
     torch.manual_seed(0)
-    model = slimfuse.build_model("hf_encoder", config=config).eval()
-    g = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(2):
-        mask = torch.ones(8, 12, dtype=torch.long)
-        mask[0, 9:] = 0
-        batches.append(
-            {"input_ids": torch.randint(5, 120, (8, 12), generator=g), "attention_mask": mask}
-        )
+    model = slimfuse.build_model("hf_encoder", config=TINY_BERT).eval()
+    batches = [bert_tokens(8, 12, seed=seed, pad_from=9) for seed in (1, 2)]
     example = {k: v[:1] for k, v in batches[0].items()}
     q = quantize(
         model,

@@ -109,7 +109,7 @@ def cv_shrinkage(
     within = [
         a
         for a in SHRINK_GRID
-        if curve[a][0] - curve[best][0] <= float(int((wrong[a] ^ wrong[best]).sum())) ** 0.5
+        if curve[a][0] - curve[best][0] <= int((wrong[a] ^ wrong[best]).sum()) ** 0.5
     ]
     return max(within), curve
 
