@@ -85,3 +85,21 @@ def test_smoothing_preserves_the_float_function() -> None:
     assert smoothed.smoothed_layers == ["0"]
     assert isinstance(smoothed[0], SmoothedLinear) and isinstance(model[0], nn.Linear)
     torch.testing.assert_close(smoothed(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_precision_holds_an_embedding_model_to_cosine() -> None:
+    """The model's recorded task picks the default metric: an encoder's drop is 1 - cosine."""
+    from tests.helpers import TINY_BERT, bert_tokens
+
+    torch.manual_seed(0)
+    model = slimfuse.build_model("hf_encoder", config=TINY_BERT).eval()
+    batches = [bert_tokens(8, 12, seed=seed, pad_from=9) for seed in (1, 2)]
+    q = quantize(model, QuantConfig(mode="dynamic", max_drop=0.05), calibration=batches)
+    with torch.no_grad():
+        cos = torch.cat(
+            [torch.nn.functional.cosine_similarity(q(**b), model(**b), dim=-1) for b in batches]
+        )
+    step = q.info["mixed_precision"]["steps"][0]
+    assert step["fp32_layers"] == 0
+    assert step["drop"] == pytest.approx(1 - float(cos.mean()), abs=1e-4)
+    assert 0 < step["drop"] < 0.05

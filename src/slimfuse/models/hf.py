@@ -36,6 +36,7 @@ class SentenceEncoder(nn.Module):
     """Mean-pooled (optionally normalised) token embeddings of a transformer encoder."""
 
     onnx_opset = 23  # attention exports as ONNX's fused Attention op (export_onnx)
+    default_task = "embedding"  # recorded in its spec by build_model
 
     def __init__(self, encoder: nn.Module, normalize: bool = True) -> None:
         super().__init__()

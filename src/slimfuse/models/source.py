@@ -143,7 +143,8 @@ def build_model(source: str, *, data: Any = None, **kwargs: Any) -> nn.Module:
         raise ModelError(
             f"model source {source!r} returned {type(model).__name__}; expected an nn.Module"
         )
-    spec = ModelSpec(source=source, kwargs=kwargs)
+    # a model class may say what it is for (an encoder: "embedding"); data and bundles may refine it
+    spec = ModelSpec(source=source, kwargs=kwargs, task=getattr(model, "default_task", None))
     if data is not None:
         spec.input_shape = list(data.input_shape)
         spec.num_classes = data.num_classes

@@ -32,7 +32,7 @@ def quantize(
     *,
     example_inputs: Any = None,
     data: Any = None,
-    task: str = "classification",
+    task: str | None = None,
     metric_fn: Callable[[nn.Module], float] | None = None,
     **overrides: Any,
 ) -> nn.Module:
@@ -41,7 +41,9 @@ def quantize(
     - ``calibration``: a loader / iterable of batches or a ``forward_loop(model)``; needed by
       ``static``, ``qat``, ``smoothquant`` and mixed precision; read before any compute.
     - ``example_inputs``: batch-1 inputs for export when there is no calibration data.
-    - ``data`` / ``task``: the training data and task for ``qat``.
+    - ``data`` / ``task``: the training data and task for ``qat`` and mixed precision's default
+      metric (``task`` defaults to the one the model records, else classification: top-1
+      agreement; an embedding model is held to cosine).
     - ``metric_fn(model) -> float``: the metric that mixed precision keeps within
       ``max_drop`` (default: agreement with the fp32 model on the calibration inputs).
 
@@ -54,6 +56,11 @@ def quantize(
     if overrides:
         config = QuantConfig.from_dict({**config.to_dict(), **overrides})
     model = model.eval()
+    if task is None:
+        from slimfuse.models.source import spec_of
+
+        spec = spec_of(model)
+        task = spec.task if spec is not None and spec.task else "classification"
     if config.mode == "weight-only":
         import copy
 
