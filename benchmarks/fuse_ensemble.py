@@ -33,6 +33,7 @@ import torch
 import slimfuse
 from fuse_common import cpu_line, frozen, mean_std, verdict, write
 from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.fusion.folds import labels
 from slimfuse.fusion.head import HeadFusion
 from slimfuse.fusion.members import train_members
 from slimfuse.fusion.stacking import StackingFusion
@@ -47,8 +48,18 @@ METHODS = [
     ("weighted (probs)", "slimfuse WeightedFusion: simplex log-loss on val, CV shrinkage"),
     ("weighted (logits)", "slimfuse WeightedFusion(space='logits'), the same fitting"),
     ("hard vote", "slimfuse VoteFusion(voting='hard')"),
-    ("stack prefit", "slimfuse StackingFusion(cv='prefit'), LR on val predictions"),
-    ("stack cv=K", "slimfuse StackingFusion(cv=K), members retrained per fold, LR on OOF"),
+    (
+        "stack prefit",
+        "slimfuse StackingFusion(cv='prefit'): LR anchored at the mean logits, on val predictions",
+    ),
+    (
+        "stack cv=K",
+        "slimfuse StackingFusion(cv=K): members retrained per fold, anchored LR on OOF",
+    ),
+    (
+        "stack cv=K, plain LR",
+        "the same OOF predictions, meta=LogisticRegression() (no anchor, as scikit-learn)",
+    ),
     ("head logits", "slimfuse HeadFusion(on='logits'), linear head, one loop"),
     ("head features", "slimfuse HeadFusion(on='features'), linear head on penultimate"),
     ("sklearn soft vote", "peer: VotingClassifier(voting='soft') over frozen members"),
@@ -104,6 +115,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], lis
         "head logits": HeadFusion(pairs, on="logits").fit(data, config=head_cfg),
         "head features": HeadFusion(pairs, on="features").fit(data, config=head_cfg),
     }
+    from sklearn.linear_model import LogisticRegression
+
+    plain = StackingFusion(pairs, cv=args.cv, meta=LogisticRegression(max_iter=2000), seed=seed)
+    oof = fused["stack cv=K"].oof_outputs_  # type: ignore[union-attr]
+    fused["stack cv=K, plain LR"] = plain.fit_meta(oof, torch.from_numpy(labels(data)))
     print(f"  fused in {time.perf_counter() - t0:.0f}s", flush=True)
     accs = {k: evaluate(m, test) for k, m in fused.items()}
     accs.update(sklearn_peers(pairs, data))
@@ -112,6 +128,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], lis
         for k, m in fused.items()
         if k.startswith("weighted")
     }
+    extra.update({k: {"C": fused[k].C_} for k in ("stack prefit", "stack cv=K")})  # type: ignore[union-attr]
     print(f"  {accs}", flush=True)
     return {**{f"single {n}": v for n, v in singles.items()}, **accs}, [pairs, fused, data], extra
 
@@ -258,7 +275,8 @@ def render(per_seed: list[dict[str, float]], costs: dict, args: Any, minutes: fl
         (
             "stacking ≥ mean",
             f"prefit {100 * m(col['stack prefit']):.2f}, cv {100 * m(col['stack cv=K']):.2f} vs "
-            f"{100 * m(col['mean (probs)']):.2f}",
+            f"{100 * m(col['mean (probs)']):.2f} (probs; logits "
+            f"{100 * m(col['mean (logits)']):.2f})",
             stack_best >= m(col["mean (probs)"]),
         ),
         (

@@ -110,3 +110,25 @@ def test_too_little_data_for_k_folds(members, mnist1d):
         StackingFusion(members, cv=1)
     with pytest.raises(FusionError, match=r"not fitted: call fit\(data\) first"):
         StackingFusion(members)(mnist1d.example_input(1))
+
+
+def test_default_meta_learner_is_anchored_at_the_mean_logits(members, mnist1d, tmp_path):
+    from slimfuse.fusion.ensemble import MeanFusion
+    from slimfuse.fusion.meta import C_GRID
+
+    x = mnist1d.example_input(64)
+    mean_logits = MeanFusion(members, space="logits")(x)
+    # a crushing penalty leaves only the (unpenalised) class intercepts on top of the mean
+    stiff = StackingFusion(members, C=1e-8).fit(mnist1d)
+    shift = (stiff(x) - mean_logits).detach()
+    assert float((shift - shift.mean(0)).abs().max()) < 1e-3
+    # the default picks C by held-out log-loss on the validation predictions
+    stack = StackingFusion(members).fit(mnist1d)
+    assert stack.C_ in C_GRID and set(stack.C_curve_) == set(C_GRID)
+    assert stack.C_curve_[stack.C_][0] == min(loss for loss, _ in stack.C_curve_.values())
+    assert stack.cv_score_ == stack.C_curve_[stack.C_][1]
+    assert not torch.allclose(stack(x), stiff(x), atol=1e-2)
+    back = slimfuse.load(slimfuse.save(stack, tmp_path / "anchored"))
+    torch.testing.assert_close(back(x), stack(x))
+    with pytest.raises(FusionError, match=r"^C=0: expected 'cv' or a number > 0$"):
+        StackingFusion(members, C=0)

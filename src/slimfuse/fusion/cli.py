@@ -94,7 +94,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--space", choices=["probs", "logits"], default="probs", help="mean/weighted")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per member (mean/vote)")
     p.add_argument("--cv", type=_cv, default="prefit", help="stack: prefit or K folds")
-    p.add_argument("--features", choices=["probs", "log_probs", "logits"], default="probs")
+    p.add_argument(
+        "--features",
+        choices=["probs", "log_probs", "logits"],
+        default="probs",
+        help="stack: the meta-learner's inputs (it starts from the members' mean logits)",
+    )
     p.add_argument("--on", choices=["logits", "features", "both"], default="logits", help="head")
     p.add_argument("--hidden", type=int, default=0, help="head: hidden width (0: linear)")
     p.add_argument("--epochs", type=int, default=10, help="head / stack folds: epochs")

@@ -10,9 +10,13 @@ predictions only. The fused model then uses the members as given (trained on all
 fitted on their predictions on the validation split, which they never trained on; its
 out-of-fold accuracy on that split (``meta_cv`` folds) is reported as ``cv_score_``.
 
-The meta-learner is logistic regression by default; any scikit-learn classifier is accepted. A
-linear one (``coef_``/``intercept_``) becomes a torch layer, so the whole stack trains, saves
-and exports to one ONNX graph.
+The default meta-learner (``meta=None``) is logistic regression on the members' probabilities
+*anchored at their mean logits* (:mod:`slimfuse.fusion.meta`): it learns a correction to the
+mean-of-logits fusion, with scikit-learn's L2 penalty and ``C`` chosen by ``meta_cv``-fold
+held-out log-loss, so that a few thousand noisy meta-samples cannot drag it below the average.
+Any scikit-learn classifier is accepted instead (``meta=LogisticRegression()`` is the plain
+stacking of ``StackingClassifier``). A linear one (``coef_``/``intercept_``) becomes a torch
+layer, so the whole stack trains, saves and exports to one ONNX graph.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members, attach_spec
 from slimfuse.fusion.ensemble import FusionModule
 from slimfuse.fusion.folds import kfold, labels, with_train_subset
+from slimfuse.fusion.meta import C_GRID, choose_c, fit_anchored
 from slimfuse.fusion.predict import collect
 from slimfuse.fusion.sklearn import LinearClassifier, SklearnMember
 from slimfuse.models.source import build_model, spec_of
@@ -53,8 +58,13 @@ def member_features(outs: list[torch.Tensor] | torch.Tensor, kind: str) -> torch
 class StackingFusion(FusionModule):
     """Members' predictions -> meta-learner. ``fit`` learns ``meta_`` and returns self.
 
-    Learned attributes: ``meta_`` (the fitted scikit-learn estimator), ``oof_features_`` and
-    ``fold_indices_`` (``cv=K``), ``cv_score_`` (``prefit``).
+    ``C``: the anchored default's inverse penalty, ``"cv"`` (chosen from ``C_GRID`` by
+    ``meta_cv`` folds) or a number; ignored when ``meta`` is given.
+
+    Learned attributes: ``meta_`` (the fitted scikit-learn estimator, or the default's torch
+    layer), ``C_`` and ``C_curve_`` (the default), ``oof_outputs_`` (members' out-of-fold
+    logits), ``oof_features_`` and ``fold_indices_`` (``cv=K``), ``cv_score_`` (held-out
+    accuracy of the meta-learner on the samples it was fitted on, over ``meta_cv`` folds).
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class StackingFusion(FusionModule):
         features: Literal["probs", "log_probs", "logits"] = "probs",
         train_config: TrainConfig | None = None,
         meta_cv: int = 5,
+        C: float | Literal["cv"] = "cv",
         seed: int = 0,
     ) -> None:
         super().__init__(members)
@@ -73,7 +84,11 @@ class StackingFusion(FusionModule):
             raise FusionError(f"features {features!r}: expected one of {', '.join(FEATURES)}")
         if cv != "prefit" and (not isinstance(cv, int) or isinstance(cv, bool) or cv < 2):
             raise FusionError(f"cv={cv!r}: expected an integer number of folds >= 2 or 'prefit'")
+        if C != "cv" and not (isinstance(C, (int, float)) and C > 0):
+            raise FusionError(f"C={C!r}: expected 'cv' or a number > 0")
         self.meta = meta
+        self.anchored = meta is None
+        self.C = C
         self.cv = cv
         self.features = features
         self.train_config = train_config or TrainConfig(quiet=True)
@@ -83,16 +98,7 @@ class StackingFusion(FusionModule):
 
     # -- fitting --------------------------------------------------------------------------
 
-    def _new_meta(self) -> Any:
-        if self.meta is None:
-            from sklearn.linear_model import LogisticRegression
-
-            return LogisticRegression(max_iter=2000)
-        from sklearn.base import clone
-
-        return clone(self.meta)
-
-    def _fold_predictions(self, data: Data, task: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _fold_predictions(self, data: Data, task: Any) -> tuple[torch.Tensor, torch.Tensor]:
         y = labels(data, "train")
         folds = kfold(y, int(self.cv), self.seed, what="training data")
         n_out = None
@@ -119,27 +125,35 @@ class StackingFusion(FusionModule):
                     oof[i] = np.zeros((len(y), n_out), dtype=np.float32)
                 oof[i][te] = outs[0].numpy()  # type: ignore[index]
         self.fold_indices_ = folds
-        stacked = torch.from_numpy(np.stack(oof))  # type: ignore[arg-type]
-        return member_features(list(stacked), self.features).numpy(), y
+        return torch.from_numpy(np.stack(oof)), torch.from_numpy(y)  # type: ignore[arg-type]
 
     def fit(self, data: Data, *, task: Any = "classification") -> StackingFusion:
         """Fit the meta-learner (``cv=K``: on out-of-fold predictions of the training data)."""
         if self.cv == "prefit":
-            outs, y_t = collect(self.pairs, data.loader("val", batch_size=256), task)
-            x = member_features(list(outs), self.features).numpy()
-            y = y_t.numpy()
-            folds = kfold(y, self.meta_cv, self.seed, what="validation data")
-            hits = []
-            for tr, te in folds:
-                m = self._new_meta().fit(x[tr], y[tr])
-                hits.append(m.predict(x[te]) == y[te])
-            self.cv_score_ = float(np.concatenate(hits).mean())
+            outs, y = collect(self.pairs, data.loader("val", batch_size=256), task)
+            return self.fit_meta(outs, y, what="validation data")
+        outs, y = self._fold_predictions(data, task)
+        self.oof_outputs_ = outs
+        self.oof_features_ = member_features(list(outs), self.features).numpy()
+        return self.fit_meta(outs, y, what="training data")
+
+    def fit_meta(
+        self, outputs: torch.Tensor, y: torch.Tensor, *, what: str = "meta-learner data"
+    ) -> StackingFusion:
+        """Fit only the meta-learner, on member logits ``(members, samples, classes)`` and labels.
+
+        ``fit`` calls it on the validation outputs (prefit) or the out-of-fold ones (``cv=K``);
+        call it directly to refit on cached predictions.
+        """
+        x = member_features(list(outputs), self.features)
+        y = torch.as_tensor(y).long()
+        folds = kfold(y.numpy(), self.meta_cv, self.seed, what=what)
+        if self.anchored:
+            self._fit_anchored(outputs, x, y, folds)
         else:
-            x, y = self._fold_predictions(data, task)
-            self.oof_features_ = x
-        self.meta_ = self._new_meta().fit(x, y)
-        self.meta_layer = SklearnMember(self.meta_)
-        if isinstance(self.meta_layer, LinearClassifier):
+            self._fit_sklearn(x.numpy(), y.numpy(), folds)
+        lin = self.meta_layer
+        if isinstance(lin, LinearClassifier):
             lin = self.meta_layer
             attach_spec(
                 self,
@@ -149,8 +163,38 @@ class StackingFusion(FusionModule):
                 meta_in=lin.linear.in_features,
                 n_classes=lin.n_outputs,
                 binary=lin.binary,
+                anchored=self.anchored,
             )
         return self
+
+    def _fit_anchored(
+        self, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, folds: list
+    ) -> None:
+        anchor = outputs.float().mean(0)
+        if self.C == "cv":
+            self.C_, self.C_curve_ = choose_c(x, anchor, y, folds, C_GRID)
+            self.cv_score_ = self.C_curve_[self.C_][1]
+        else:
+            self.C_ = float(self.C)
+            self.cv_score_ = choose_c(x, anchor, y, folds, (self.C_,))[1][self.C_][1]
+        w, b = fit_anchored(x, anchor, y, self.C_)
+        layer = LinearClassifier(x.shape[1], anchor.shape[1])
+        with torch.no_grad():
+            layer.linear.weight.copy_(w)
+            layer.linear.bias.copy_(b)
+        self.meta_layer = layer
+        object.__setattr__(self, "meta_", layer)  # the same layer, not a second submodule
+
+    def _fit_sklearn(self, x: np.ndarray, y: np.ndarray, folds: list) -> None:
+        from sklearn.base import clone
+
+        hits = []
+        for tr, te in folds:
+            m = clone(self.meta).fit(x[tr], y[tr])
+            hits.append(m.predict(x[te]) == y[te])
+        self.cv_score_ = float(np.concatenate(hits).mean())
+        self.meta_ = clone(self.meta).fit(x, y)
+        self.meta_layer = SklearnMember(self.meta_)
 
     # -- inference ------------------------------------------------------------------------
 
@@ -158,7 +202,10 @@ class StackingFusion(FusionModule):
         if self.meta_layer is None:
             raise FusionError("this StackingFusion is not fitted: call fit(data) first")
         outs = self.member_outputs(x, *args, **kwargs)
-        return self.meta_layer(member_features(outs, self.features))
+        z = self.meta_layer(member_features(outs, self.features))
+        if self.anchored:
+            z = z + torch.stack(outs).mean(0)
+        return z
 
 
 def _build(
@@ -168,7 +215,9 @@ def _build(
     meta_in: int,
     n_classes: int,
     binary: bool,
+    anchored: bool = False,
 ) -> nn.Module:
     fused = StackingFusion(members, features=features)  # type: ignore[arg-type]
+    fused.anchored = anchored
     fused.meta_layer = LinearClassifier(meta_in, n_classes, binary)
     return fused
