@@ -103,3 +103,49 @@ def test_mixed_precision_holds_an_embedding_model_to_cosine() -> None:
     assert step["fp32_layers"] == 0
     assert step["drop"] == pytest.approx(1 - float(cos.mean()), abs=1e-4)
     assert 0 < step["drop"] < 0.05
+
+
+def test_fewest_finds_the_smallest_passing_count_without_repeats() -> None:
+    from slimfuse.quantization.smoothquant import fewest
+
+    for n in range(12):
+        for need in [*range(n + 1), None]:
+            calls: list[int] = []
+
+            def ok(k: int, need: int | None = need, calls: list[int] = calls) -> bool:
+                calls.append(k)
+                return need is not None and k >= need
+
+            assert fewest(n, ok) == need
+            assert len(calls) == len(set(calls))
+
+
+def test_smoothing_within_a_budget_smooths_only_what_it_needs() -> None:
+    torch.manual_seed(0)
+    model = set_spec(
+        nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)),
+        ModelSpec("t"),
+    ).eval()
+    x = torch.randn(256, 16)
+    x[:, 3] *= 60  # an outlier input channel: int8 of layer 0's input loses the others
+    with torch.no_grad():
+        ref = model(x)
+
+    def metric(m: nn.Module) -> float:  # minus the relative error of the outputs
+        with torch.no_grad():
+            return -float((m(x) - ref).norm() / ref.norm())
+
+    def drop(**kw) -> tuple[float, nn.Module]:
+        q = quantize(model, QuantConfig(mode="dynamic", **kw), calibration=[x], metric_fn=metric)
+        return -metric(q), q
+
+    plain, _ = drop()
+    smoothed, _ = drop(smoothquant=1.0)
+    assert smoothed < 0.9 * plain
+    _, q = drop(smoothquant=1.0, max_drop=(plain + smoothed) / 2)
+    search = q.info["smoothing_search"]
+    assert search["met"] and search["smoothed"] >= 1
+    assert q.info["smoothed_layers"] == search["candidates"][: search["smoothed"]]
+    assert search["tried"]["0"] == pytest.approx(plain, rel=1e-3)
+    _, q = drop(smoothquant=1.0, max_drop=2 * plain)
+    assert q.info["smoothing_search"]["smoothed"] == 0 and q.info["smoothed_layers"] == []

@@ -88,7 +88,14 @@ def quantize(
         from slimfuse.quantization.qat import qat
 
         return qat(model, config, inputs, example_inputs, data=data, task=task)
-    if config.smoothquant is not None:
+    smoothing: dict[str, Any] | None = None
+    if config.smoothquant is not None and config.max_drop is not None:
+        from slimfuse.quantization.sensitivity import agreement_metric
+        from slimfuse.quantization.smoothquant import smooth_within
+
+        budget_metric = metric_fn or agreement_metric(model, inputs, task)
+        model, smoothing = smooth_within(model, inputs, example_inputs, config, budget_metric)
+    elif config.smoothquant is not None:
         from slimfuse.quantization.smoothquant import smooth
 
         model = smooth(
@@ -109,6 +116,8 @@ def quantize(
             q = ptq(prep, config)
     if config.smoothquant is not None:
         q.info["smoothed_layers"] = list(getattr(model, "smoothed_layers", []))
+        if smoothing is not None:
+            q.info["smoothing_search"] = smoothing
         refresh_edit(q)
     return q
 

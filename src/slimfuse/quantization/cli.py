@@ -32,7 +32,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="mixed precision: largest metric drop allowed (fraction, 0.003 = 0.3 points)",
     )
-    p.add_argument("--smoothquant", type=float, help="outlier-channel scaling strength (0..1)")
+    p.add_argument(
+        "--smoothquant",
+        type=float,
+        help="outlier-channel scaling strength (0..1); with --max-drop, only the fewest "
+        "layers that keep the budget are smoothed",
+    )
     p.add_argument("--group-size", type=int, default=32, help="weights per scale (weight-only)")
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64, help="calibration batch size")

@@ -30,7 +30,9 @@ class QuantConfig:
     - ``targets`` / ``ignore``: layer selectors in the shared syntax (:mod:`slimfuse.targeting`).
     - ``max_drop``: with ``mixed_precision``, the largest allowed metric drop; the most
       sensitive layers stay fp32 until the budget holds.
-    - ``smoothquant``: migrate activation outliers into weights before quantizing (alpha).
+    - ``smoothquant``: migrate activation outliers into weights before quantizing (alpha). With
+      ``max_drop`` too, only the fewest layers are smoothed (most int8-sensitive first) whose
+      int8 model keeps the budget: each smoothed layer may cost a multiply at run time.
     - ``group_size``: weights per scale for ``weight-only``.
     - ``calibration_batches``: how many loader batches calibration reads.
     - ``qat_epochs`` / ``qat_lr``: the QAT fine-tune; ``distill``: use the fp32 model as teacher.

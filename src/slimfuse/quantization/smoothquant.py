@@ -5,11 +5,17 @@ then ``y = (x / s) (W s)^T``: the same function, but the activation that int8 qu
 tensor has flatter channels, and the weight (quantized per output channel) absorbs the range.
 Where the scaling cannot be folded into a preceding op (post-LayerNorm residuals, GELU), the
 ``1 / s`` stays as one elementwise multiply in front of the matmul.
+
+Those multiplies cost time, so with a fidelity budget (``max_drop``) :func:`smooth_within`
+smooths only the fewest layers, the most sensitive to int8 first, whose int8 model meets it.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,3 +87,77 @@ def smooth(
         smoothed.append(name)
     object.__setattr__(model, "smoothed_layers", smoothed)
     return model
+
+
+def fewest(n: int, ok: Callable[[int], bool]) -> int | None:
+    """The smallest ``k`` in ``0..n`` with ``ok(k)`` (assumed monotone): doubling, then bisection.
+
+    About ``2 log2(n)`` calls; ``None`` when not even ``ok(n)`` holds.
+    """
+    if ok(0):
+        return 0
+    lo, hi = 0, 1  # ok(lo) is False
+    while hi < n and not ok(hi):
+        lo, hi = hi, min(2 * hi, n)
+    if hi >= n and (hi > n or not ok(n)):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+@torch.no_grad()
+def smooth_within(
+    model: nn.Module,
+    inputs: list[Any],
+    example_inputs: Any,
+    cfg: Any,
+    metric: Callable[[nn.Module], float],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` with the fewest layers smoothed whose int8 model keeps ``cfg.max_drop``.
+
+    Candidates are the layers with outlier channels (those :func:`smooth` would take), ranked
+    by their int8 sensitivity (each quantized alone in a PyTorch emulation); each tried count
+    is quantized as ``cfg`` says and scored with ``metric`` on the calibration inputs. When
+    even smoothing every candidate misses the budget, all are smoothed (mixed precision then
+    keeps layers fp32). Returns the model and a record of the search.
+    """
+    from dataclasses import replace
+
+    from slimfuse.quantization.ptq import prepare, ptq
+    from slimfuse.quantization.sensitivity import emulated_sensitivity
+
+    alpha = float(cfg.smoothquant)
+    min_ratio = float(cfg.extra.get("smooth_min_ratio", 4.0))
+    candidates = smooth(model, inputs, alpha, min_ratio=min_ratio).smoothed_layers
+    rows = emulated_sensitivity(
+        model,
+        candidates,
+        inputs,
+        metric,
+        cfg.mode != "dynamic",
+        cfg.per_channel,
+        cfg.weight_qmax,
+    )
+    order = [r["layer"] for r in rows]
+    base = metric(model)
+    plain = replace(cfg, max_drop=None)
+    drops: dict[int, float] = {}
+
+    def meets(k: int) -> bool:
+        m = smooth(model, inputs, alpha, names=order[:k], min_ratio=min_ratio)
+        with tempfile.TemporaryDirectory(prefix="slimfuse-smooth-") as tmp:
+            q = ptq(prepare(m, inputs, example_inputs, Path(tmp)), plain)
+            drops[k] = base - metric(q)
+        return drops[k] <= cfg.max_drop
+
+    k = fewest(len(order), meets)
+    chosen = len(order) if k is None else k
+    record = {
+        "candidates": order,
+        "tried": {str(n): d for n, d in sorted(drops.items())},
+        "smoothed": chosen,
+        "met": k is not None,
+    }
+    return smooth(model, inputs, alpha, names=order[:chosen], min_ratio=min_ratio), record
