@@ -18,7 +18,7 @@ one ``Attention`` op, which the ONNX Runtime peers are told not to quantize: the
 into a contrib ``QAttention`` that does not load). Writes
 ``benchmarks/results/quantize_minilm.md``.
 
-    .venv/bin/python benchmarks/quantize_minilm.py      # about 10 min on 2 busy cores
+    .venv/bin/python benchmarks/quantize_minilm.py      # about 17 min on 2 cores (8 of them the budgeted smoothing search)
 """
 
 from __future__ import annotations
