@@ -154,7 +154,6 @@ class StackingFusion(FusionModule):
             self._fit_sklearn(x.numpy(), y.numpy(), folds)
         lin = self.meta_layer
         if isinstance(lin, LinearClassifier):
-            lin = self.meta_layer
             attach_spec(
                 self,
                 self.pairs,
