@@ -18,7 +18,7 @@ from torch import nn
 
 from slimfuse.data import Data, load_data
 from slimfuse.distillation.objectives import objective
-from slimfuse.models.source import record, spec_of
+from slimfuse.models.source import record, task_of
 from slimfuse.tasks import Task, get_task
 from slimfuse.training import Callback, TrainConfig, TrainResult, train
 
@@ -58,8 +58,7 @@ class DistillResult:
 def _task_of(student: nn.Module, task: str | Task | None) -> Task:
     if task is not None:
         return get_task(task)
-    spec = spec_of(student)
-    return get_task(spec.task if spec is not None and spec.task else "classification")
+    return get_task(task_of(student))
 
 
 def distill_run(

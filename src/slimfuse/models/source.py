@@ -55,6 +55,12 @@ def spec_of(model: nn.Module) -> ModelSpec | None:
     return getattr(model, SPEC_ATTR, None)
 
 
+def task_of(model: nn.Module, default: str = "classification") -> str:
+    """The task the model's spec records (an encoder: ``embedding``), else ``default``."""
+    spec = spec_of(model)
+    return spec.task if spec is not None and spec.task else default
+
+
 def set_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
     object.__setattr__(model, SPEC_ATTR, spec)
     return model

@@ -57,10 +57,9 @@ def quantize(
         config = QuantConfig.from_dict({**config.to_dict(), **overrides})
     model = model.eval()
     if task is None:
-        from slimfuse.models.source import spec_of
+        from slimfuse.models.source import task_of
 
-        spec = spec_of(model)
-        task = spec.task if spec is not None and spec.task else "classification"
+        task = task_of(model)
     if config.mode == "weight-only":
         import copy
 
@@ -98,12 +97,7 @@ def quantize(
     elif config.smoothquant is not None:
         from slimfuse.quantization.smoothquant import smooth
 
-        model = smooth(
-            model,
-            inputs,
-            config.smoothquant,
-            min_ratio=float(config.extra.get("smooth_min_ratio", 4.0)),
-        )
+        model = smooth(model, inputs, config.smoothquant, min_ratio=config.smooth_min_ratio)
     from slimfuse.quantization.ptq import prepare, ptq
 
     with tempfile.TemporaryDirectory(prefix="slimfuse-quant-") as tmp:

@@ -102,6 +102,11 @@ class QuantConfig:
         return bool(self.reduce_range)
 
     @property
+    def smooth_min_ratio(self) -> float:
+        """Smoothing takes a layer whose largest input channel is this many times the median."""
+        return float(self.extra.get("smooth_min_ratio", 4.0))
+
+    @property
     def weight_qmax(self) -> int:
         """The largest int8 weight magnitude: 127, or 64 with the reduced range (ONNX Runtime's)."""
         return 64 if self.reduced_range else 127

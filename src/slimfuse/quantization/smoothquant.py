@@ -129,7 +129,7 @@ def smooth_within(
     from slimfuse.quantization.sensitivity import emulated_sensitivity
 
     alpha = float(cfg.smoothquant)
-    min_ratio = float(cfg.extra.get("smooth_min_ratio", 4.0))
+    min_ratio = cfg.smooth_min_ratio
     candidates = smooth(model, inputs, alpha, min_ratio=min_ratio).smoothed_layers
     rows = emulated_sensitivity(
         model,
