@@ -17,8 +17,10 @@ def cpu_flags() -> str:
     return describe_cpu()
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 9) -> dict[str, float]:
-    """Median latency (ms) of each callable over ``rounds``; one call of each per round, in turn.
+def interleaved_samples(
+    fns: dict[str, Callable[[], Any]], rounds: int = 9
+) -> dict[str, list[float]]:
+    """Latencies (ms) of each callable, one per round; one call of each per round, in turn.
 
     A warm-up call of each first. Alternating single calls spreads the noise of a shared CPU
     evenly over the variants, so their ratios hold even when absolute times drift.
@@ -31,7 +33,18 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 9) -> dict[str,
             t0 = time.perf_counter()
             fn()
             got[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in got.items()}
+    return got
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 9) -> dict[str, float]:
+    """Median latency (ms) of each callable over ``rounds`` (:func:`interleaved_samples`)."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, rounds).items()}
+
+
+def ratio_iqr(base: list[float], other: list[float]) -> tuple[float, float]:
+    """Quartiles of the per-round speed-ups ``base / other`` (the spread a shared CPU adds)."""
+    q = statistics.quantiles([a / b for a, b in zip(base, other, strict=True)], n=4)
+    return q[0], q[2]
 
 
 def ort_session(path_or_bytes: Any, threads: int) -> Any:

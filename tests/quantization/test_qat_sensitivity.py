@@ -145,7 +145,40 @@ def test_smoothing_within_a_budget_smooths_only_what_it_needs() -> None:
     _, q = drop(smoothquant=1.0, max_drop=(plain + smoothed) / 2)
     search = q.info["smoothing_search"]
     assert search["met"] and search["smoothed"] >= 1
-    assert q.info["smoothed_layers"] == search["candidates"][: search["smoothed"]]
+    assert q.info["smoothed_layers"] == [
+        n for g in search["groups"][: search["smoothed"]] for n in g
+    ]
     assert search["tried"]["0"] == pytest.approx(plain, rel=1e-3)
     _, q = drop(smoothquant=1.0, max_drop=2 * plain)
     assert q.info["smoothing_search"]["smoothed"] == 0 and q.info["smoothed_layers"] == []
+
+
+class _SharedInput(nn.Module):
+    """Two linears reading one tensor (as query, key and value do), a third reading another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(16, 8), nn.Linear(16, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x) * self.b(x)
+        return self.c(h)
+
+
+def test_layers_sharing_an_input_are_smoothed_as_one_group() -> None:
+    torch.manual_seed(0)
+    model = set_spec(_SharedInput(), ModelSpec("t")).eval()
+    x = torch.randn(128, 16)
+    x[:, 3] *= 40
+    smoothed = smooth(model, [x, x[:64]], alpha=1.0, min_ratio=1.0)
+    assert smoothed.smoothing_groups == [["a", "b"], ["c"]]
+    assert torch.equal(smoothed.a.inv_scale, smoothed.b.inv_scale)  # one multiply serves both
+    torch.testing.assert_close(smoothed(x), model(x), rtol=1e-4, atol=1e-3)
+    q = quantize(
+        model,
+        QuantConfig(mode="dynamic", smoothquant=1.0, max_drop=1.0),
+        calibration=[x],
+        metric_fn=lambda m: 0.0,
+    )
+    search = q.info["smoothing_search"]
+    assert search["smoothed"] == 0 and search["groups"] == [["a", "b"]]  # c: no outliers (4x)

@@ -6,8 +6,11 @@ tensor has flatter channels, and the weight (quantized per output channel) absor
 Where the scaling cannot be folded into a preceding op (post-LayerNorm residuals, GELU), the
 ``1 / s`` stays as one elementwise multiply in front of the matmul.
 
-Those multiplies cost time, so with a fidelity budget (``max_drop``) :func:`smooth_within`
-smooths only the fewest layers, the most sensitive to int8 first, whose int8 model meets it.
+Linears that read the same tensor (an attention block's query, key and value) get the same
+scale, so they share one multiply and one run-time quantization of that input: they are smoothed
+as one group. Those multiplies cost time, so with a fidelity budget (``max_drop``)
+:func:`smooth_within` smooths only the fewest groups, the most sensitive to int8 first, whose
+int8 model meets it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ def smooth(
     """A copy of ``model`` with the selected Linear layers smoothed (``alpha`` migration strength).
 
     Only layers whose input has outlier channels (largest channel max over median channel max
-    at least ``min_ratio``) are smoothed: elsewhere it would only add a multiply.
+    at least ``min_ratio``) are smoothed: elsewhere it would only add a multiply. The copy
+    records ``smoothed_layers`` and ``smoothing_groups`` (the smoothed layers grouped by the
+    input tensor they share, in model order).
     """
     from slimfuse.tasks import forward
 
@@ -59,17 +64,23 @@ def smooth(
         if isinstance(m, nn.Linear) and (names is None or n in names)
     }
     amax: dict[str, torch.Tensor] = {}
+    source: dict[str, int] = {}  # layer -> id of its input tensor in the first batch
+    alive: dict[int, torch.Tensor] = {}  # held through the first batch: no id reused
     hooks = []
     for name, m in linears.items():
 
         def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
             amax[name] = torch.maximum(amax[name], x) if name in amax else x
+            if name not in source:
+                source[name] = id(args[0])
+                alive.setdefault(id(args[0]), args[0])
 
         hooks.append(m.register_forward_pre_hook(hook))
     try:
         for x in inputs:
             forward(model, x)
+            alive.clear()  # every layer has met its input of the first batch
     finally:
         for h in hooks:
             h.remove()
@@ -85,7 +96,11 @@ def smooth(
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, SmoothedLinear(m, s))
         smoothed.append(name)
+    groups: dict[int, list[str]] = {}
+    for name in smoothed:
+        groups.setdefault(source.get(name, id(name)), []).append(name)
     object.__setattr__(model, "smoothed_layers", smoothed)
+    object.__setattr__(model, "smoothing_groups", list(groups.values()))
     return model
 
 
@@ -115,12 +130,13 @@ def smooth_within(
     cfg: Any,
     metric: Callable[[nn.Module], float],
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """``model`` with the fewest layers smoothed whose int8 model keeps ``cfg.max_drop``.
+    """``model`` with the fewest layer groups smoothed whose int8 model keeps ``cfg.max_drop``.
 
-    Candidates are the layers with outlier channels (those :func:`smooth` would take), ranked
-    by their int8 sensitivity (each quantized alone in a PyTorch emulation); each tried count
-    is quantized as ``cfg`` says and scored with ``metric`` on the calibration inputs. When
-    even smoothing every candidate misses the budget, all are smoothed (mixed precision then
+    Candidates are the groups of layers with outlier channels that :func:`smooth` would take
+    (layers sharing an input form one group: one multiply), ranked by their int8 sensitivity
+    (the summed drop of their layers, each quantized alone in a PyTorch emulation); each tried
+    count is quantized as ``cfg`` says and scored with ``metric`` on the calibration inputs.
+    When even smoothing every group misses the budget, all are smoothed (mixed precision then
     keeps layers fp32). Returns the model and a record of the search.
     """
     from dataclasses import replace
@@ -130,23 +146,27 @@ def smooth_within(
 
     alpha = float(cfg.smoothquant)
     min_ratio = cfg.smooth_min_ratio
-    candidates = smooth(model, inputs, alpha, min_ratio=min_ratio).smoothed_layers
+    groups = smooth(model, inputs, alpha, min_ratio=min_ratio).smoothing_groups
     rows = emulated_sensitivity(
         model,
-        candidates,
+        [n for g in groups for n in g],
         inputs,
         metric,
         cfg.mode != "dynamic",
         cfg.per_channel,
         cfg.weight_qmax,
     )
-    order = [r["layer"] for r in rows]
+    drop_of = {r["layer"]: r["drop"] for r in rows}
+    order = sorted(groups, key=lambda g: -sum(drop_of[n] for n in g))  # stable: ties by position
     base = metric(model)
     plain = replace(cfg, max_drop=None)
     drops: dict[int, float] = {}
 
+    def names(k: int) -> list[str]:
+        return [n for g in order[:k] for n in g]
+
     def meets(k: int) -> bool:
-        m = smooth(model, inputs, alpha, names=order[:k], min_ratio=min_ratio)
+        m = smooth(model, inputs, alpha, names=names(k), min_ratio=min_ratio)
         with tempfile.TemporaryDirectory(prefix="slimfuse-smooth-") as tmp:
             q = ptq(prepare(m, inputs, example_inputs, Path(tmp)), plain)
             drops[k] = base - metric(q)
@@ -155,9 +175,9 @@ def smooth_within(
     k = fewest(len(order), meets)
     chosen = len(order) if k is None else k
     record = {
-        "candidates": order,
+        "groups": order,
         "tried": {str(n): d for n, d in sorted(drops.items())},
         "smoothed": chosen,
         "met": k is not None,
     }
-    return smooth(model, inputs, alpha, names=order[:chosen], min_ratio=min_ratio), record
+    return smooth(model, inputs, alpha, names=names(chosen), min_ratio=min_ratio), record
