@@ -36,6 +36,7 @@ from slimfuse.fusion.ensemble import MeanFusion
 from slimfuse.fusion.folds import labels
 from slimfuse.fusion.head import HeadFusion
 from slimfuse.fusion.members import train_members
+from slimfuse.fusion.predict import collect
 from slimfuse.fusion.stacking import StackingFusion
 from slimfuse.fusion.vote import VoteFusion
 from slimfuse.fusion.weighted import WeightedFusion
@@ -55,6 +56,10 @@ METHODS = [
     (
         "stack cv=K",
         "slimfuse StackingFusion(cv=K): members retrained per fold, anchored LR on OOF",
+    ),
+    (
+        "stack cv=K + val",
+        "slimfuse StackingFusion(cv=K, with_val=True): the same, plus the members' val predictions",
     ),
     (
         "stack cv=K, plain LR",
@@ -119,7 +124,14 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], lis
 
     plain = StackingFusion(pairs, cv=args.cv, meta=LogisticRegression(max_iter=2000), seed=seed)
     oof = fused["stack cv=K"].oof_outputs_  # type: ignore[union-attr]
-    fused["stack cv=K, plain LR"] = plain.fit_meta(oof, torch.from_numpy(labels(data)))
+    y_oof = torch.from_numpy(labels(data))
+    fused["stack cv=K, plain LR"] = plain.fit_meta(oof, y_oof)
+    # with_val=True retrains the same folds with the same seeds: reuse them, add the val outputs
+    val_outs, y_val = collect(pairs, data.loader("val", batch_size=256))
+    with_val = StackingFusion(pairs, cv=args.cv, with_val=True, seed=seed)
+    fused["stack cv=K + val"] = with_val.fit_meta(
+        torch.cat([oof, val_outs], 1), torch.cat([y_oof, y_val.long()])
+    )
     print(f"  fused in {time.perf_counter() - t0:.0f}s", flush=True)
     accs = {k: evaluate(m, test) for k, m in fused.items()}
     accs.update(sklearn_peers(pairs, data))
@@ -128,7 +140,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], lis
         for k, m in fused.items()
         if k.startswith("weighted")
     }
-    extra.update({k: {"C": fused[k].C_} for k in ("stack prefit", "stack cv=K")})  # type: ignore[union-attr]
+    stacks = ("stack prefit", "stack cv=K", "stack cv=K + val")
+    extra.update({k: {"C": fused[k].C_} for k in stacks})  # type: ignore[union-attr]
     print(f"  {accs}", flush=True)
     return {**{f"single {n}": v for n, v in singles.items()}, **accs}, [pairs, fused, data], extra
 
@@ -254,7 +267,7 @@ def render(per_seed: list[dict[str, float]], costs: dict, args: Any, minutes: fl
     m = statistics.mean
     fusion = [n for n, _ in METHODS if not n.startswith("sklearn")]
     best_fusion = max(fusion, key=lambda n: m(col[n]))
-    stack_best = max(m(col["stack prefit"]), m(col["stack cv=K"]))
+    stack_best = max(m(col[n]) for n in ("stack prefit", "stack cv=K", "stack cv=K + val"))
     peer_stack = max(m(col["sklearn stack (val)"]), m(col["sklearn stack (train)"]))
     targets = [
         (
@@ -274,7 +287,8 @@ def render(per_seed: list[dict[str, float]], costs: dict, args: Any, minutes: fl
         ),
         (
             "stacking ≥ mean",
-            f"prefit {100 * m(col['stack prefit']):.2f}, cv {100 * m(col['stack cv=K']):.2f} vs "
+            f"prefit {100 * m(col['stack prefit']):.2f}, cv {100 * m(col['stack cv=K']):.2f}, "
+            f"cv + val {100 * m(col['stack cv=K + val']):.2f} vs "
             f"{100 * m(col['mean (probs)']):.2f} (probs; logits "
             f"{100 * m(col['mean (logits)']):.2f})",
             stack_best >= m(col["mean (probs)"]),

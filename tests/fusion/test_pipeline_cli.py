@@ -84,6 +84,11 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert main([*fuse, "--weights", "1", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["slimfuse fuse: error: 1 weights for 2 members: expected one weight per member"]
+    assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
+    assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
+    capsys.readouterr()
+    assert main([*fuse, "--method", "stack", "--with-val", "--out", str(tmp_path / "v")]) == 2
+    assert "with_val=True adds validation predictions" in capsys.readouterr().err
     merge = ["merge", "--member", bundles[0], "--member", bundles[1], *args]
     assert main([*merge, "--method", "greedy", "--out", str(tmp_path / "m")]) == 0
     assert "merged" in capsys.readouterr().out

@@ -69,6 +69,13 @@ def test_stacking_uses_only_out_of_fold_predictions(random_labels):
     assert np.array_equal(tested, np.arange(len(x_train)))
     for tr, te in stack.fold_indices_:
         assert not set(tr) & set(te)
+    assert stack.meta_samples_ == len(x_train)
+    # with_val adds the members' own predictions of the validation split, unseen by them too
+    both = StackingFusion(members, cv=3, train_config=cfg, with_val=True).fit(random_labels)
+    np.testing.assert_allclose(both.oof_features_, feats)
+    assert both.meta_samples_ == len(x_train) + len(random_labels.val)
+    with pytest.raises(FusionError, match=r"^with_val=True adds validation predictions"):
+        StackingFusion(members, with_val=True)
 
 
 def test_prefit_stacking_matches_its_meta_learner(members, mnist1d, tmp_path):

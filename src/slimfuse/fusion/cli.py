@@ -49,7 +49,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         opts = {"weights": args.weights}
     elif args.method == "stack":
         cv: Any = args.cv if args.cv == "prefit" else int(args.cv)
-        opts = {"cv": cv, "features": args.features, "train_config": cfg}
+        opts = {
+            "cv": cv,
+            "features": args.features,
+            "train_config": cfg,
+            "C": args.meta_c if args.meta_c == "cv" else float(args.meta_c),
+            "with_val": args.with_val,
+        }
     elif args.method == "head":
         opts = {"on": args.on, "hidden": args.hidden, "config": cfg}
     model = fuse(pairs, args.method, data=data, task=args.task, **opts)
@@ -79,6 +85,16 @@ def _cv(text: str) -> str:
     return text
 
 
+def _meta_c(text: str) -> str:
+    try:
+        ok = text == "cv" or float(text) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cv or a number > 0")
+    return text
+
+
 def add_commands(sub: Any) -> None:
     from slimfuse.cli import add_common, add_data_args
 
@@ -99,6 +115,18 @@ def add_commands(sub: Any) -> None:
         choices=["probs", "log_probs", "logits"],
         default="probs",
         help="stack: the meta-learner's inputs (it starts from the members' mean logits)",
+    )
+    p.add_argument(
+        "--meta-c",
+        type=_meta_c,
+        default="cv",
+        help="stack: the meta-learner's inverse L2 penalty, or cv to choose it by held-out "
+        "log-loss (default)",
+    )
+    p.add_argument(
+        "--with-val",
+        action="store_true",
+        help="stack with --cv K: also fit the meta-learner on the members' validation predictions",
     )
     p.add_argument("--on", choices=["logits", "features", "both"], default="logits", help="head")
     p.add_argument("--hidden", type=int, default=0, help="head: hidden width (0: linear)")

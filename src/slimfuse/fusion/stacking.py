@@ -4,7 +4,9 @@
 each fold, every member is rebuilt from its source and retrained (with the one training loop)
 on the other K-1 folds, then predicts the held-out fold. Every training sample thus gets a
 prediction from models that never saw it, and the meta-learner is fitted on those out-of-fold
-predictions only. The fused model then uses the members as given (trained on all the data).
+predictions only. The fused model then uses the members as given (trained on all the data);
+``with_val=True`` adds those members' own predictions of the validation split (which they never
+trained on) to the meta-learner's data, so it also sees the very models it will combine.
 
 ``cv="prefit"`` (scikit-learn's meaning): members are used as given and the meta-learner is
 fitted on their predictions on the validation split, which they never trained on; its
@@ -59,12 +61,15 @@ class StackingFusion(FusionModule):
     """Members' predictions -> meta-learner. ``fit`` learns ``meta_`` and returns self.
 
     ``C``: the anchored default's inverse penalty, ``"cv"`` (chosen from ``C_GRID`` by
-    ``meta_cv`` folds) or a number; ignored when ``meta`` is given.
+    ``meta_cv`` folds) or a number; ignored when ``meta`` is given. ``with_val`` (``cv=K``
+    only): fit the meta-learner on the out-of-fold predictions *and* the members' predictions
+    of the validation split.
 
     Learned attributes: ``meta_`` (the fitted scikit-learn estimator, or the default's torch
     layer), ``C_`` and ``C_curve_`` (the default), ``oof_outputs_`` (members' out-of-fold
-    logits), ``oof_features_`` and ``fold_indices_`` (``cv=K``), ``cv_score_`` (held-out
-    accuracy of the meta-learner on the samples it was fitted on, over ``meta_cv`` folds).
+    logits), ``oof_features_`` and ``fold_indices_`` (``cv=K``), ``meta_samples_`` (how many
+    samples the meta-learner was fitted on), ``cv_score_`` (held-out accuracy of the
+    meta-learner on those samples, over ``meta_cv`` folds).
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class StackingFusion(FusionModule):
         train_config: TrainConfig | None = None,
         meta_cv: int = 5,
         C: float | Literal["cv"] = "cv",
+        with_val: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(members)
@@ -86,9 +92,15 @@ class StackingFusion(FusionModule):
             raise FusionError(f"cv={cv!r}: expected an integer number of folds >= 2 or 'prefit'")
         if C != "cv" and not (isinstance(C, (int, float)) and C > 0):
             raise FusionError(f"C={C!r}: expected 'cv' or a number > 0")
+        if with_val and cv == "prefit":
+            raise FusionError(
+                "with_val=True adds validation predictions to out-of-fold ones: expected cv=K "
+                "(cv='prefit' already fits on the validation split)"
+            )
         self.meta = meta
         self.anchored = meta is None
         self.C = C
+        self.with_val = with_val
         self.cv = cv
         self.features = features
         self.train_config = train_config or TrainConfig(quiet=True)
@@ -135,6 +147,10 @@ class StackingFusion(FusionModule):
         outs, y = self._fold_predictions(data, task)
         self.oof_outputs_ = outs
         self.oof_features_ = member_features(list(outs), self.features).numpy()
+        if self.with_val:
+            val, yv = collect(self.pairs, data.loader("val", batch_size=256), task)
+            outs, y = torch.cat([outs, val.to(outs.dtype)], 1), torch.cat([y, yv.to(y.dtype)])
+            return self.fit_meta(outs, y, what="training and validation data")
         return self.fit_meta(outs, y, what="training data")
 
     def fit_meta(
@@ -148,6 +164,7 @@ class StackingFusion(FusionModule):
         x = member_features(list(outputs), self.features)
         y = torch.as_tensor(y).long()
         folds = kfold(y.numpy(), self.meta_cv, self.seed, what=what)
+        self.meta_samples_ = len(y)
         if self.anchored:
             self._fit_anchored(outputs, x, y, folds)
         else:

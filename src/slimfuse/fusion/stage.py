@@ -83,6 +83,8 @@ class FuseStage(TrainingStageConfig):
     weights: list[float] | None = None
     cv: int | Literal["prefit"] = "prefit"
     features: Literal["probs", "log_probs", "logits"] = "probs"
+    meta_c: float | Literal["cv"] = "cv"
+    with_val: bool = False
     on: Literal["logits", "features", "both"] = "logits"
     hidden: int = Field(0, ge=0)
     lr: float = 1e-3
@@ -101,7 +103,13 @@ def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
     elif cfg.method in ("vote", "soft-vote"):
         opts = {"weights": cfg.weights}
     elif cfg.method == "stack":
-        opts = {"cv": cfg.cv, "features": cfg.features, "train_config": cfg.train_config(ctx)}
+        opts = {
+            "cv": cfg.cv,
+            "features": cfg.features,
+            "train_config": cfg.train_config(ctx),
+            "C": cfg.meta_c,
+            "with_val": cfg.with_val,
+        }
     elif cfg.method == "head":
         opts = {"on": cfg.on, "hidden": cfg.hidden, "config": cfg.train_config(ctx)}
     return fuse(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
