@@ -158,3 +158,17 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     one, two = (slimfuse.load(tmp_path / n).state_dict() for n in ("one", "ddp"))
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=2e-3, rtol=0)
+
+
+def test_task_defaults_to_the_one_the_model_records():
+    import argparse
+
+    from slimfuse.cli import resolve_task
+    from tests.helpers import TINY_BERT
+
+    encoder = slimfuse.build_model("hf_encoder", config=TINY_BERT)
+    mlp = slimfuse.build_model("mlp", in_features=4, num_classes=3)
+    assert resolve_task(argparse.Namespace(task=None), encoder) == "embedding"
+    assert resolve_task(argparse.Namespace(task=None), mlp) == "classification"
+    given = argparse.Namespace(task="regression")
+    assert resolve_task(given, encoder) == "regression" and given.task == "regression"

@@ -80,7 +80,10 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
     p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
     p.add_argument(
-        "--task", default="classification", help="classification, regression or embedding"
+        "--task",
+        default=None,
+        help="classification, regression, embedding or a registered task (default: the one "
+        "the model records, embedding for an encoder; else classification)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed for splits, initialisation and shuffling"
@@ -142,10 +145,22 @@ def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> 
         unsafe_pickle=args.unsafe_pickle,
         **parse_kv(args.kw),
     )
-    if data is not None and args.task != "embedding":
+    if data is not None and resolve_task(args, model) != "embedding":
         spec = spec_of(model)
         check_fits(model, data, spec.input_shape if spec and spec.input_shape else None)
     return model
+
+
+def resolve_task(args: argparse.Namespace, model: Any) -> str:
+    """``--task``, else the task ``model`` records (an encoder: embedding), else classification.
+
+    Sets ``args.task`` so the rest of the command reads one value.
+    """
+    if args.task is None:
+        from slimfuse.models.source import task_of
+
+        args.task = task_of(model)
+    return args.task
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg, parse_kv, train_config_arg
+    from slimfuse.cli import load_data_arg, parse_kv, resolve_task, train_config_arg
     from slimfuse.distillation.api import DistillConfig, distill_run
     from slimfuse.distillation.stage import make_student
     from slimfuse.errors import ConfigError
@@ -31,6 +31,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     ]
     if not teachers:
         raise ConfigError("no --teacher given; expected at least one teacher model")
+    resolve_task(args, teachers[0])
     from_teacher = None
     if args.student_from_teacher:
         from_teacher = parse_kv(args.student_from_teacher)

@@ -8,6 +8,7 @@ from typing import Any
 
 
 def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
+    from slimfuse.cli import resolve_task
     from slimfuse.errors import FusionError
     from slimfuse.models.source import load_model
 
@@ -19,6 +20,7 @@ def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
         if any(n == name for n, _ in pairs):
             name = f"{name}_{i}"
         pairs.append((name, load_model(src, data=data)))
+    resolve_task(args, pairs[0][1])
     return pairs
 
 
