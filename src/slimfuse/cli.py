@@ -145,7 +145,7 @@ def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> 
         unsafe_pickle=args.unsafe_pickle,
         **parse_kv(args.kw),
     )
-    if data is not None and resolve_task(args, model) != "embedding":
+    if resolve_task(args, model) != "embedding" and data is not None:
         spec = spec_of(model)
         check_fits(model, data, spec.input_shape if spec and spec.input_shape else None)
     return model
