@@ -111,3 +111,15 @@ def test_measure_an_onnx_file(trained_cnn, mnist1d, tmp_path):
     assert row["metric_value"] == pytest.approx(
         slimfuse.evaluate(trained_cnn, mnist1d.loader("test")), abs=2e-3
     )
+
+
+def test_an_ensemble_of_encoders_exports_at_the_encoders_opset():
+    from slimfuse.exporting import OPSET, default_opset
+    from slimfuse.fusion.ensemble import MeanFusion
+    from tests.helpers import TINY_BERT
+
+    encoders = [slimfuse.build_model("hf_encoder", config=TINY_BERT) for _ in range(2)]
+    assert default_opset(encoders[0]) == 23 > OPSET
+    fused = MeanFusion([("a", encoders[0]), ("b", encoders[1])], space="logits")
+    assert default_opset(fused) == 23
+    assert default_opset(slimfuse.build_model("mlp", in_features=4, num_classes=3)) == OPSET
