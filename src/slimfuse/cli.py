@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -370,10 +371,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests and redirections swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def show_progress(on: bool) -> None:
+    """Progress lines of the long library steps (the ``slimfuse`` logger at INFO) on stderr."""
+    logger = logging.getLogger("slimfuse")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False  # ONNX Runtime's quantizers configure the root logger
+    logger.setLevel(logging.INFO if on else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from slimfuse.errors import SlimfuseError
 
     args = build_parser().parse_args(argv)
+    show_progress(not getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
     except SlimfuseError as exc:

@@ -182,3 +182,25 @@ def test_layers_sharing_an_input_are_smoothed_as_one_group() -> None:
     )
     search = q.info["smoothing_search"]
     assert search["smoothed"] == 0 and search["groups"] == [["a", "b"]]  # c: no outliers (4x)
+
+
+def test_the_searches_report_progress_on_the_cli_logger(capsys) -> None:
+    from slimfuse.cli import show_progress
+
+    torch.manual_seed(0)
+    model = set_spec(_SharedInput(), ModelSpec("t")).eval()
+    x = torch.randn(64, 16)
+    x[:, 3] *= 40
+    cfg = QuantConfig(mode="dynamic", smoothquant=1.0, max_drop=1.0)
+    try:
+        show_progress(True)
+        quantize(model, cfg, calibration=[x], metric_fn=lambda m: 0.0)
+        err = capsys.readouterr().err.splitlines()
+        assert any(line.startswith("sensitivity 1/2 ") for line in err)
+        assert "smoothing 0 of 1 inputs: drop 0.00000 (budget 1.00000)" in err
+        assert "mixed precision: all int8, drop 0.00000 (budget 1.00000)" in err
+        show_progress(False)  # --quiet
+        quantize(model, cfg, calibration=[x], metric_fn=lambda m: 0.0)
+        assert capsys.readouterr().err == ""
+    finally:
+        show_progress(False)

@@ -7,6 +7,7 @@ over ``max_drop`` keeps the most sensitive layers in fp32, fewest first, until i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from slimfuse.quantization.runtime import QuantizedModel, refresh_edit
 
 Metric = Callable[[nn.Module], float]
 EXACT_UP_TO = 16
+log = logging.getLogger("slimfuse.quantization")  # progress of the long searches (CLI: shown)
 
 
 @torch.no_grad()
@@ -116,6 +118,14 @@ def emulated_sensitivity(
                 handle.remove()
         sq = sqnr_db(torch.cat([r.flatten() for r in ref]), torch.cat([g.flatten() for g in got]))
         rows.append({"layer": name, "sqnr_db": round(sq, 2), "metric": value, "drop": base - value})
+        log.info(
+            "sensitivity %d/%d %s: drop %.5f, SQNR %.1f dB",
+            len(rows),
+            len(layers),
+            name,
+            base - value,
+            sq,
+        )
     rows.sort(key=lambda r: (-r["drop"], r["sqnr_db"]))
     return rows
 
@@ -183,6 +193,7 @@ def mixed_precision(
     q = ptq(prep, cfg)
     drop = base - metric(q)
     steps = [{"fp32_layers": 0, "drop": drop}]
+    log.info("mixed precision: all int8, drop %.5f (budget %.5f)", drop, cfg.max_drop)
     if drop <= cfg.max_drop:
         q.info["mixed_precision"] = {
             "base": base,
@@ -204,6 +215,7 @@ def mixed_precision(
         candidate = ptq(prep, cfg, keep_fp32=keep)
         drop = base - metric(candidate)
         steps.append({"fp32_layers": len(keep), "drop": drop})
+        log.info("mixed precision: %d layer(s) fp32, drop %.5f", len(keep), drop)
         q = candidate
         if drop <= cfg.max_drop:
             met = True

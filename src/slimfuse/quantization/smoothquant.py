@@ -142,7 +142,7 @@ def smooth_within(
     from dataclasses import replace
 
     from slimfuse.quantization.ptq import prepare, ptq
-    from slimfuse.quantization.sensitivity import emulated_sensitivity
+    from slimfuse.quantization.sensitivity import emulated_sensitivity, log
 
     alpha = float(cfg.smoothquant)
     min_ratio = cfg.smooth_min_ratio
@@ -170,6 +170,13 @@ def smooth_within(
         with tempfile.TemporaryDirectory(prefix="slimfuse-smooth-") as tmp:
             q = ptq(prepare(m, inputs, example_inputs, Path(tmp)), plain)
             drops[k] = base - metric(q)
+        log.info(
+            "smoothing %d of %d inputs: drop %.5f (budget %.5f)",
+            k,
+            len(order),
+            drops[k],
+            cfg.max_drop,
+        )
         return drops[k] <= cfg.max_drop
 
     k = fewest(len(order), meets)
