@@ -103,6 +103,27 @@ def test_cli_quantize_and_its_errors(tmp_path, trained_cnn) -> None:
     ]
 
 
+def test_cli_mixed_precision_shows_progress_and_a_missed_budget(tmp_path) -> None:
+    from slimfuse.cli import main
+
+    assert main(["train", "--model", "mlp", "--data", "mnist1d", "--epochs", "3",
+                 "--out", str(tmp_path / "m"), "--quiet"]) == 0  # fmt: skip
+    run = run_cli(
+        "quantize", "--model", str(tmp_path / "m"), "--data", "mnist1d", "--mode", "dynamic",
+        "--max-drop", "0", "--calibration-batches", "2", "--out", str(tmp_path / "q"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    err = run.stderr.splitlines()
+    assert [line.split(":")[0] for line in err if line.startswith("sensitivity")] == [
+        "sensitivity 1/3 net.0",
+        "sensitivity 2/3 net.2",
+        "sensitivity 3/3 net.4",
+    ]
+    assert any(line.startswith("mixed precision: all int8, drop") for line in err)
+    assert "max-drop 0.0 not met: drop 0.0" in run.stdout  # with 2 of 3 fp32, still a drop
+    assert "with 2 of 3 layer(s) kept fp32" in run.stdout
+
+
 def test_gru_int4_error_in_python() -> None:
     from slimfuse.errors import UnsupportedLayerError
     from slimfuse.models.source import ModelSpec, set_spec

@@ -94,6 +94,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for row in layers:
         if row["precision"] == "fp32":
             print(f"fp32: {row['layer']} ({row['type']}): {row['reason']}")
+    info = getattr(q, "info", {})
+    mp = info.get("mixed_precision")
+    if mp and not mp["met"]:
+        last = mp["steps"][-1]
+        print(
+            f"max-drop {mp['max_drop']} not met: drop {last['drop']:.4f} with "
+            f"{last['fp32_layers']} of {len(mp.get('sensitivity', []))} layer(s) kept fp32"
+        )
     sqnr = getattr(q, "quant_sqnr_db", None)
     if sqnr:
         print("weight SQNR (dB): " + ", ".join(f"{k} {v}" for k, v in sqnr.items()))

@@ -157,6 +157,15 @@ def sensitivity(
                 "drop": base - value,
             }
         )
+        r = rows[-1]
+        log.info(
+            "sensitivity %d/%d %s: drop %.5f, SQNR %.1f dB",
+            len(rows),
+            len(layers),
+            name,
+            r["drop"],
+            r["sqnr_db"],
+        )
     rows.sort(key=lambda r: (-r["drop"], r["sqnr_db"]))
     return rows
 

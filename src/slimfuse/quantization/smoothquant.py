@@ -137,7 +137,8 @@ def smooth_within(
     (the summed drop of their layers, each quantized alone in a PyTorch emulation); each tried
     count is quantized as ``cfg`` says and scored with ``metric`` on the calibration inputs.
     When even smoothing every group misses the budget, all are smoothed (mixed precision then
-    keeps layers fp32). Returns the model and a record of the search.
+    keeps layers fp32); with no candidate at all there is nothing to search (``met``: None).
+    Returns the model and a record of the search.
     """
     from dataclasses import replace
 
@@ -147,6 +148,8 @@ def smooth_within(
     alpha = float(cfg.smoothquant)
     min_ratio = cfg.smooth_min_ratio
     groups = smooth(model, inputs, alpha, min_ratio=min_ratio).smoothing_groups
+    if not groups:  # no input has outliers: nothing to search (mixed precision takes over)
+        return model, {"groups": [], "tried": {}, "smoothed": 0, "met": None}
     rows = emulated_sensitivity(
         model,
         [n for g in groups for n in g],
