@@ -13,7 +13,7 @@ ONNX Runtime latency at batch 1 and 64, one thread) is measured once, on the fir
 after every seed has finished: the first seed's models go through ``slimfuse.save`` and come back
 through ``slimfuse.load``. Seeds run in ``--jobs`` processes of one torch thread each.
 
-    python benchmarks/fuse_ensemble.py            # 6 seeds (about 30 min on 2 cores)
+    python benchmarks/fuse_ensemble.py            # 6 seeds (18-30 min on 2 cores)
     python benchmarks/fuse_ensemble.py --quick    # smoke run
 """
 
