@@ -84,6 +84,8 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert main([*fuse, "--weights", "1", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["slimfuse fuse: error: 1 weights for 2 members: expected one weight per member"]
+    assert main([*fuse, "--method", "weighted", "--shrink", "1", "--out", str(tmp_path / "w")]) == 0
+    np.testing.assert_allclose(slimfuse.load(tmp_path / "w").weights.numpy(), [0.5, 0.5])
     assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
     assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
     capsys.readouterr()

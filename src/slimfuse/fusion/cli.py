@@ -45,8 +45,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     pairs = _members(args, data)
     opts: dict[str, Any] = {}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=args.quiet)
-    if args.method in ("mean", "weighted"):
+    if args.method == "mean":
         opts = {"space": args.space, "weights": args.weights}
+    elif args.method == "weighted":
+        shrink = args.shrink if args.shrink == "cv" else float(args.shrink)
+        opts = {"space": args.space, "weights": args.weights, "shrink": shrink}
     elif args.method in ("vote", "soft-vote"):
         opts = {"weights": args.weights}
     elif args.method == "stack":
@@ -87,6 +90,16 @@ def _cv(text: str) -> str:
     return text
 
 
+def _shrink(text: str) -> str:
+    try:
+        ok = text == "cv" or 0.0 <= float(text) <= 1.0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cv or a number in [0, 1]")
+    return text
+
+
 def _meta_c(text: str) -> str:
     try:
         ok = text == "cv" or float(text) > 0
@@ -111,6 +124,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--space", choices=["probs", "logits"], default="probs", help="mean/weighted")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per member (mean/vote)")
+    p.add_argument(
+        "--shrink",
+        type=_shrink,
+        default="cv",
+        help="weighted: how far the fitted weights are pulled toward uniform (0: none, 1: "
+        "uniform), or cv to choose it by cross-validated errors (default)",
+    )
     p.add_argument("--cv", type=_cv, default="prefit", help="stack: prefit or K folds")
     p.add_argument(
         "--features",

@@ -81,6 +81,7 @@ class FuseStage(TrainingStageConfig):
     method: Literal["mean", "weighted", "vote", "soft-vote", "stack", "head"] = "mean"
     space: Literal["probs", "logits"] = "probs"
     weights: list[float] | None = None
+    shrink: float | Literal["cv"] = "cv"
     cv: int | Literal["prefit"] = "prefit"
     features: Literal["probs", "log_probs", "logits"] = "probs"
     meta_c: float | Literal["cv"] = "cv"
@@ -98,8 +99,10 @@ def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
 
     pairs = resolve_members(ctx, cfg.members)
     opts: dict = {}
-    if cfg.method in ("mean", "weighted"):
+    if cfg.method == "mean":
         opts = {"space": cfg.space, "weights": cfg.weights}
+    elif cfg.method == "weighted":
+        opts = {"space": cfg.space, "weights": cfg.weights, "shrink": cfg.shrink}
     elif cfg.method in ("vote", "soft-vote"):
         opts = {"weights": cfg.weights}
     elif cfg.method == "stack":
