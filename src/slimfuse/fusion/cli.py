@@ -48,8 +48,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.method == "mean":
         opts = {"space": args.space, "weights": args.weights}
     elif args.method == "weighted":
-        shrink = args.shrink if args.shrink == "cv" else float(args.shrink)
-        opts = {"space": args.space, "weights": args.weights, "shrink": shrink}
+        opts = {"space": args.space, "weights": args.weights, "shrink": args.shrink}
     elif args.method in ("vote", "soft-vote"):
         opts = {"weights": args.weights}
     elif args.method == "stack":
@@ -58,7 +57,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             "cv": cv,
             "features": args.features,
             "train_config": cfg,
-            "C": args.meta_c if args.meta_c == "cv" else float(args.meta_c),
+            "C": args.meta_c,
             "with_val": args.with_val,
         }
     elif args.method == "head":
@@ -90,24 +89,19 @@ def _cv(text: str) -> str:
     return text
 
 
-def _shrink(text: str) -> str:
-    try:
-        ok = text == "cv" or 0.0 <= float(text) <= 1.0
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected cv or a number in [0, 1]")
-    return text
+def _cv_or(test: Any, expected: str) -> Any:
+    """An argparse type: ``cv``, or a number that passes ``test``."""
 
+    def parse(text: str) -> str | float:
+        try:
+            ok = text == "cv" or bool(test(float(text)))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected cv or {expected}")
+        return text if text == "cv" else float(text)
 
-def _meta_c(text: str) -> str:
-    try:
-        ok = text == "cv" or float(text) > 0
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected cv or a number > 0")
-    return text
+    return parse
 
 
 def add_commands(sub: Any) -> None:
@@ -126,7 +120,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--weights", type=float, nargs="+", help="one weight per member (mean/vote)")
     p.add_argument(
         "--shrink",
-        type=_shrink,
+        type=_cv_or(lambda a: 0.0 <= a <= 1.0, "a number in [0, 1]"),
         default="cv",
         help="weighted: how far the fitted weights are pulled toward uniform (0: none, 1: "
         "uniform), or cv to choose it by cross-validated errors (default)",
@@ -140,7 +134,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--meta-c",
-        type=_meta_c,
+        type=_cv_or(lambda c: c > 0, "a number > 0"),
         default="cv",
         help="stack: the meta-learner's inverse L2 penalty, or cv to choose it by held-out "
         "log-loss (default)",
