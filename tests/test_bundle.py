@@ -75,3 +75,12 @@ def test_model_without_source_is_refused(tmp_path):
 def test_load_rejects_a_non_bundle(tmp_path):
     with pytest.raises(ModelError, match="is not a bundle"):
         bundle.load(tmp_path)
+
+
+def test_a_bundle_records_the_task_it_was_measured_for(tmp_path):
+    from slimfuse.models.source import task_of
+
+    model = slimfuse.build_model("mlp", in_features=4, num_classes=1)
+    back = slimfuse.load(slimfuse.save(model, tmp_path / "r", metrics={"task": "regression"}))
+    assert task_of(back) == "regression"
+    assert task_of(slimfuse.load(slimfuse.save(model, tmp_path / "plain"))) == "classification"

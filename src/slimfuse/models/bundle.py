@@ -90,7 +90,11 @@ def save(
     onnx: str | Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a bundle folder (atomically) and return the folder's path."""
+    """Write ``model`` as a bundle folder (atomically) and return the folder's path.
+
+    A model that records no task takes the one its ``metrics`` were measured for, so commands
+    that later load the bundle default to it.
+    """
     from safetensors.torch import save_file
 
     spec = spec_of(model)
@@ -102,7 +106,10 @@ def save(
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         save_file(_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        meta = {"format": FORMAT, "model": spec.to_dict(), "versions": versions(), **(extra or {})}
+        recorded = spec.to_dict()
+        if not recorded.get("task") and metrics and metrics.get("task"):
+            recorded["task"] = metrics["task"]
+        meta = {"format": FORMAT, "model": recorded, "versions": versions(), **(extra or {})}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
