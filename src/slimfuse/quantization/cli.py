@@ -86,7 +86,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     )
     rows = measure(q, data, args.task, stage="quantize", threads=args.threads)
     save(q, args.out, metrics={"task": args.task, "metric": rows[0]["metric"], "stages": rows})
-    layers = getattr(q, "info", {}).get("layers", [])
+    info = getattr(q, "info", {})
+    layers = info.get("layers", [])
     if layers:
         from slimfuse.quantization.graph import summary
 
@@ -94,7 +95,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for row in layers:
         if row["precision"] == "fp32":
             print(f"fp32: {row['layer']} ({row['type']}): {row['reason']}")
-    info = getattr(q, "info", {})
     mp = info.get("mixed_precision")
     if mp and not mp["met"]:
         last = mp["steps"][-1]

@@ -76,6 +76,16 @@ def _fake_weight(w: torch.Tensor, per_channel: bool, qmax: int = 127) -> torch.T
     return (torch.clamp(torch.round(flat / scale), -qmax, qmax) * scale).reshape(w.shape)
 
 
+def _add_row(
+    rows: list[dict[str, Any]], total: int, name: str, sqnr: float, value: float, base: float
+) -> None:
+    """One layer's sensitivity row (``{"layer", "sqnr_db", "metric", "drop"}``), logged."""
+    rows.append({"layer": name, "sqnr_db": round(sqnr, 2), "metric": value, "drop": base - value})
+    log.info(
+        "sensitivity %d/%d %s: drop %.5f, SQNR %.1f dB", len(rows), total, name, base - value, sqnr
+    )
+
+
 @torch.no_grad()
 def emulated_sensitivity(
     model: nn.Module,
@@ -117,15 +127,7 @@ def emulated_sensitivity(
             if handle is not None:
                 handle.remove()
         sq = sqnr_db(torch.cat([r.flatten() for r in ref]), torch.cat([g.flatten() for g in got]))
-        rows.append({"layer": name, "sqnr_db": round(sq, 2), "metric": value, "drop": base - value})
-        log.info(
-            "sensitivity %d/%d %s: drop %.5f, SQNR %.1f dB",
-            len(rows),
-            len(layers),
-            name,
-            base - value,
-            sq,
-        )
+        _add_row(rows, len(layers), name, sq, value, base)
     rows.sort(key=lambda r: (-r["drop"], r["sqnr_db"]))
     return rows
 
@@ -149,23 +151,7 @@ def sensitivity(
         alone = QuantConfig.from_dict({**cfg.to_dict(), "targets": [name], "ignore": []})
         q = ptq(prep, alone)
         value = metric(q)
-        rows.append(
-            {
-                "layer": name,
-                "sqnr_db": round(output_sqnr(ref, q, prep.calibration_inputs), 2),
-                "metric": value,
-                "drop": base - value,
-            }
-        )
-        r = rows[-1]
-        log.info(
-            "sensitivity %d/%d %s: drop %.5f, SQNR %.1f dB",
-            len(rows),
-            len(layers),
-            name,
-            r["drop"],
-            r["sqnr_db"],
-        )
+        _add_row(rows, len(layers), name, output_sqnr(ref, q, prep.calibration_inputs), value, base)
     rows.sort(key=lambda r: (-r["drop"], r["sqnr_db"]))
     return rows
 

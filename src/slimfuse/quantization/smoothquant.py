@@ -98,7 +98,7 @@ def smooth(
         smoothed.append(name)
     groups: dict[int, list[str]] = {}
     for name in smoothed:
-        groups.setdefault(source.get(name, id(name)), []).append(name)
+        groups.setdefault(source[name], []).append(name)
     object.__setattr__(model, "smoothed_layers", smoothed)
     object.__setattr__(model, "smoothing_groups", list(groups.values()))
     return model
