@@ -72,6 +72,32 @@ def _head(pairs: list, data: Any, task: Any, *, config: Any = None, **kw: Any) -
     return HeadFusion(pairs, **kw).fit(_need(data, "head"), config=config, task=task)
 
 
+def method_options(method: str, settings: Any, train_config: Any) -> dict[str, Any]:
+    """``fuse``'s options for ``method``, read off the CLI's flags or a ``fuse`` stage's keys.
+
+    Both spell them alike (``space``, ``weights``, ``shrink``, ``cv``, ``features``, ``meta_c``,
+    ``with_val``, ``on``, ``hidden``); ``train_config`` trains stacking's folds and the head.
+    """
+    s = settings
+    if method == "mean":
+        return {"space": s.space, "weights": s.weights}
+    if method == "weighted":
+        return {"space": s.space, "weights": s.weights, "shrink": s.shrink}
+    if method in ("vote", "soft-vote"):
+        return {"weights": s.weights}
+    if method == "stack":
+        return {
+            "cv": s.cv if s.cv == "prefit" else int(s.cv),
+            "features": s.features,
+            "train_config": train_config,
+            "C": s.meta_c,
+            "with_val": s.with_val,
+        }
+    if method == "head":
+        return {"on": s.on, "hidden": s.hidden, "config": train_config}
+    return {}
+
+
 def fuse(
     members: Members,
     method: str = "mean",

@@ -38,30 +38,13 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from slimfuse.cli import load_data_arg
-    from slimfuse.fusion.api import fuse
+    from slimfuse.fusion.api import fuse, method_options
     from slimfuse.training import TrainConfig
 
     data = load_data_arg(args)
     pairs = _members(args, data)
-    opts: dict[str, Any] = {}
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=args.quiet)
-    if args.method == "mean":
-        opts = {"space": args.space, "weights": args.weights}
-    elif args.method == "weighted":
-        opts = {"space": args.space, "weights": args.weights, "shrink": args.shrink}
-    elif args.method in ("vote", "soft-vote"):
-        opts = {"weights": args.weights}
-    elif args.method == "stack":
-        cv: Any = args.cv if args.cv == "prefit" else int(args.cv)
-        opts = {
-            "cv": cv,
-            "features": args.features,
-            "train_config": cfg,
-            "C": args.meta_c,
-            "with_val": args.with_val,
-        }
-    elif args.method == "head":
-        opts = {"on": args.on, "hidden": args.hidden, "config": cfg}
+    opts = method_options(args.method, args, cfg)
     model = fuse(pairs, args.method, data=data, task=args.task, **opts)
     return _finish(args, model, data, f"fuse-{args.method}")
 

@@ -95,26 +95,10 @@ class FuseStage(TrainingStageConfig):
 @stage(FuseStage)
 def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
     """Fuse members (mean, weighted, vote, soft-vote, stack, head) into one model."""
-    from slimfuse.fusion.api import fuse
+    from slimfuse.fusion.api import fuse, method_options
 
     pairs = resolve_members(ctx, cfg.members)
-    opts: dict = {}
-    if cfg.method == "mean":
-        opts = {"space": cfg.space, "weights": cfg.weights}
-    elif cfg.method == "weighted":
-        opts = {"space": cfg.space, "weights": cfg.weights, "shrink": cfg.shrink}
-    elif cfg.method in ("vote", "soft-vote"):
-        opts = {"weights": cfg.weights}
-    elif cfg.method == "stack":
-        opts = {
-            "cv": cfg.cv,
-            "features": cfg.features,
-            "train_config": cfg.train_config(ctx),
-            "C": cfg.meta_c,
-            "with_val": cfg.with_val,
-        }
-    elif cfg.method == "head":
-        opts = {"on": cfg.on, "hidden": cfg.hidden, "config": cfg.train_config(ctx)}
+    opts = method_options(cfg.method, cfg, cfg.train_config(ctx))
     return fuse(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
 
 
