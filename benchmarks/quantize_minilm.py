@@ -22,7 +22,7 @@ multiply at run time). Every graph is the opset-23 export (attention as ONNX's o
 a contrib ``QAttention`` that does not load). Writes
 ``benchmarks/results/quantize_minilm.md``.
 
-    .venv/bin/python benchmarks/quantize_minilm.py      # about 20 min on 2 cores (9 of them the budgeted smoothing search)
+    .venv/bin/python benchmarks/quantize_minilm.py      # about 10 min on 2 cores (5 of them the budgeted smoothing search)
 """
 
 from __future__ import annotations
