@@ -35,6 +35,7 @@ format: $(STAMP)
 
 bench-fuse: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_ensemble.py
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_weighted.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_soup.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_mutual.py
 
