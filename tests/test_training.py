@@ -184,3 +184,60 @@ def test_group_by_length_batches_similar_lengths_and_covers_every_sample():
     assert sum(spread) / len(spread) < 0.2 * sum(plain_spread) / len(plain_spread)
     with pytest.raises(ConfigError, match="group_by_length needs a data set with lengths"):
         _epoch_loader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), 2, 0, 1, 0, True)
+
+
+PROGRESS_ARGS = [
+    "train",
+    "--model",
+    "mlp",
+    "--kw",
+    "hidden=[32]",
+    "--data",
+    "digits",
+    "--epochs",
+    "2",
+]
+
+
+def test_progress_is_epoch_lines_in_a_log(tmp_path):
+    log = run_cli(*PROGRESS_ARGS, "--out", str(tmp_path / "log"))
+    assert log.returncode == 0, log.stderr
+    assert "train epoch 1/2: loss" in log.stdout and "train epoch 2/2: loss" in log.stdout
+
+
+@pytest.mark.parametrize("size", [(0, 0), (24, 100)])  # (0, 0): a terminal with no size
+def test_progress_is_a_bar_on_a_terminal(tmp_path, size):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    leader, follower = pty.openpty()  # a real terminal on stderr: the tqdm bar
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slimfuse", *PROGRESS_ARGS, "--out", str(tmp_path / "tty")],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    os.close(follower)
+    screen = b""
+    while True:  # read while it runs: a terminal's output is gone once its last writer exits
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    text = screen.decode(errors="replace")
+    assert "train: 100%|" in text and "epoch 2/2, loss" in text
+    assert "epoch 1/2: loss" not in stdout  # the bar replaces the per-epoch lines
+    assert "test accuracy" in stdout

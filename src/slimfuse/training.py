@@ -389,7 +389,21 @@ class _Progress:
         if show and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)
+            try:
+                cols, rows = os.get_terminal_size(sys.stderr.fileno())
+            except OSError:
+                cols, rows = 0, 0
+            # a terminal that reports no size (docker -t, script, CI pseudo-terminals) gets
+            # 80x24: tqdm would otherwise hide the bar (0 rows) or draw it 0 columns wide
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                desc=desc,
+                leave=False,
+                dynamic_ncols=cols > 0,
+                ncols=None if cols > 0 else 80,
+                nrows=None if rows > 0 else 24,
+            )
         self.every = max(1, epochs // 10)
 
     def __enter__(self) -> _Progress:
