@@ -9,6 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `slimfuse train` of a small MLP on scikit-learn's digits for 2 epochs: a CLI run of a second
+TRAIN_MLP = ["train", "--model", "mlp", "--kw", "hidden=[32]", "--data", "digits", "--epochs", "2"]
+
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """Run ``python -m slimfuse ARGS`` in a fresh process; returns the CompletedProcess."""

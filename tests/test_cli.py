@@ -9,7 +9,7 @@ import torch
 
 import slimfuse
 from slimfuse.cli import main
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, TRAIN_MLP, run_cli
 
 
 def test_import_slimfuse_and_cli_stay_light():
@@ -30,25 +30,7 @@ def test_env_prints_versions_and_cpu_flags(capsys):
 
 def test_train_eval_export_round_trip(tmp_path, capsys):
     out = tmp_path / "m"
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "mlp",
-                "--kw",
-                "hidden=[32]",
-                "--data",
-                "digits",
-                "--epochs",
-                "2",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main([*TRAIN_MLP, "--quiet", "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file()
     assert (
         main(

@@ -11,7 +11,7 @@ import slimfuse
 from slimfuse.errors import ConfigError, TrainingError
 from slimfuse.tasks import forward
 from slimfuse.training import Callback, TrainConfig, load_checkpoint, train
-from tests.helpers import run_cli
+from tests.helpers import TRAIN_MLP, run_cli
 
 
 def _fresh(data, seed=0):
@@ -186,21 +186,8 @@ def test_group_by_length_batches_similar_lengths_and_covers_every_sample():
         _epoch_loader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), 2, 0, 1, 0, True)
 
 
-PROGRESS_ARGS = [
-    "train",
-    "--model",
-    "mlp",
-    "--kw",
-    "hidden=[32]",
-    "--data",
-    "digits",
-    "--epochs",
-    "2",
-]
-
-
 def test_progress_is_epoch_lines_in_a_log(tmp_path):
-    log = run_cli(*PROGRESS_ARGS, "--out", str(tmp_path / "log"))
+    log = run_cli(*TRAIN_MLP, "--out", str(tmp_path / "log"))
     assert log.returncode == 0, log.stderr
     assert "train epoch 1/2: loss" in log.stdout and "train epoch 2/2: loss" in log.stdout
 
@@ -218,7 +205,7 @@ def test_progress_is_a_bar_on_a_terminal(tmp_path, size):
     leader, follower = pty.openpty()  # a real terminal on stderr: the tqdm bar
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "slimfuse", *PROGRESS_ARGS, "--out", str(tmp_path / "tty")],
+        [sys.executable, "-m", "slimfuse", *TRAIN_MLP, "--out", str(tmp_path / "tty")],
         stdout=subprocess.PIPE,
         stderr=follower,
         text=True,
