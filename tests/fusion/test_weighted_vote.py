@@ -119,7 +119,8 @@ def test_members_of_equal_skill_keep_uniform_weights(seed):
     assert curve[1.0][0] - min(e for e, _ in curve.values()) <= 1
 
 
-def test_one_stronger_member_moves_the_weights_off_uniform():
+@pytest.mark.parametrize("space", ["probs", "logits"])
+def test_one_stronger_member_moves_the_weights_off_uniform(space):
     outputs, y = _noisy_members([3.0, 0.5, 0.5, 0.5, 0.5], seed=0)
-    shrink, curve = cv_shrinkage(outputs, y, "probs", folds=5)
+    shrink, curve = cv_shrinkage(outputs, y, space, folds=5)
     assert shrink < 1.0 and curve[shrink][0] < curve[1.0][0] - 20
