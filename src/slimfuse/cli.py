@@ -93,11 +93,19 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """The one training loop's settings, shared by every command that trains."""
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--epochs", type=int, default=30, help="passes over the data (default 30)")
+    p.add_argument("--batch-size", type=int, default=100, help="default 100")
+    p.add_argument(
+        "--lr", type=float, default=1e-2, help="learning rate at the start (default 1e-2)"
+    )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="learning rate over the run (default cosine)",
+    )
     p.add_argument(
         "--patience", type=int, help="early stopping: epochs without a better val metric"
     )
@@ -110,20 +118,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_arg(args: argparse.Namespace) -> Any:
-    """The :class:`~slimfuse.training.TrainConfig` of :func:`add_training_args`' flags."""
-    from slimfuse.training import TrainConfig
+    """The :class:`~slimfuse.training.TrainConfig` of :func:`add_training_args`' flags.
 
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        quiet=args.quiet,
-        group_by_length=args.group_by_length,
-    )
+    They are a recipe's training keys, validated and mapped by the same
+    :class:`~slimfuse.pipeline.stages.TrainingStageConfig`.
+    """
+    from slimfuse.pipeline.stages import TrainingStageConfig
+
+    keys = {k: getattr(args, k) for k in TrainingStageConfig.model_fields if k != "seed"}
+    return TrainingStageConfig(**keys).to_train_config(seed=args.seed, quiet=args.quiet)
 
 
 def load_data_arg(args: argparse.Namespace) -> Any:

@@ -44,20 +44,15 @@ class TrainingStageConfig(StageConfig):
     group_by_length: bool = False  # token data: batches of similar lengths
 
     def train_config(self, ctx: Context) -> TrainConfig:
+        return self.to_train_config(seed=ctx.seed, quiet=ctx.quiet)
+
+    def to_train_config(self, *, seed: int, quiet: bool) -> TrainConfig:
+        """These keys as a :class:`~slimfuse.training.TrainConfig` (``seed``: when none is set)."""
         from slimfuse.training import TrainConfig
 
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            patience=self.patience,
-            seed=ctx.seed if self.seed is None else self.seed,
-            quiet=ctx.quiet,
-            group_by_length=self.group_by_length,
-        )
+        keys = {k: getattr(self, k) for k in TrainingStageConfig.model_fields}
+        keys["seed"] = seed if self.seed is None else self.seed
+        return TrainConfig(**keys, quiet=quiet)
 
 
 @dataclass
