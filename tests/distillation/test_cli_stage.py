@@ -19,14 +19,15 @@ def teacher_bundle(tmp_path_factory, trained_cnn):
 def test_cli_distill_writes_a_reloadable_student(tmp_path, teacher_bundle, capsys) -> None:
     out = tmp_path / "student"
     args = ["distill", "--teacher", str(teacher_bundle), "--teacher", str(teacher_bundle)]
+    args += [str(teacher_bundle)]  # a list after one --teacher adds to it
     args += ["--student", "mnist1d_cnn", "--kw", "channels=6", "--data", "mnist1d"]
     args += ["--epochs", "1", "--quiet", "--out", str(out)]
     assert main(args) == 0
-    assert "distilled 2 teacher(s)" in capsys.readouterr().out
+    assert "distilled 3 teacher(s)" in capsys.readouterr().out
     student = slimfuse.load(out)
     assert student.conv1.out_channels == 6
     lineage = json.loads((out / "slimfuse.json").read_text())["model"]["lineage"]
-    assert lineage[-1]["stage"] == "distill" and lineage[-1]["teachers"] == 2
+    assert lineage[-1]["stage"] == "distill" and lineage[-1]["teachers"] == 3
 
 
 def test_cli_bad_input_is_one_line(tmp_path, teacher_bundle, capsys) -> None:

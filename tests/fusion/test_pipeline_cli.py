@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -84,16 +87,22 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert main([*fuse, "--weights", "1", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["slimfuse fuse: error: 1 weights for 2 members: expected one weight per member"]
+    capsys.readouterr()
     assert main([*fuse, "--method", "weighted", "--shrink", "1", "--out", str(tmp_path / "w")]) == 0
     np.testing.assert_allclose(slimfuse.load(tmp_path / "w").weights.numpy(), [0.5, 0.5])
+    names = [Path(b).name for b in bundles]
+    shown = f"weights: {names[0]} 0.500, {names[1]} 0.500 (shrink 1.00)"
+    assert capsys.readouterr().out.splitlines()[0] == shown
     assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
     assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
     capsys.readouterr()
     assert main([*fuse, "--method", "stack", "--with-val", "--out", str(tmp_path / "v")]) == 2
     assert "with_val=True adds validation predictions" in capsys.readouterr().err
-    merge = ["merge", "--member", bundles[0], "--member", bundles[1], *args]
-    assert main([*merge, "--method", "greedy", "--out", str(tmp_path / "m")]) == 0
-    assert "merged" in capsys.readouterr().out
+    merge = ["merge", "--member", *bundles, *args]  # one --member with a list works too
+    assert main([*merge, "--method", "uniform", "--out", str(tmp_path / "m")]) == 0
+    assert capsys.readouterr().out.startswith(f"merged {', '.join(names)} (uniform, 2 of 2)\n")
+    assert main([*merge, "--method", "greedy", "--out", str(tmp_path / "g")]) == 0
+    assert re.match(r"merged \S+.* \(greedy, [12] of 2\); val 0\.\d{4}\n", capsys.readouterr().out)
     assert main(["fuse", *args, "--out", str(tmp_path / "e")]) == 2
     assert "no members given" in capsys.readouterr().err
 

@@ -95,9 +95,11 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--teacher",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="MODEL",
-        help="teacher bundle / model (repeat for an ensemble: probabilities averaged)",
+        help="teacher bundle / model; several (--teacher A B, or repeated) are an ensemble, "
+        "their probabilities averaged",
     )
     p.add_argument(
         "--student", help="student: zoo name, file.py:fn, module:fn, bundle or HF folder"

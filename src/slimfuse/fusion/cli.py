@@ -46,6 +46,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=args.quiet)
     opts = method_options(args.method, args, cfg)
     model = fuse(pairs, args.method, data=data, task=args.task, **opts)
+    if hasattr(model, "weights_"):  # learned weights: what the user will want to see first
+        shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
+        shrink = getattr(model, "shrink_", None)
+        print(f"weights: {shown}" + ("" if shrink is None else f" (shrink {shrink:.2f})"))
     return _finish(args, model, data, f"fuse-{args.method}")
 
 
@@ -62,7 +66,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
         opts = {"parent": parent, "density": args.density, "scale": args.scale}
     model = merge(pairs, args.method, data=data, task=args.task, **opts)
     info = getattr(model, "merge_info", {})
-    print(f"merged {', '.join(info.get('ingredients', []))} ({args.method})")
+    kept = info.get("ingredients", [])
+    line = f"merged {', '.join(kept)} ({args.method}, {len(kept)} of {len(pairs)})"
+    if "val" in info:
+        line += f"; val {info['val']:.4f}"
+    print(line)
     return _finish(args, model, data, f"merge-{args.method}")
 
 
@@ -91,7 +99,13 @@ def add_commands(sub: Any) -> None:
     from slimfuse.cli import add_common, add_data_args
 
     p = sub.add_parser("fuse", help="fuse trained members into one model (mean, stack, head, ...)")
-    p.add_argument("--member", action="append", help="a member: bundle folder or model argument")
+    p.add_argument(
+        "--member",
+        action="extend",
+        nargs="+",
+        metavar="MODEL",
+        help="members: bundle folders or model arguments (--member A B C, or repeated)",
+    )
     p.add_argument(
         "--method",
         choices=["mean", "weighted", "vote", "soft-vote", "stack", "head"],
@@ -135,7 +149,13 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("merge", help="merge same-architecture models' weights (soups, TIES)")
-    p.add_argument("--member", action="append", help="an ingredient: bundle folder")
+    p.add_argument(
+        "--member",
+        action="extend",
+        nargs="+",
+        metavar="BUNDLE",
+        help="ingredients: bundle folders (--member A B C, or repeated)",
+    )
     p.add_argument("--method", choices=["uniform", "greedy", "ties"], default="greedy")
     p.add_argument("--parent", help="ties: the model the ingredients were fine-tuned from")
     p.add_argument("--density", type=float, default=0.2, help="ties: fraction of each delta kept")
