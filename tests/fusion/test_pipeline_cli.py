@@ -95,6 +95,10 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0] == shown
     assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
     assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
+    assert re.match(
+        r"meta-learner: fitted on 400 predictions, C 0\.5; held-out accuracy 0\.\d{4}\n",
+        capsys.readouterr().out,
+    )
     capsys.readouterr()
     assert main([*fuse, "--method", "stack", "--with-val", "--out", str(tmp_path / "v")]) == 2
     assert "with_val=True adds validation predictions" in capsys.readouterr().err

@@ -50,6 +50,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
         shrink = getattr(model, "shrink_", None)
         print(f"weights: {shown}" + ("" if shrink is None else f" (shrink {shrink:.2f})"))
+    if hasattr(model, "meta_samples_"):  # stacking: what the meta-learner was fitted on
+        c = getattr(model, "C_", None)
+        print(
+            f"meta-learner: fitted on {model.meta_samples_} predictions"
+            + ("" if c is None else f", C {c:g}")
+            + f"; held-out accuracy {model.cv_score_:.4f}"
+        )
     return _finish(args, model, data, f"fuse-{args.method}")
 
 
