@@ -87,7 +87,6 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert main([*fuse, "--weights", "1", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["slimfuse fuse: error: 1 weights for 2 members: expected one weight per member"]
-    capsys.readouterr()
     assert main([*fuse, "--method", "weighted", "--shrink", "1", "--out", str(tmp_path / "w")]) == 0
     np.testing.assert_allclose(slimfuse.load(tmp_path / "w").weights.numpy(), [0.5, 0.5])
     names = [Path(b).name for b in bundles]
@@ -99,7 +98,6 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
         r"meta-learner: fitted on 400 predictions, C 0\.5; held-out accuracy 0\.\d{4}\n",
         capsys.readouterr().out,
     )
-    capsys.readouterr()
     assert main([*fuse, "--method", "stack", "--with-val", "--out", str(tmp_path / "v")]) == 2
     assert "with_val=True adds validation predictions" in capsys.readouterr().err
     merge = ["merge", "--member", *bundles, *args]  # one --member with a list works too
