@@ -82,7 +82,14 @@ def test_bad_input_one_line_exit_2(args, message, capsys, tmp_path, monkeypatch)
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["train", "distill"])
+TRAINING_COMMANDS = {
+    "train": ["--model", "mlp"],
+    "distill": ["--teacher", "t", "--student", "mlp"],
+    "fuse": ["--member", "a", "b", "--method", "head"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(TRAINING_COMMANDS))
 def test_training_flags_build_the_config_a_recipe_would(command):
     from slimfuse.cli import build_parser, train_config_arg
     from slimfuse.pipeline.stages import TrainingStageConfig
@@ -90,12 +97,22 @@ def test_training_flags_build_the_config_a_recipe_would(command):
     keys = dict(epochs=3, batch_size=7, lr=0.5, optimizer="sgd", weight_decay=0.1)
     keys.update(schedule="constant", patience=2, group_by_length=True)
     argv = [command, "--data", "digits", "--out", "x", "--quiet", "--group-by-length"]
-    argv += ["--model", "mlp"] if command == "train" else ["--teacher", "t", "--student", "mlp"]
+    argv += TRAINING_COMMANDS[command]
     argv += ["--epochs", "3", "--batch-size", "7", "--lr", "0.5", "--optimizer", "sgd"]
     argv += ["--weight-decay", "0.1", "--schedule", "constant", "--patience", "2"]
     args = build_parser().parse_args(argv)
     expect = TrainingStageConfig(**keys).to_train_config(seed=args.seed, quiet=True)
     assert train_config_arg(args) == expect and expect.schedule == "constant"
+
+
+def test_fuse_training_defaults_are_the_fuse_stage_defaults():
+    from slimfuse.cli import build_parser, train_config_arg
+    from slimfuse.fusion.stage import FuseStage
+
+    argv = ["fuse", "--member", "a", "--data", "digits", "--out", "x", "--quiet"]
+    args = build_parser().parse_args(argv)
+    expect = FuseStage().to_train_config(seed=args.seed, quiet=True)
+    assert train_config_arg(args) == expect and (expect.epochs, expect.lr) == (10, 1e-3)
 
 
 def test_debug_shows_the_traceback():

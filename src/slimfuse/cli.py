@@ -91,12 +91,26 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
-    """The one training loop's settings, shared by every command that trains."""
-    p.add_argument("--epochs", type=int, default=30, help="passes over the data (default 30)")
-    p.add_argument("--batch-size", type=int, default=100, help="default 100")
+def add_training_args(
+    p: argparse.ArgumentParser,
+    *,
+    epochs: int = 30,
+    lr: float = 1e-2,
+    what: str = "",
+    resume: bool = True,
+) -> None:
+    """The one training loop's settings, shared by every command that trains.
+
+    ``epochs`` and ``lr`` are the command's defaults (its recipe stage's), ``what`` names what
+    the loop trains there when it is not the model itself (``fuse``: the head, stacking's folds).
+    """
+    of = f"{what}: " if what else ""
     p.add_argument(
-        "--lr", type=float, default=1e-2, help="learning rate at the start (default 1e-2)"
+        "--epochs", type=int, default=epochs, help=f"{of}passes over the data (default {epochs})"
+    )
+    p.add_argument("--batch-size", type=int, default=100, help=f"{of}default 100")
+    p.add_argument(
+        "--lr", type=float, default=lr, help=f"{of}learning rate at the start (default {lr:g})"
     )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
@@ -114,7 +128,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="token data: batch texts of similar length together (less padding)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
 
 
 def train_config_arg(args: argparse.Namespace) -> Any:

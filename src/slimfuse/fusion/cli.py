@@ -37,14 +37,12 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg
+    from slimfuse.cli import load_data_arg, train_config_arg
     from slimfuse.fusion.api import fuse, method_options
-    from slimfuse.training import TrainConfig
 
     data = load_data_arg(args)
     pairs = _members(args, data)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, quiet=args.quiet)
-    opts = method_options(args.method, args, cfg)
+    opts = method_options(args.method, args, train_config_arg(args))
     model = fuse(pairs, args.method, data=data, task=args.task, **opts)
     if hasattr(model, "weights_"):  # learned weights: what the user will want to see first
         shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
@@ -103,7 +101,7 @@ def _cv_or(test: Any, expected: str) -> Any:
 
 
 def add_commands(sub: Any) -> None:
-    from slimfuse.cli import add_common, add_data_args
+    from slimfuse.cli import add_common, add_data_args, add_training_args
 
     p = sub.add_parser("fuse", help="fuse trained members into one model (mean, stack, head, ...)")
     p.add_argument(
@@ -150,8 +148,8 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--on", choices=["logits", "features", "both"], default="logits", help="head")
     p.add_argument("--hidden", type=int, default=0, help="head: hidden width (0: linear)")
-    p.add_argument("--epochs", type=int, default=10, help="head / stack folds: epochs")
-    p.add_argument("--lr", type=float, default=1e-3, help="head / stack folds: learning rate")
+    # the fuse stage's defaults: a head over frozen members needs fewer epochs, a smaller lr
+    add_training_args(p, epochs=10, lr=1e-3, what="head / stack folds", resume=False)
     add_common(p)
     p.set_defaults(func=cmd_fuse)
 
