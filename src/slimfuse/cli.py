@@ -153,8 +153,7 @@ def load_data_arg(args: argparse.Namespace) -> Any:
 def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
     import torch
 
-    from slimfuse.data import check_fits
-    from slimfuse.models.source import load_model, spec_of
+    from slimfuse.models.source import check_model_fits, load_model
 
     torch.manual_seed(args.seed)  # a fresh model's initialisation follows the seed too
     model = load_model(
@@ -164,9 +163,7 @@ def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> 
         unsafe_pickle=args.unsafe_pickle,
         **parse_kv(args.kw),
     )
-    if resolve_task(args, model) != "embedding" and data is not None:
-        spec = spec_of(model)
-        check_fits(model, data, spec.input_shape if spec and spec.input_shape else None)
+    check_model_fits(model, data, resolve_task(args, model))
     return model
 
 

@@ -370,12 +370,15 @@ BUILTIN: dict[str, Callable[..., Data]] = {"mnist1d": _mnist1d, "digits": _digit
 
 
 def check_fits(
-    model: torch.nn.Module, data: Data, expected_shape: Sequence[int] | None = None
+    model: torch.nn.Module,
+    data: Data,
+    expected_shape: Sequence[int] | None = None,
+    what: str = "the model",
 ) -> None:
-    """Fail with one line if the data's inputs do not fit the model."""
+    """Fail with one line if the data's inputs do not fit the model (``what`` names it)."""
     if expected_shape is not None and tuple(expected_shape) != tuple(data.input_shape):
         raise DataError(
-            f"{data.name}: inputs have shape {tuple(data.input_shape)} per sample but the model "
+            f"{data.name}: inputs have shape {tuple(data.input_shape)} per sample but {what} "
             f"expects {tuple(expected_shape)}"
         )
     was_training = model.training
@@ -386,8 +389,8 @@ def check_fits(
     except (RuntimeError, ValueError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"{data.name}: inputs of shape {tuple(data.input_shape)} per sample do not fit the "
-            f"model ({first[:200]})"
+            f"{data.name}: inputs of shape {tuple(data.input_shape)} per sample do not fit "
+            f"{what} ({first[:200]})"
         ) from None
     finally:
         model.train(was_training)

@@ -109,6 +109,22 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert "no members given" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["fuse", "merge", "distill"])
+def test_a_member_that_does_not_fit_the_data_is_named(command, bundles, tmp_path, capsys):
+    models = (
+        ["--teacher", *bundles, "--student", "mlp"]
+        if command == "distill"
+        else ["--member", *bundles]
+    )
+    argv = [command, *models, "--data", "digits", "--out", str(tmp_path / "x"), "--quiet"]
+    assert main(argv) == 2
+    role = "teacher" if command == "distill" else "member"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"slimfuse {command}: error: digits: inputs have shape (64,) per sample but "
+        f"{role} {bundles[0]!r} expects (40,)"
+    ]
+
+
 def test_every_fused_model_exports_with_parity(members, mnist1d, tmp_path):
     from slimfuse.exporting import check_parity
 

@@ -22,7 +22,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from slimfuse.errors import ConfigError
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
-    from slimfuse.models.source import load_model
+    from slimfuse.models.source import check_model_fits, load_model
     from slimfuse.training import is_main_process
 
     data = load_data_arg(args)
@@ -31,7 +31,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     ]
     if not teachers:
         raise ConfigError("no --teacher given; expected at least one teacher model")
-    resolve_task(args, teachers[0])
+    task = resolve_task(args, teachers[0])
+    for src, teacher in zip(args.teacher, teachers, strict=True):
+        check_model_fits(teacher, data, task, what=f"teacher {src!r}")
     from_teacher = None
     if args.student_from_teacher:
         from_teacher = parse_kv(args.student_from_teacher)
@@ -48,6 +50,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             **parse_kv(args.kw),
         )
     student = make_student(teachers, data, student, parse_kv(args.kw), from_teacher)
+    check_model_fits(student, data, task, what="the student")
     hints = parse_kv(args.hint) if args.hint else {}
     dc = DistillConfig(
         loss=args.loss,

@@ -52,9 +52,10 @@ def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
         if name in ctx.models:
             out.append(ctx.models[name])
         elif Path(name).is_dir():
-            from slimfuse.models.source import load_model
+            from slimfuse.models.source import check_model_fits, load_model
 
             out.append(load_model(name, data=ctx.data))
+            check_model_fits(out[-1], ctx.data, ctx.task.name, what=f"teacher {name!r}")
         else:
             out.append(ctx.model_named(name))  # raises, listing the earlier stages
     return out

@@ -10,7 +10,7 @@ from typing import Any
 def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
     from slimfuse.cli import resolve_task
     from slimfuse.errors import FusionError
-    from slimfuse.models.source import load_model
+    from slimfuse.models.source import check_model_fits, load_model
 
     if not args.member:
         raise FusionError("no members given: expected --member BUNDLE at least once")
@@ -20,7 +20,9 @@ def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
         if any(n == name for n, _ in pairs):
             name = f"{name}_{i}"
         pairs.append((name, load_model(src, data=data)))
-    resolve_task(args, pairs[0][1])
+    task = resolve_task(args, pairs[0][1])
+    for src, (_, model) in zip(args.member, pairs, strict=True):
+        check_model_fits(model, data, task, what=f"member {src!r}")
     return pairs
 
 
@@ -61,13 +63,15 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from slimfuse.cli import load_data_arg
     from slimfuse.fusion.merge import merge
-    from slimfuse.models.source import load_model
+    from slimfuse.models.source import check_model_fits, load_model
 
     data = load_data_arg(args)
     pairs = _members(args, data)
     opts: dict[str, Any] = {}
     if args.method == "ties":
         parent = load_model(args.parent, data=data) if args.parent else None
+        if parent is not None:
+            check_model_fits(parent, data, args.task, what=f"parent {args.parent!r}")
         opts = {"parent": parent, "density": args.density, "scale": args.scale}
     model = merge(pairs, args.method, data=data, task=args.task, **opts)
     info = getattr(model, "merge_info", {})

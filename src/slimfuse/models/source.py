@@ -61,6 +61,18 @@ def task_of(model: nn.Module, default: str = "classification") -> str:
     return spec.task if spec is not None and spec.task else default
 
 
+def check_model_fits(model: nn.Module, data: Any, task: str, what: str = "the model") -> None:
+    """Fail with one line naming ``what`` if ``data``'s inputs do not fit ``model`` (its recorded
+    input shape, then one forward pass on two samples). Encoders (task ``embedding``) take text:
+    not checked."""
+    if data is None or task == "embedding":
+        return
+    from slimfuse.data import check_fits
+
+    spec = spec_of(model)
+    check_fits(model, data, spec.input_shape if spec and spec.input_shape else None, what)
+
+
 def set_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
     object.__setattr__(model, SPEC_ATTR, spec)
     return model

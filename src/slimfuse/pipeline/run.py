@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from slimfuse.data import check_fits, load_data
+from slimfuse.data import load_data
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
-from slimfuse.models.source import load_model, record, spec_of
+from slimfuse.models.source import check_model_fits, load_model, record
 from slimfuse.pipeline.recipe import Recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
 from slimfuse.tasks import get_task
@@ -53,9 +53,7 @@ def run_recipe(
     )
     if recipe.model is not None:
         ctx.model = load_model(recipe.model, data=data, **recipe.model_kwargs)
-        if task.name != "embedding":
-            spec = spec_of(ctx.model)
-            check_fits(ctx.model, data, spec.input_shape if spec and spec.input_shape else None)
+        check_model_fits(ctx.model, data, task.name)
     metrics_path = out / "metrics.json"
     rows: list[dict[str, Any]] = []
     if resume and metrics_path.is_file():
