@@ -107,6 +107,8 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert re.match(r"merged \S+.* \(greedy, [12] of 2\); val 0\.\d{4}\n", capsys.readouterr().out)
     assert main(["fuse", *args, "--out", str(tmp_path / "e")]) == 2
     assert "no members given" in capsys.readouterr().err
+    assert main([*merge, "--method", "ties", "--out", str(tmp_path / "t")]) == 2
+    assert "--method ties needs --parent MODEL" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["fuse", "merge", "distill"])

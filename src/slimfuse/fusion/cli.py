@@ -62,6 +62,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from slimfuse.cli import load_data_arg
+    from slimfuse.errors import ConfigError
     from slimfuse.fusion.merge import merge
     from slimfuse.models.source import check_model_fits, load_model
 
@@ -69,9 +70,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     pairs = _members(args, data)
     opts: dict[str, Any] = {}
     if args.method == "ties":
-        parent = load_model(args.parent, data=data) if args.parent else None
-        if parent is not None:
-            check_model_fits(parent, data, args.task, what=f"parent {args.parent!r}")
+        if not args.parent:
+            raise ConfigError(
+                "--method ties needs --parent MODEL: the model the ingredients were fine-tuned from"
+            )
+        parent = load_model(args.parent, data=data)
+        check_model_fits(parent, data, args.task, what=f"parent {args.parent!r}")
         opts = {"parent": parent, "density": args.density, "scale": args.scale}
     model = merge(pairs, args.method, data=data, task=args.task, **opts)
     info = getattr(model, "merge_info", {})

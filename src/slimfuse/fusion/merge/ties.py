@@ -62,7 +62,7 @@ def ties_merge(
 ) -> tuple[nn.Module, dict[str, Any]]:
     if parent is None:
         raise FusionError(
-            "TIES merging needs the parent the variants were fine-tuned from: parent="
+            "TIES merging needs the parent the variants were fine-tuned from: pass parent=MODEL"
         )
     if not (0.0 < density <= 1.0) or not scale > 0:
         raise FusionError(
