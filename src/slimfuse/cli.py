@@ -150,11 +150,28 @@ def load_data_arg(args: argparse.Namespace) -> Any:
     return load_data(args.data, seed=args.seed, label_column=args.label_column)
 
 
+def check_out_is_not_an_input(args: argparse.Namespace, *sources: Any) -> None:
+    """Refuse an ``--out`` folder that is one of the command's input bundles: writing the new
+    model there would replace the one it was made from."""
+    from slimfuse.errors import ConfigError
+
+    out = getattr(args, "out", None)
+    if not out or not Path(out).is_dir():
+        return
+    for src in sources:
+        if src is not None and Path(str(src)).is_dir() and Path(out).samefile(str(src)):
+            raise ConfigError(
+                f"--out {out} is the input bundle {str(src)!r}: writing there would replace it; "
+                "expected another folder"
+            )
+
+
 def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
     import torch
 
     from slimfuse.models.source import check_model_fits, load_model
 
+    check_out_is_not_an_input(args, getattr(args, flag))
     torch.manual_seed(args.seed)  # a fresh model's initialisation follows the seed too
     model = load_model(
         getattr(args, flag),

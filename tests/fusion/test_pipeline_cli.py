@@ -127,6 +127,31 @@ def test_a_member_that_does_not_fit_the_data_is_named(command, bundles, tmp_path
     ]
 
 
+INPUT_IS_OUT = {
+    "fuse": ["--member", "B", "B1"],
+    "merge": ["--member", "B1", "B"],
+    "distill": ["--teacher", "B", "--student", "mlp"],
+    "train": ["--model", "B"],
+    "prune": ["--model", "B", "--sparsity", "0.5"],
+    "quantize": ["--model", "B"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(INPUT_IS_OUT))
+def test_out_may_not_replace_an_input_bundle(command, bundles, tmp_path, capsys):
+    import shutil
+
+    bundle = shutil.copytree(bundles[0], tmp_path / "b")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    given = [{"B": str(bundle), "B1": bundles[1]}.get(a, a) for a in INPUT_IS_OUT[command]]
+    assert main([command, *given, "--data", "mnist1d", "--out", str(bundle), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"slimfuse {command}: error: --out {bundle} is the input bundle {str(bundle)!r}: "
+        "writing there would replace it; expected another folder"
+    ]
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
 def test_every_fused_model_exports_with_parity(members, mnist1d, tmp_path):
     from slimfuse.exporting import check_parity
 

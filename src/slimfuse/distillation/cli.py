@@ -16,7 +16,13 @@ from typing import Any
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg, parse_kv, resolve_task, train_config_arg
+    from slimfuse.cli import (
+        check_out_is_not_an_input,
+        load_data_arg,
+        parse_kv,
+        resolve_task,
+        train_config_arg,
+    )
     from slimfuse.distillation.api import DistillConfig, distill_run
     from slimfuse.distillation.stage import make_student
     from slimfuse.errors import ConfigError
@@ -25,6 +31,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from slimfuse.models.source import check_model_fits, load_model
     from slimfuse.training import is_main_process
 
+    check_out_is_not_an_input(args, *(args.teacher or []), args.student)
     data = load_data_arg(args)
     teachers = [
         load_model(t, data=data, unsafe_pickle=args.unsafe_pickle) for t in args.teacher or []

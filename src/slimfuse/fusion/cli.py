@@ -8,12 +8,13 @@ from typing import Any
 
 
 def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
-    from slimfuse.cli import resolve_task
+    from slimfuse.cli import check_out_is_not_an_input, resolve_task
     from slimfuse.errors import FusionError
     from slimfuse.models.source import check_model_fits, load_model
 
     if not args.member:
         raise FusionError("no members given: expected --member BUNDLE at least once")
+    check_out_is_not_an_input(args, *args.member, getattr(args, "parent", None))
     pairs = []
     for i, src in enumerate(args.member):
         name = Path(src).name.replace(".", "_") or f"m{i}"
