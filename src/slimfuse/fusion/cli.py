@@ -124,11 +124,24 @@ def add_commands(sub: Any) -> None:
         "--method",
         choices=["mean", "weighted", "vote", "soft-vote", "stack", "head"],
         default="mean",
+        help="mean (default): the members' average; weighted: weights learned on the val split; "
+        "vote / soft-vote: majority of labels / of probabilities; stack: a meta-learner on the "
+        "members' predictions; head: a trained layer over the frozen members",
     )
     add_data_args(p)
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--space", choices=["probs", "logits"], default="probs", help="mean/weighted")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per member (mean/vote)")
+    p.add_argument(
+        "--space",
+        choices=["probs", "logits"],
+        default="probs",
+        help="mean / weighted: average probabilities (default) or logits",
+    )
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        help="mean / weighted / vote: one weight per member, given instead of uniform or learned",
+    )
     p.add_argument(
         "--shrink",
         type=_cv_or(lambda a: 0.0 <= a <= 1.0, "a number in [0, 1]"),
@@ -155,7 +168,12 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="stack with --cv K: also fit the meta-learner on the members' validation predictions",
     )
-    p.add_argument("--on", choices=["logits", "features", "both"], default="logits", help="head")
+    p.add_argument(
+        "--on",
+        choices=["logits", "features", "both"],
+        default="logits",
+        help="head: over the members' logits (default), penultimate features, or both",
+    )
     p.add_argument("--hidden", type=int, default=0, help="head: hidden width (0: linear)")
     # the fuse stage's defaults: a head over frozen members needs fewer epochs, a smaller lr
     add_training_args(p, epochs=10, lr=1e-3, what="head / stack folds", resume=False)
@@ -170,7 +188,13 @@ def add_commands(sub: Any) -> None:
         metavar="BUNDLE",
         help="ingredients: bundle folders (--member A B C, or repeated)",
     )
-    p.add_argument("--method", choices=["uniform", "greedy", "ties"], default="greedy")
+    p.add_argument(
+        "--method",
+        choices=["uniform", "greedy", "ties"],
+        default="greedy",
+        help="greedy (default): add an ingredient only if val improves; uniform: average all; "
+        "ties: TIES merging of fine-tuned variants of --parent",
+    )
     p.add_argument("--parent", help="ties: the model the ingredients were fine-tuned from")
     p.add_argument("--density", type=float, default=0.2, help="ties: fraction of each delta kept")
     p.add_argument("--scale", type=float, default=1.0, help="ties: scale of the merged delta")
