@@ -73,6 +73,14 @@ def test_train_eval_export_round_trip(tmp_path, capsys):
             "lr -1.0: expected a positive number",
         ),
         (["run", "missing.yaml", "--out", "x"], "recipe 'missing.yaml' not found"),
+        (
+            ["eval", "--model", "mlp", "--data", "digits", "--out", "."],
+            "--out . is a folder: expected the path of a metrics .json file to write",
+        ),
+        (
+            ["export", "--model", "mlp", "--data", "digits", "--out", "."],
+            "--out . is a folder: expected the path of an .onnx file to write",
+        ),
     ],
 )
 def test_bad_input_one_line_exit_2(args, message, capsys, tmp_path, monkeypatch):

@@ -166,6 +166,14 @@ def check_out_is_not_an_input(args: argparse.Namespace, *sources: Any) -> None:
             )
 
 
+def check_out_is_a_file(args: argparse.Namespace, expected: str) -> None:
+    """Refuse an ``--out`` that is an existing folder where a file is written (before any work)."""
+    from slimfuse.errors import ConfigError
+
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a folder: expected the path of {expected} to write")
+
+
 def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
     import torch
 
@@ -274,6 +282,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from slimfuse.measuring import measure, write_metrics
 
+    check_out_is_a_file(args, "a metrics .json file")
     data = load_data_arg(args)
     model = load_model_arg(args, data)
     engines = ["torch", "onnxruntime"] if args.engine == "both" else [args.engine]
@@ -298,6 +307,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from slimfuse.exporting import check_parity, export_onnx
 
+    check_out_is_a_file(args, "an .onnx file")
     data = load_data_arg(args)
     model = load_model_arg(args, data)
     x = data.example_input(1)

@@ -160,6 +160,8 @@ def export_onnx(
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder: expected the path of an .onnx file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     if hasattr(
