@@ -123,3 +123,24 @@ def test_an_ensemble_of_encoders_exports_at_the_encoders_opset():
     fused = MeanFusion([("a", encoders[0]), ("b", encoders[1])], space="logits")
     assert default_opset(fused) == 23
     assert default_opset(slimfuse.build_model("mlp", in_features=4, num_classes=3)) == OPSET
+
+
+def test_metrics_killed_mid_write_keep_the_previous_file(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from slimfuse.measuring import write_metrics
+
+    path = write_metrics(tmp_path / "metrics.json", [{"stage": "a"}], "classification", "accuracy")
+    real = Path.write_text
+
+    def killed(self, text, *args, **kwargs):  # half the text reaches the disk, then the kill
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_metrics(path, [{"stage": "a"}, {"stage": "b"}], "classification", "accuracy")
+    monkeypatch.undo()
+    assert json.loads(path.read_text())["stages"] == [{"stage": "a"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
