@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -195,3 +196,13 @@ def test_task_defaults_to_the_one_the_model_records():
     assert resolve_task(argparse.Namespace(task=None), mlp) == "classification"
     given = argparse.Namespace(task="regression")
     assert resolve_task(given, encoder) == "regression" and given.task == "regression"
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """``slimfuse ... | head -1``: the reader goes away; no traceback, the shell's SIGPIPE code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "slimfuse", "env"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the command has printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

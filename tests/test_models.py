@@ -21,6 +21,13 @@ def test_zoo_models_build_from_data_and_run(name, mnist1d):
     assert out.shape == (3, 10)
 
 
+@pytest.mark.parametrize(("hidden", "widths"), [(16, [16]), ([32, 8], [32, 8])])
+def test_mlp_hidden_is_one_width_or_a_list(hidden, widths, mnist1d):
+    model = slimfuse.build_model("mlp", data=mnist1d, hidden=hidden)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [*widths, 10]
+
+
 def test_resnet_is_wide_enough_to_time():
     model = MODELS.get("resnet1d")(num_classes=10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]

@@ -129,8 +129,9 @@ def mnist1d_cnn(num_classes: int = 10, in_length: int = 40, channels: int = 25) 
 
 
 @MODELS.register("mlp")
-def mlp(in_features: int, num_classes: int, hidden: Sequence[int] = (100, 100)) -> nn.Module:
-    return MLP(in_features, num_classes, tuple(hidden))
+def mlp(in_features: int, num_classes: int, hidden: int | Sequence[int] = (100, 100)) -> nn.Module:
+    """Hidden layers of widths ``hidden`` (one number: one layer)."""
+    return MLP(in_features, num_classes, (hidden,) if isinstance(hidden, int) else tuple(hidden))
 
 
 @MODELS.register("lenet300")
