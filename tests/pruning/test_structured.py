@@ -223,11 +223,24 @@ class _SoftmaxHead(nn.Module):
         return self.l2(self.l1(x).relu()).softmax(-1) * 2.0
 
 
-def test_output_layer_behind_ops_is_kept_or_reported(data) -> None:
+def test_output_layer_behind_ops_is_found_and_kept(data) -> None:
     model = _SoftmaxHead()
-    small = prune_structured(model, data.example_input(1), ratio=0.5, ignore=["l2"])
+    small = prune_structured(model, data.example_input(1), ratio=0.5)
     assert small(data.example_input(2)).shape == (2, 4) and small.l1.out_features == 8
-    with pytest.raises(
-        ConfigError, match=r"output shape from \(1, 4\) to \(1, 2\); add the output layer to ignore"
-    ):
-        prune_structured(model, data.example_input(1), ratio=0.5)
+    assert small.l2.out_features == 4
+
+
+def test_an_ensemble_keeps_every_members_output_layer(data, tmp_path) -> None:
+    from slimfuse.fusion.ensemble import MeanFusion
+
+    members = [(f"m{i}", _resnet(data)) for i in range(2)]
+    fused = MeanFusion(members, space="logits")
+    x = data.example_input(4)
+    small = prune_structured(fused, x[:1], ratio=0.5)
+    for name in ("m0", "m1"):
+        member = small.members[name]
+        assert member.stem[0].out_channels == 8 and member.fc.out_features == data.num_classes
+    assert small(x).shape == (4, data.num_classes)
+    assert count_params(small)[0] < 0.35 * count_params(fused)[0]
+    slimfuse.save(small, tmp_path / "b")
+    assert torch.equal(slimfuse.load(tmp_path / "b")(x), small(x))

@@ -9,7 +9,8 @@ the smaller shapes::
     small = prune_structured(model, data.example_input(1), ratio=0.5, importance="l1")
     slimfuse.save(small, "runs/small")   # slimfuse.load("runs/small") gives the same outputs
 
-The model's output layer (found by tracing) is never shrunk, so the outputs keep their shape.
+The model's output layers (:func:`output_layers`: the last conv/linear on every path to the output,
+one per member of an ensemble) are never shrunk, so the outputs keep their shape.
 """
 
 from __future__ import annotations
@@ -66,26 +67,45 @@ def unsupported_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def output_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
-    """Conv/linear layers whose output is (a view of) the model's output: never shrunk."""
-    outs: dict[int, list[nn.Module]] = {}
+    """Conv/linear layers whose outputs reach the model's output through no other conv/linear:
+    the last layer of a model, of every member of an ensemble. They are never shrunk.
+
+    Found on the autograd graph of one forward pass: walking back from the output, every path
+    stops at the first conv/linear it meets (through views, activations, pooling, a mean of
+    members, a residual sum).
+    """
+    made_by: dict[Any, nn.Module] = {}
 
     def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            outs.setdefault(out.untyped_storage().data_ptr(), []).append(mod)
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            made_by[out.grad_fn] = mod
 
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
     try:
-        with torch.no_grad():
+        for p in frozen:  # frozen members (a fused model's) still need a graph to walk
+            p.requires_grad_(True)
+        with torch.enable_grad():
             y = forward(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
     ys = y if isinstance(y, (tuple, list)) else [y]
+    todo = [t.grad_fn for t in ys if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set[Any] = set()
     found: list[nn.Module] = []
-    for t in ys:
-        if isinstance(t, torch.Tensor):
-            found += outs.get(t.untyped_storage().data_ptr(), [])
-    return found
+    while todo:
+        fn = todo.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made_by:
+            found.append(made_by[fn])
+        else:
+            todo += [nxt for nxt, _ in fn.next_functions if nxt is not None]
+    return list(dict.fromkeys(found))
 
 
 class _LeaveAlone:
