@@ -12,8 +12,7 @@ onnxruntime until used)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from slimfuse.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -41,15 +40,4 @@ _VERBS: dict[str, str] = {
 __all__ = ["__version__", *_VERBS]
 
 
-def __getattr__(name: str) -> Any:
-    target = _VERBS.get(name)
-    if target is None:
-        raise AttributeError(f"module 'slimfuse' has no attribute {name!r}")
-    module, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _VERBS)

@@ -10,8 +10,7 @@ Names are loaded on first use, so the CLI can import ``slimfuse.distillation.cli
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from slimfuse.lazy import lazy_names
 
 _NAMES: dict[str, str] = {
     "DistillConfig": "slimfuse.distillation.api",
@@ -28,14 +27,4 @@ _NAMES: dict[str, str] = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'slimfuse.distillation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

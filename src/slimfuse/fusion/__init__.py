@@ -14,8 +14,7 @@ other. Names are loaded lazily (``import slimfuse.fusion`` stays light)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from slimfuse.lazy import lazy_names
 
 _NAMES: dict[str, str] = {
     "FusionModule": "slimfuse.fusion.ensemble",
@@ -36,14 +35,4 @@ _NAMES: dict[str, str] = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'slimfuse.fusion' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -8,8 +8,16 @@
 - :mod:`~slimfuse.pruning.transformer`: FFN neurons and attention heads of BERT-style encoders
 - :mod:`~slimfuse.pruning.sparse`: compact sparse weights in bundles; :mod:`~slimfuse.pruning.resize`:
   the structural edit that lets ``slimfuse.load`` rebuild pruned shapes
+
+Names are loaded on first use, so the CLI can import ``slimfuse.pruning.cli`` cheaply.
 """
 
-from slimfuse.pruning.api import prune
+from __future__ import annotations
 
-__all__ = ["prune"]
+from slimfuse.lazy import lazy_names
+
+_NAMES: dict[str, str] = {"prune": "slimfuse.pruning.api"}
+
+__all__ = sorted(_NAMES)
+
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

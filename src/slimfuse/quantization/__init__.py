@@ -7,10 +7,20 @@
     q(x)                       # runs the int8 graph in ONNX Runtime
     slimfuse.save(q, "runs/int8")
 
-Calibrate and train in PyTorch, deploy int8 through ONNX Runtime.
+Calibrate and train in PyTorch, deploy int8 through ONNX Runtime. Names are loaded on first
+use, so the CLI can import ``slimfuse.quantization.cli`` cheaply.
 """
 
-from slimfuse.quantization.api import quantize, sqnr_db
-from slimfuse.quantization.config import QuantConfig
+from __future__ import annotations
 
-__all__ = ["QuantConfig", "quantize", "sqnr_db"]
+from slimfuse.lazy import lazy_names
+
+_NAMES: dict[str, str] = {
+    "QuantConfig": "slimfuse.quantization.config",
+    "quantize": "slimfuse.quantization.api",
+    "sqnr_db": "slimfuse.quantization.api",
+}
+
+__all__ = sorted(_NAMES)
+
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
