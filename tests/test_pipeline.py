@@ -50,6 +50,19 @@ def test_resume_skips_finished_stages(tmp_path):
     assert (tmp_path / "mlp" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):
+    from slimfuse.errors import FusionError
+
+    text = (
+        "data: digits\nmeasure_engines: [torch]\nstages:\n"
+        "  - {stage: train-members, name: two, model: mlp, n: 2, epochs: 1}\n"
+        "  - {stage: fuse, name: mix, method: mean, weights: [1, 2, 3]}\n"
+    )
+    with pytest.raises(FusionError, match=r"^stage 'mix' \(fuse\): 3 weights for 2 members"):
+        run_recipe(text, tmp_path, quiet=True)
+    assert (tmp_path / "two" / "slimfuse.json").is_file()  # --resume starts after it
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from slimfuse.data import load_data
+from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
@@ -78,7 +79,12 @@ def run_recipe(
             continue
         say(f"[{i}/{len(recipe.stages)}] {name} ({entry.stage})")
         t0 = time.perf_counter()
-        new = st.fn(ctx, cfg)
+        try:
+            new = st.fn(ctx, cfg)
+        except SlimfuseError as exc:  # say which stage: a recipe may run one kind several times
+            if not str(exc).startswith("stage "):
+                exc.args = (f"stage {name!r} ({entry.stage}): {exc}",)
+            raise
         seconds = time.perf_counter() - t0
         if new is None:
             if not entry.measure or ctx.model is None or entry.stage == "export":
