@@ -12,7 +12,7 @@ import torch
 import slimfuse
 from slimfuse.cli import main
 from slimfuse.data import from_arrays
-from slimfuse.errors import FusionError
+from slimfuse.errors import ConfigError, FusionError
 from slimfuse.fusion.ensemble import MeanFusion
 from slimfuse.fusion.head import HeadFusion
 from slimfuse.fusion.members import train_members
@@ -125,6 +125,44 @@ def test_a_member_that_does_not_fit_the_data_is_named(command, bundles, tmp_path
         f"slimfuse {command}: error: digits: inputs have shape (64,) per sample but "
         f"{role} {bundles[0]!r} expects (40,)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--method", "mean", "--cv", "5"],
+            "option cv does not apply to method 'mean'; it is for stack",
+        ),
+        (
+            ["--method", "stack", "--weights", "1", "2"],
+            "option weights does not apply to method 'stack'; it is for mean, weighted, vote, soft-vote",
+        ),
+        (
+            ["--method", "weighted", "--on", "features"],
+            "option on does not apply to method 'weighted'; it is for head",
+        ),
+        (
+            ["--method", "head", "--hidden", "-1"],
+            "--hidden -1: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_a_flag_the_method_does_not_read_is_an_error(flags, message, bundles, capsys):
+    argv = ["fuse", "--member", *bundles, "--data", "mnist1d", "--out", "x", *flags]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"slimfuse fuse: error: {message}"]
+
+
+def test_a_recipe_key_the_method_does_not_read_is_an_error(tmp_path):
+    text = RECIPE.split("  - stage: merge")[0].replace(
+        "method: weighted", "method: mean\n    hidden: 8"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^stage 'fuse' \(fuse\): option hidden does not apply to method 'mean'; it is for head$",
+    ):
+        slimfuse.run(text, tmp_path / "run", quiet=True)
 
 
 INPUT_IS_OUT = {

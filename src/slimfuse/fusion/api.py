@@ -9,11 +9,12 @@ Methods (registry :data:`FUSE_METHODS`): ``mean``, ``weighted``, ``vote``, ``sof
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
-from slimfuse.errors import FusionError
+from slimfuse.errors import ConfigError, FusionError
 from slimfuse.fusion.common import Members, as_pairs
 from slimfuse.registry import Registry
 
@@ -72,12 +73,32 @@ def _head(pairs: list, data: Any, task: Any, *, config: Any = None, **kw: Any) -
     return HeadFusion(pairs, **kw).fit(_need(data, "head"), config=config, task=task)
 
 
-def method_options(method: str, settings: Any, train_config: Any) -> dict[str, Any]:
-    """``fuse``'s options for ``method``, read off the CLI's flags or a ``fuse`` stage's keys.
+# the options (a ``fuse`` stage's keys, ``slimfuse fuse``'s flags) that each method reads
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mean": ("space", "weights"),
+    "weighted": ("space", "weights", "shrink"),
+    "vote": ("weights",),
+    "soft-vote": ("weights",),
+    "stack": ("cv", "features", "meta_c", "with_val"),
+    "head": ("on", "hidden"),
+}
+OPTIONS: tuple[str, ...] = tuple(sorted({k for keys in METHOD_OPTIONS.values() for k in keys}))
 
-    Both spell them alike (``space``, ``weights``, ``shrink``, ``cv``, ``features``, ``meta_c``,
-    ``with_val``, ``on``, ``hidden``); ``train_config`` trains stacking's folds and the head.
+
+def method_options(
+    method: str, settings: Any, train_config: Any, given: Iterable[str] = ()
+) -> dict[str, Any]:
+    """``fuse``'s options for ``method``, read off a ``fuse`` stage (the CLI builds one too).
+
+    ``given`` names the options the user set: one that ``method`` does not read is an error,
+    not silently dropped. ``train_config`` trains stacking's folds and the head.
     """
+    unused = [k for k in OPTIONS if k in set(given) and k not in METHOD_OPTIONS.get(method, ())]
+    if unused:
+        users = [m for m, keys in METHOD_OPTIONS.items() if unused[0] in keys]
+        raise ConfigError(
+            f"option {unused[0]} does not apply to method {method!r}; it is for {', '.join(users)}"
+        )
     s = settings
     if method == "mean":
         return {"space": s.space, "weights": s.weights}
@@ -87,7 +108,7 @@ def method_options(method: str, settings: Any, train_config: Any) -> dict[str, A
         return {"weights": s.weights}
     if method == "stack":
         return {
-            "cv": s.cv if s.cv == "prefit" else int(s.cv),
+            "cv": s.cv,
             "features": s.features,
             "train_config": train_config,
             "C": s.meta_c,

@@ -40,12 +40,23 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg, train_config_arg
-    from slimfuse.fusion.api import fuse, method_options
+    from pydantic import ValidationError
 
+    from slimfuse.cli import load_data_arg, train_config_arg
+    from slimfuse.errors import ConfigError
+    from slimfuse.fusion.api import OPTIONS, fuse, method_options
+    from slimfuse.fusion.stage import FuseStage
+
+    given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
+    try:  # the flags are a fuse stage's keys: the same defaults and checks as a recipe's
+        settings = FuseStage(method=args.method, **given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag} {given.get(str(err['loc'][0]))}: {err['msg']}") from None
+    opts = method_options(args.method, settings, train_config_arg(args), given)
     data = load_data_arg(args)
     pairs = _members(args, data)
-    opts = method_options(args.method, args, train_config_arg(args))
     model = fuse(pairs, args.method, data=data, task=args.task, **opts)
     if hasattr(model, "weights_"):  # learned weights: what the user will want to see first
         shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
@@ -88,10 +99,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return _finish(args, model, data, f"merge-{args.method}")
 
 
-def _cv(text: str) -> str:
+def _cv(text: str) -> str | int:
     if text != "prefit" and not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: expected prefit or a number of folds")
-    return text
+    return text if text == "prefit" else int(text)
 
 
 def _cv_or(test: Any, expected: str) -> Any:
@@ -133,7 +144,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--space",
         choices=["probs", "logits"],
-        default="probs",
         help="mean / weighted: average probabilities (default) or logits",
     )
     p.add_argument(
@@ -145,36 +155,36 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--shrink",
         type=_cv_or(lambda a: 0.0 <= a <= 1.0, "a number in [0, 1]"),
-        default="cv",
         help="weighted: how far the fitted weights are pulled toward uniform (0: none, 1: "
         "uniform), or cv to choose it by cross-validated errors (default)",
     )
-    p.add_argument("--cv", type=_cv, default="prefit", help="stack: prefit or K folds")
+    p.add_argument(
+        "--cv", type=_cv, help="stack: prefit (default: the val split) or K folds of train"
+    )
     p.add_argument(
         "--features",
         choices=["probs", "log_probs", "logits"],
-        default="probs",
-        help="stack: the meta-learner's inputs (it starts from the members' mean logits)",
+        help="stack: the meta-learner's inputs, default probs (it starts from the members' mean "
+        "logits)",
     )
     p.add_argument(
         "--meta-c",
         type=_cv_or(lambda c: c > 0, "a number > 0"),
-        default="cv",
         help="stack: the meta-learner's inverse L2 penalty, or cv to choose it by held-out "
         "log-loss (default)",
     )
     p.add_argument(
         "--with-val",
         action="store_true",
+        default=None,
         help="stack with --cv K: also fit the meta-learner on the members' validation predictions",
     )
     p.add_argument(
         "--on",
         choices=["logits", "features", "both"],
-        default="logits",
         help="head: over the members' logits (default), penultimate features, or both",
     )
-    p.add_argument("--hidden", type=int, default=0, help="head: hidden width (0: linear)")
+    p.add_argument("--hidden", type=int, help="head: hidden width (default 0: linear)")
     # the fuse stage's defaults: a head over frozen members needs fewer epochs, a smaller lr
     add_training_args(p, epochs=10, lr=1e-3, what="head / stack folds", resume=False)
     add_common(p)

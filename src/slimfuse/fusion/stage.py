@@ -95,10 +95,11 @@ class FuseStage(TrainingStageConfig):
 @stage(FuseStage)
 def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
     """Fuse members (mean, weighted, vote, soft-vote, stack, head) into one model."""
-    from slimfuse.fusion.api import fuse, method_options
+    from slimfuse.fusion.api import OPTIONS, fuse, method_options
 
     pairs = resolve_members(ctx, cfg.members)
-    opts = method_options(cfg.method, cfg, cfg.train_config(ctx))
+    given = cfg.model_fields_set & set(OPTIONS)
+    opts = method_options(cfg.method, cfg, cfg.train_config(ctx), given)
     return fuse(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
 
 
