@@ -59,6 +59,9 @@ def test_train_eval_export_round_trip(tmp_path, capsys):
     assert "max abs diff" in capsys.readouterr().out
 
 
+PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -76,6 +79,14 @@ def test_train_eval_export_round_trip(tmp_path, capsys):
             "lr -1.0: expected a positive number",
         ),
         (["run", "missing.yaml", "--out", "x"], "recipe 'missing.yaml' not found"),
+        (
+            [*PRUNE_MLP, "--sparsity", "0.5", "--importance", "taylor"],
+            "importance='taylor' does not apply to sparsity pruning; it is for channels, ffn/heads",
+        ),
+        (
+            [*PRUNE_MLP, "--channels", "0.5", "--schedule", "oneshot"],
+            "schedule='oneshot' does not apply to channels pruning; it is for sparsity, threshold",
+        ),
         (
             ["eval", "--model", "mlp", "--data", "digits", "--out", "."],
             "--out . is a folder: expected the path of a metrics .json file to write",

@@ -27,6 +27,27 @@ from slimfuse.targeting import Selector
 from slimfuse.tasks import Task, get_task
 from slimfuse.training import TrainConfig, trainable_copy
 
+_LAYERWISE = ("sparsity", "threshold", "channels")
+# option: (its default, the kinds of pruning that read it); anything else is refused, not dropped
+_OPTION_KINDS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "schedule": ("agp", ("sparsity", "threshold")),
+    "importance": ("l1", ("channels", "ffn/heads")),
+    "iterative_steps": (1, ("channels",)),
+    "unsupported": ("error", ("channels",)),
+    "global_pruning": (None, _LAYERWISE),
+    "targets": (None, _LAYERWISE),
+    "ignore": (None, _LAYERWISE),
+}
+
+
+def _check_options_apply(kind: str, **options: Any) -> None:
+    for name, value in options.items():
+        default, kinds = _OPTION_KINDS[name]
+        if value != default and kind not in kinds and value not in ((), []):
+            raise ConfigError(
+                f"{name}={value!r} does not apply to {kind} pruning; it is for {', '.join(kinds)}"
+            )
+
 
 def prune(
     model: nn.Module,
@@ -68,6 +89,16 @@ def prune(
             "give exactly one of sparsity, threshold, channels or ffn/heads; "
             f"got {', '.join(modes) or 'none'}"
         )
+    _check_options_apply(
+        modes[0],
+        schedule=schedule,
+        importance=importance,
+        iterative_steps=iterative_steps,
+        unsupported=unsupported,
+        global_pruning=global_pruning,
+        targets=targets,
+        ignore=ignore,
+    )
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if finetune_epochs < 0:
