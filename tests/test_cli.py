@@ -84,8 +84,8 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
             "importance='taylor' does not apply to sparsity pruning; it is for channels, ffn/heads",
         ),
         (
-            [*PRUNE_MLP, "--channels", "0.5", "--schedule", "oneshot"],
-            "schedule='oneshot' does not apply to channels pruning; it is for sparsity, threshold",
+            [*PRUNE_MLP, "--sparsity", "0.5", "--iterative-steps", "3"],
+            "iterative_steps=3 does not apply to sparsity pruning; it is for channels",
         ),
         (
             ["eval", "--model", "mlp", "--data", "digits", "--out", "."],

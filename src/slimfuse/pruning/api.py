@@ -28,9 +28,9 @@ from slimfuse.tasks import Task, get_task
 from slimfuse.training import TrainConfig, trainable_copy
 
 _LAYERWISE = ("sparsity", "threshold", "channels")
-# option: (its default, the kinds of pruning that read it); anything else is refused, not dropped
+# option: (its default, the kinds of pruning that read it); anything else is refused, not dropped.
+# (``schedule="oneshot"`` agrees with every kind: structured pruning is one-shot or iterative.)
 _OPTION_KINDS: dict[str, tuple[Any, tuple[str, ...]]] = {
-    "schedule": ("agp", ("sparsity", "threshold")),
     "importance": ("l1", ("channels", "ffn/heads")),
     "iterative_steps": (1, ("channels",)),
     "unsupported": ("error", ("channels",)),
@@ -91,7 +91,6 @@ def prune(
         )
     _check_options_apply(
         modes[0],
-        schedule=schedule,
         importance=importance,
         iterative_steps=iterative_steps,
         unsupported=unsupported,
