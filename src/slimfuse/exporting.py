@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import redirect_stdout
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError
 
 OPSET = 18
@@ -169,10 +169,9 @@ def export_onnx(
     ):  # modules with their own graph (e.g. int8 QDQ) export themselves
         return model.export_onnx(path, example_inputs, opset=opset, atol=atol)
     opset = opset or default_opset(model)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     errors: list[str] = []
     tries = [True, False] if dynamo is None else [dynamo]
-    try:
+    with atomic_file(path) as tmp:
         for use_dynamo in tries:
             try:
                 _export(model, example_inputs, tmp, opset, use_dynamo)
@@ -191,9 +190,6 @@ def export_onnx(
             ) from None
         if parity:
             check_parity(model, tmp, example_inputs, atol=atol, batches=(1, parity_batch))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -186,15 +186,11 @@ def measure(
 def write_metrics(path: str | Path, rows: list[dict[str, Any]], task: str, metric: str) -> Path:
     """Write ``metrics.json`` (the schema of the module docstring) atomically: a run killed
     mid-write leaves the previous file, which ``--resume`` reads."""
-    import os
+    from slimfuse.atomic import atomic_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(
             json.dumps({"task": task, "metric": metric, "stages": rows}, indent=2) + "\n"
         )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

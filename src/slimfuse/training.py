@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from slimfuse.atomic import atomic_file
 from slimfuse.data import Data
 from slimfuse.errors import ConfigError, SlimfuseError, TrainingError
 from slimfuse.tasks import Task, evaluate, forward, get_task
@@ -181,9 +182,8 @@ def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

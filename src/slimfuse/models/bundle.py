@@ -9,18 +9,15 @@ so a crash never leaves a half-written bundle.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from slimfuse.atomic import atomic_dir
 from slimfuse.errors import ModelError
 from slimfuse.models.edits import apply_edits
 from slimfuse.models.source import ModelSpec, build_model, set_spec, spec_of
@@ -28,33 +25,6 @@ from slimfuse.models.source import ModelSpec, build_model, set_spec, spec_of
 FORMAT = 1
 WEIGHTS = "model.safetensors"
 META = "slimfuse.json"
-
-
-@contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        if target.is_dir():  # keep files that are not rewritten (e.g. a report written earlier)
-            for item in target.iterdir():
-                dest = tmp / item.name
-                if item.is_dir():
-                    shutil.copytree(item, dest)
-                else:
-                    shutil.copy2(item, dest)
-        yield tmp
-        backup = None
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, backup)
-        os.replace(tmp, target)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def versions() -> dict[str, str]:

@@ -10,7 +10,6 @@ Bundles rebuild it through the ``quantized_graph`` edit (:func:`load_quantized`)
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError, ModelError
 from slimfuse.models.source import ModelSpec, record, set_spec, spec_of
 
@@ -87,8 +87,7 @@ class QuantizedModel(nn.Module):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_file(path) as tmp:
             tmp.write_bytes(self.graph_bytes())
             try:
                 onnx.checker.check_model(str(tmp), full_check=True)
@@ -100,9 +99,6 @@ class QuantizedModel(nn.Module):
             out = self(*args, **kwargs)
             if not torch.isfinite(out).all():
                 raise ExportError("the quantized graph gives NaN/Inf on the example input")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def extra_repr(self) -> str:
