@@ -93,7 +93,7 @@ def method_options(
     ``given`` names the options the user set: one that ``method`` does not read is an error,
     not silently dropped. ``train_config`` trains stacking's folds and the head.
     """
-    unused = [k for k in OPTIONS if k in set(given) and k not in METHOD_OPTIONS.get(method, ())]
+    unused = sorted(set(given) - set(METHOD_OPTIONS.get(method, ())))
     if unused:
         users = [m for m, keys in METHOD_OPTIONS.items() if unused[0] in keys]
         raise ConfigError(

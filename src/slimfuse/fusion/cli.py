@@ -46,14 +46,14 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from slimfuse.errors import ConfigError
     from slimfuse.fusion.api import OPTIONS, fuse, method_options
     from slimfuse.fusion.stage import FuseStage
+    from slimfuse.pipeline.recipe import first_error
 
     given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
     try:  # the flags are a fuse stage's keys: the same defaults and checks as a recipe's
         settings = FuseStage(method=args.method, **given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-")
-        raise ConfigError(f"{flag} {given.get(str(err['loc'][0]))}: {err['msg']}") from None
+        key, msg = first_error(exc)
+        raise ConfigError(f"--{key.replace('_', '-')} {given.get(key)}: {msg}") from None
     opts = method_options(args.method, settings, train_config_arg(args), given)
     data = load_data_arg(args)
     pairs = _members(args, data)

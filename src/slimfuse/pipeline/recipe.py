@@ -62,6 +62,12 @@ class Recipe(BaseModel):
         return stages
 
 
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """Where (``stages.0.epochs``) and what (pydantic's message) of a validation's first error."""
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), err["msg"]
+
+
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     from slimfuse.pipeline.stages import STAGES
     from slimfuse.tasks import TASKS
@@ -75,19 +81,17 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+        where, msg = first_error(exc)
+        raise ConfigError(f"{source}: {where}: {msg}") from None
     TASKS.get(recipe.task)
     for entry in recipe.stages:
         st = STAGES.get(entry.stage)
         try:
             st.config.model_validate(entry.config())
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
+            where, msg = first_error(exc)
             raise ConfigError(
-                f"{source}: stage {entry.name!r} ({entry.stage}): {where}: {err['msg']}"
+                f"{source}: stage {entry.name!r} ({entry.stage}): {where}: {msg}"
             ) from None
     return recipe
 
