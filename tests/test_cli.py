@@ -88,6 +88,22 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
             "iterative_steps=3 does not apply to sparsity pruning; it is for channels",
         ),
         (
+            [
+                "quantize",
+                "--model",
+                "mlp",
+                "--data",
+                "digits",
+                "--out",
+                "x",
+                "--mode",
+                "dynamic",
+                "--calibration",
+                "entropy",
+            ],
+            "calibration='entropy' does not apply to mode 'dynamic'; it is for static, qat",
+        ),
+        (
             ["eval", "--model", "mlp", "--data", "digits", "--out", "."],
             "--out . is a folder: expected the path of a metrics .json file to write",
         ),

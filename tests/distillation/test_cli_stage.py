@@ -37,6 +37,10 @@ def test_cli_bad_input_is_one_line(tmp_path, teacher_bundle, capsys) -> None:
     bad_t = [*base, "--teacher", str(teacher_bundle), "--student", "mnist1d_cnn"]
     assert main([*bad_t, "--temperature", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("temperature 0.0: expected a number > 0")
+    assert main([*bad_t, "--loss", "mse", "--temperature", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "temperature=2.0 does not apply to loss 'mse'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
     assert main([*base, "--teacher", str(teacher_bundle)]) == 2
     err = capsys.readouterr().err
     assert (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -160,6 +162,26 @@ def test_unknown_loss_and_hint_without_hints(trained_cnn) -> None:
         objective(trained_cnn, loss="kl")
     with pytest.raises(ConfigError, match=r"loss 'hint' needs hints"):
         objective(trained_cnn, loss="hint")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(loss="mse", temperature=2.0), "temperature=2.0 does not apply to loss 'mse'; it is"),
+        (dict(loss="cosine", temperature=8.0), "temperature=8.0 does not apply to loss 'cosine'"),
+        (dict(hint_weight=0.5), "hint_weight=0.5 does not apply without hints; give hints"),
+        (dict(hint_metric="cosine"), "hint_metric='cosine' does not apply without hints"),
+        (
+            dict(ensemble_space="logits"),
+            "ensemble_space='logits' does not apply to one teacher; it is for an ensemble",
+        ),
+        (dict(ensemble_weights=[1.0]), "ensemble_weights does not apply to one teacher"),
+    ],
+)
+def test_a_setting_the_loss_does_not_read_is_refused(trained_cnn, settings, message) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        objective(trained_cnn, **settings)
+    objective([trained_cnn, trained_cnn], temperature=4.0, ensemble_space="logits")  # an ensemble
 
 
 def test_mixup_feeds_blends_and_skips_the_cache(small_data, trained_cnn) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -165,6 +167,43 @@ def test_bad_config_values() -> None:
         QuantConfig(mode="static", bits=4)
     with pytest.raises(ConfigError, match="calibration 'mse'"):
         QuantConfig(calibration="mse")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            dict(mode="dynamic", calibration="entropy"),
+            "calibration='entropy' does not apply to mode 'dynamic'; it is for static, qat with bits 8",
+        ),
+        (
+            dict(mode="static", qat_epochs=3),
+            "qat_epochs=3 does not apply to mode 'static'; it is for qat with bits 8, qat with bits 4",
+        ),
+        (
+            dict(mode="qat", max_drop=0.01),
+            "max_drop=0.01 does not apply to mode 'qat' with bits 8; it is for dynamic, static",
+        ),
+        (
+            dict(mode="qat", bits=4, calibration="percentile"),
+            "calibration='percentile' does not apply to mode 'qat' with bits 4; it is for static",
+        ),
+        (
+            dict(mode="weight-only", per_channel=False),
+            "per_channel=False does not apply to mode 'weight-only'; it is for dynamic, static",
+        ),
+        (dict(mode="static", group_size=64), "group_size=64 does not apply to mode 'static'"),
+        (
+            dict(mode="static", percentile=99.9),
+            "percentile=99.9 applies only with calibration 'percentile'; got calibration 'minmax'",
+        ),
+    ],
+)
+def test_a_setting_the_mode_does_not_read_is_refused(trained_cnn, settings, message) -> None:
+    cfg = QuantConfig(**settings)  # constructs: a stored bundle config always loads
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        quantize(trained_cnn, cfg, calibration=[torch.randn(4, 40)], data=None)
 
 
 def test_transformer_attention_exports_fused_and_stays_fp32() -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from slimfuse.distillation.hints import FeatureTap, make_adapter
-from slimfuse.distillation.losses import LOSSES, LossContext, hint_term
+from slimfuse.distillation.losses import LOSSES, LossContext, hint_term, output_loss_for
 from slimfuse.distillation.teachers import (
     TeacherCache,
     make_teacher,
@@ -82,6 +82,34 @@ def trim_padding(inputs: Any) -> tuple[Any, torch.Tensor | None]:
     return inputs, inputs["attention_mask"]
 
 
+def _check_options_apply(
+    loss: str,
+    task: Task,
+    temperature: float,
+    hints: Mapping[str, str] | None,
+    hint_weight: float,
+    hint_metric: str,
+) -> None:
+    """Refuse a setting changed from its default that the built-in losses would not read."""
+    output = output_loss_for(task) if loss == "hint" else loss
+    if temperature != 4.0 and output in ("mse", "cosine"):
+        via = f" (hint's output loss for {task.name})" if loss == "hint" else ""
+        raise ConfigError(
+            f"temperature={temperature!r} does not apply to loss {output!r}{via}; "
+            "it is for kd (and hint on classification)"
+        )
+    if not hints:
+        for name, value, default in (
+            ("hint_weight", hint_weight, 1.0),
+            ("hint_metric", hint_metric, "mse"),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{name}={value!r} does not apply without hints; give hints "
+                    "(student layer -> teacher layer) or leave it out"
+                )
+
+
 class DistillObjective:
     """Callable ``(model, batch) -> loss``; see :func:`objective`."""
 
@@ -128,6 +156,7 @@ class DistillObjective:
             raise ConfigError(
                 "loss 'hint' needs hints: expected a mapping of student layer -> teacher layer"
             )
+        _check_options_apply(loss, self.task, temperature, hints, hint_weight, hint_metric)
         self.teacher = make_teacher(teacher, space=ensemble_space, weights=ensemble_weights)
         self.mixup = float(mixup)
         # mixed inputs are new every step: nothing to cache

@@ -38,9 +38,7 @@ def make_teacher(
     weights: Sequence[float] | None = None,
 ) -> nn.Module:
     """One frozen teacher module from a model, a list of models or ``(name, model)`` pairs."""
-    if isinstance(teacher, nn.Module):
-        return freeze(teacher)
-    members = list(teacher) if teacher is not None else []
+    members = [teacher] if isinstance(teacher, nn.Module) else list(teacher or [])
     if not members:
         raise ConfigError("the teacher list is empty; expected at least one teacher model")
     pairs: list[tuple[str, nn.Module]] = []
@@ -54,6 +52,11 @@ def make_teacher(
                 f"teacher {i} is {type(m).__name__}; expected an nn.Module or a (name, module) pair"
             )
     if len(pairs) == 1:
+        if space != "probs" or weights:
+            option = f"ensemble_space={space!r}" if space != "probs" else "ensemble_weights"
+            raise ConfigError(
+                f"{option} does not apply to one teacher; it is for an ensemble of teachers"
+            )
         return freeze(pairs[0][1])
     if space not in ("probs", "logits"):
         raise ConfigError(f"ensemble space {space!r}: expected probs or logits")

@@ -55,6 +55,7 @@ def quantize(
     config = config or QuantConfig()
     if overrides:
         config = QuantConfig.from_dict({**config.to_dict(), **overrides})
+    config.check_applies()
     model = model.eval()
     if task is None:
         from slimfuse.models.source import task_of

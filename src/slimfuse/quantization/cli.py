@@ -73,6 +73,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         qat_lr=args.qat_lr,
         distill=args.distill,
     )
+    cfg.check_applies()  # before the data and model load
     data = load_data_arg(args)
     model = load_model_arg(args, data)
     loader = data.loader("train", batch_size=args.batch_size, shuffle=True, seed=args.seed)

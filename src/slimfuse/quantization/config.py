@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from slimfuse.errors import ConfigError
@@ -12,6 +12,26 @@ from slimfuse.targeting import Targeting
 Mode = Literal["dynamic", "static", "weight-only", "qat"]
 MODES = ("dynamic", "static", "weight-only", "qat")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+# The modes that read each setting ("qat int4": qat with bits 4, which trains int4 weight-only
+# layers and reads no activation ranges). Targets, ignore and extra apply to every mode.
+_INT8 = ("dynamic", "static", "qat")
+READ_BY: dict[str, tuple[str, ...]] = {
+    "calibration": ("static", "qat"),
+    "percentile": ("static", "qat"),
+    "per_channel": _INT8,
+    "reduce_range": _INT8,
+    "quantize_attention": _INT8,
+    "quantize_embeddings": _INT8,
+    "max_drop": ("dynamic", "static"),
+    "smoothquant": ("dynamic", "static"),
+    "group_size": ("weight-only", "qat int4"),
+    "calibration_batches": ("dynamic", "static", "qat", "qat int4"),
+    "qat_epochs": ("qat", "qat int4"),
+    "qat_lr": ("qat", "qat int4"),
+    "distill": ("qat", "qat int4"),
+}
+_KIND_NAMES = {"qat": "qat with bits 8", "qat int4": "qat with bits 4"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,32 @@ class QuantConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
         if not isinstance(self.ignore, tuple):
             object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def kind(self) -> str:
+        """The mode, with ``qat`` split by bits: ``"qat int4"`` is int4 weight-only training."""
+        return "qat int4" if self.mode == "qat" and self.bits == 4 else self.mode
+
+    def check_applies(self) -> None:
+        """Refuse a setting changed from its default that this mode does not read.
+
+        Called by :func:`slimfuse.quantize`, not on construction: a bundle's stored config and
+        the configs QAT derives from its own (``mode`` replaced) load as they are.
+        """
+        kind = self.kind
+        subject = f"mode {self.mode!r}" + (f" with bits {self.bits}" if self.mode == "qat" else "")
+        defaults = {f.name: f.default for f in fields(self) if f.name in READ_BY}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value == default or kind in READ_BY[name]:
+                continue
+            readers = ", ".join(_KIND_NAMES.get(k, k) for k in READ_BY[name])
+            raise ConfigError(f"{name}={value!r} does not apply to {subject}; it is for {readers}")
+        if self.percentile != defaults["percentile"] and self.calibration != "percentile":
+            raise ConfigError(
+                f"percentile={self.percentile!r} applies only with calibration 'percentile'; "
+                f"got calibration {self.calibration!r}"
+            )
 
     @property
     def reduced_range(self) -> bool:
