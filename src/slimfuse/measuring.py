@@ -33,19 +33,29 @@ ENGINES = ("torch", "onnxruntime")
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(parameters, non-zero parameters); shared tensors are counted once.
 
-    A module that is not made of parameters (an int8 graph) may answer with ``count_params()``.
+    A module whose weights are not parameters (an int8 graph, packed int4 weights) answers for
+    itself and what it holds with its own ``count_params()``.
     """
-    if callable(getattr(model, "count_params", None)):
-        return model.count_params()  # type: ignore[operator]
     seen: set[int] = set()
-    total = nonzero = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        nonzero += int(torch.count_nonzero(p.detach()))
-    return total, nonzero
+
+    def walk(module: nn.Module) -> tuple[int, int]:
+        if id(module) in seen:
+            return 0, 0
+        seen.add(id(module))
+        if callable(getattr(module, "count_params", None)):
+            return module.count_params()  # type: ignore[operator]
+        total = nonzero = 0
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+                nonzero += int(torch.count_nonzero(p.detach()))
+        for child in module.children():
+            t, n = walk(child)
+            total, nonzero = total + t, nonzero + n
+        return total, nonzero
+
+    return walk(model)
 
 
 def state_bytes(model: nn.Module) -> int:

@@ -8,6 +8,7 @@ from torch import nn
 
 import slimfuse
 from slimfuse.errors import UnsupportedLayerError
+from slimfuse.measuring import count_params
 from slimfuse.models.source import ModelSpec, set_spec
 from slimfuse.quantization import QuantConfig, quantize, sqnr_db
 from slimfuse.quantization.weight_only import pack, quantize_groups, unpack
@@ -76,3 +77,5 @@ def test_int4_bundle_is_packed_and_reloads(tmp_path, mnist1d) -> None:
     again = slimfuse.load(folder)
     x = mnist1d.example_input(3)
     torch.testing.assert_close(again(x), q(x))
+    total, nonzero = count_params(again)  # the packed weights count as the weights they are
+    assert total == count_params(model)[0] and 0.8 * total < nonzero < total

@@ -130,6 +130,17 @@ class WeightOnly(nn.Module):
         fn = F.conv1d if self.kind == "Conv1d" else F.conv2d
         return fn(x, w, self.bias, **self.conv)
 
+    @torch.no_grad()
+    def count_params(self) -> tuple[int, int]:
+        """(weights, non-zero weights) as the float layer counts them, the bias included."""
+        fan_in = math.prod(self.shape[1:])
+        q = unpack(self.qweight, self.bits).reshape(self.shape[0], -1)[:, :fan_in]
+        total, nonzero = q.numel(), int(torch.count_nonzero(q))
+        if self.bias is not None:
+            total += self.bias.numel()
+            nonzero += int(torch.count_nonzero(self.bias))
+        return total, nonzero
+
     def extra_repr(self) -> str:
         return f"{self.kind}{tuple(self.shape)}, int{self.bits}, group_size={self.group_size}"
 
