@@ -26,6 +26,14 @@ from slimfuse.errors import ExportError
 OPSET = 18
 TORCHSCRIPT_MAX_OPSET = 20
 PARITY_ATOL = 1e-4
+# per-node exporter debug info (stack traces with source paths, FX nodes, module classes);
+# ``pkg.torch.onnx.name_scopes`` stays: quantization maps nodes back to modules by it
+DEBUG_METADATA = (
+    "pkg.torch.onnx.stack_trace",
+    "pkg.torch.onnx.fx_node",
+    "pkg.torch.onnx.class_hierarchy",
+    "namespace",
+)
 
 
 def _as_tuple(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
@@ -100,6 +108,27 @@ def _dynamic(names: list[str], tensors: list[torch.Tensor]) -> dict[str, dict[in
     return axes
 
 
+def _keep_unfolded(model: nn.Module) -> Any:
+    """``should_fold`` for the ONNX optimizer: no folding inside modules with ``onnx_no_fold``.
+
+    Packed weights (int4 two per byte) would otherwise be folded into the float weights they
+    decode to, and the file would be larger than the fp32 one; ONNX Runtime folds them at load.
+    """
+    names = {
+        f"{type(m).__module__}.{type(m).__qualname__}"
+        for m in model.modules()
+        if getattr(m, "onnx_no_fold", False)
+    }
+    if not names:
+        return None
+
+    def should_fold(node: Any) -> bool | None:
+        hierarchy = node.metadata_props.get("pkg.torch.onnx.class_hierarchy", "")
+        return False if any(n in hierarchy for n in names) else None
+
+    return should_fold
+
+
 def _export(model: nn.Module, inputs: Any, path: Path, opset: int, dynamo: bool) -> None:
     args, kwargs, names = _as_tuple(inputs)
     tensors = _tensors(inputs)
@@ -111,6 +140,7 @@ def _export(model: nn.Module, inputs: Any, path: Path, opset: int, dynamo: bool)
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         if dynamo:
+            should_fold = _keep_unfolded(model)
             prog = torch.onnx.export(
                 model,
                 args,
@@ -118,8 +148,16 @@ def _export(model: nn.Module, inputs: Any, path: Path, opset: int, dynamo: bool)
                 dynamo=True,
                 verbose=False,
                 report=False,
+                optimize=should_fold is None,
                 **common,
             )
+            if should_fold is not None:
+                from onnxscript.optimizer import optimize_ir
+
+                optimize_ir(prog.model, should_fold=should_fold)
+                for node in prog.model.graph.all_nodes():  # the unfolded nodes' debug info
+                    for key in DEBUG_METADATA:
+                        node.metadata_props.pop(key, None)
             prog.save(str(path))
         else:
             if kwargs:  # the TorchScript exporter takes positional inputs only

@@ -5,8 +5,8 @@ scale (symmetric, zero point 0). int4 values are packed two per byte. The packed
 the bundle stores (``qweight``, ``scales``): the ``weight_only`` edit tells
 :func:`slimfuse.load` to rebuild these layers, and the weights are dequantized on load (and
 cached) so compute stays in float. In an ONNX export the dequantization is part of the graph,
-on constants, so the file holds the packed weights (the exporter may fold a small layer to
-float) and ONNX Runtime folds the rest at load.
+on constants, so the file holds the packed weights (the exporter is told not to fold them) and
+ONNX Runtime folds them at load.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def unpack(stored: torch.Tensor, bits: int) -> torch.Tensor:
 
 class WeightOnly(nn.Module):
     """A Linear / Conv layer whose weight is stored packed and dequantized for float compute."""
+
+    onnx_no_fold = True  # the ONNX file keeps the packed weights (see slimfuse.exporting)
 
     def __init__(
         self,
