@@ -206,6 +206,13 @@ def export_onnx(
         model, "export_onnx"
     ):  # modules with their own graph (e.g. int8 QDQ) export themselves
         return model.export_onnx(path, example_inputs, opset=opset, atol=atol)
+    inner = [name for name, m in model.named_modules() if name and getattr(m, "int8_graph", False)]
+    if inner:
+        raise ExportError(
+            f"cannot export {type(model).__name__}: {', '.join(map(repr, inner))} in it is an "
+            "int8 ONNX Runtime graph, which does not trace into a larger ONNX graph; combine the "
+            "float models, then quantize the result (one int8 graph)"
+        )
     opset = opset or default_opset(model)
     errors: list[str] = []
     tries = [True, False] if dynamo is None else [dynamo]

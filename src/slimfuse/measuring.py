@@ -75,12 +75,21 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int | None:
     if callable(getattr(model, "count_macs", None)):  # e.g. an int8 graph: the float model's MACs
         return model.count_macs()  # type: ignore[operator]
 
+    inner: list[int] = []  # modules inside that count themselves (an int8 graph member)
+    hooks = [
+        m.register_forward_hook(lambda mod, _a, _o: inner.append(mod.count_macs() or 0))
+        for m in model.modules()
+        if m is not model and callable(getattr(m, "count_macs", None))
+    ]
     try:
         with FlopCounterMode(display=False) as counter:
             forward(model.eval(), example_inputs)
     except Exception:
         return None
-    return int(counter.get_total_flops() // 2)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(counter.get_total_flops() // 2) + sum(inner)
 
 
 def time_calls(

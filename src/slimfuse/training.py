@@ -220,6 +220,10 @@ def train(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        from slimfuse.models.source import check_float_model
+
+        check_float_model(model, "training", "train the float model (or quantize with mode 'qat')")
     opt = _optimizer(params, cfg)
     objective = objective or (lambda m, batch: _task_objective(task, m, batch))
     evaluate_fn = evaluate_fn or (lambda m: evaluate(m, data.loader("val", batch_size=256), task))

@@ -131,3 +131,33 @@ def test_gru_int4_error_in_python() -> None:
     model = set_spec(nn.Sequential(nn.Linear(3, 3)), ModelSpec("t"))
     with pytest.raises(UnsupportedLayerError, match="found no layer to quantize"):
         quantize(model, QuantConfig(mode="weight-only", ignore=("0",)))
+
+
+def test_an_int8_graph_runs_and_teaches_but_is_not_trained_pruned_merged_or_requantized(
+    tmp_path, trained_cnn, mnist1d
+) -> None:
+    import copy
+
+    from slimfuse.errors import ExportError, ModelError
+    from slimfuse.fusion import MeanFusion
+    from slimfuse.measuring import count_macs, count_params
+
+    q = quantize(trained_cnn, QuantConfig(mode="static"), calibration=mnist1d.loader("train"))
+    x = mnist1d.example_input(4)
+    again = copy.deepcopy(q)  # after a call: the ONNX Runtime session stays behind
+    torch.testing.assert_close(again(x), q(x))
+    refused = "needs float weights, but the model is an int8 ONNX Runtime graph"
+    with pytest.raises(ModelError, match=f"^training {refused}"):
+        slimfuse.train(q, mnist1d, config=slimfuse.TrainConfig(epochs=1, quiet=True))
+    with pytest.raises(ModelError, match=f"^pruning {refused}"):
+        slimfuse.prune(q, mnist1d, channels=0.5)
+    with pytest.raises(ModelError, match=f"^merging member 'q' {refused}"):
+        slimfuse.merge([("q", q), ("f", trained_cnn)], data=mnist1d)
+    with pytest.raises(ModelError, match=f"^quantizing {refused}"):
+        quantize(q, QuantConfig(mode="dynamic"), example_inputs=x[:1])
+    # a fusion member: it runs and counts, but one ONNX graph cannot hold it
+    fused = MeanFusion([("int8", q), ("fp32", trained_cnn)])
+    assert count_params(fused) == (2 * count_params(trained_cnn)[0],) * 2
+    assert count_macs(fused, x[:1]) == 2 * count_macs(trained_cnn, x[:1])
+    with pytest.raises(ExportError, match=r"'members\.int8' in it is an int8 ONNX Runtime graph"):
+        slimfuse.export(fused, x[:1], tmp_path / "f.onnx")

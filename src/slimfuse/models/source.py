@@ -73,6 +73,19 @@ def check_model_fits(model: nn.Module, data: Any, task: str, what: str = "the mo
     check_fits(model, data, spec.input_shape if spec and spec.input_shape else None, what)
 
 
+def check_float_model(model: nn.Module, action: str, advice: str) -> None:
+    """Fail with one line if ``model`` is, or holds, an int8 ONNX Runtime graph (a
+    :class:`~slimfuse.quantization.runtime.QuantizedModel`): its weights are not parameters, so
+    ``action`` cannot change them; ``advice`` says what to do instead."""
+    found = [name for name, m in model.named_modules() if getattr(m, "int8_graph", False)]
+    if not found:
+        return
+    what = "the model is" if found == [""] else f"{', '.join(map(repr, found))} in the model is"
+    raise ModelError(
+        f"{action} needs float weights, but {what} an int8 ONNX Runtime graph; {advice}"
+    )
+
+
 def set_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
     object.__setattr__(model, SPEC_ATTR, spec)
     return model

@@ -20,6 +20,7 @@ from torch import nn
 
 from slimfuse.data import Data
 from slimfuse.errors import ConfigError
+from slimfuse.models.source import check_float_model
 from slimfuse.pruning.recovery import Recovery, recover
 from slimfuse.pruning.schedule import SCHEDULES, AGPCallback
 from slimfuse.pruning.unstructured import MaskCallback, check_sparsity, finalize, prune_unstructured
@@ -100,6 +101,7 @@ def prune(
     )
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    check_float_model(model, "pruning", "prune the float model, then quantize the pruned one")
     if finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs {finetune_epochs}: expected >= 0")
     task = get_task(task)

@@ -56,6 +56,11 @@ def quantize(
     if overrides:
         config = QuantConfig.from_dict({**config.to_dict(), **overrides})
     config.check_applies()
+    from slimfuse.models.source import check_float_model
+
+    check_float_model(
+        model, "quantizing", "quantize the float model it came from (its bundle before quantize)"
+    )
     model = model.eval()
     if task is None:
         from slimfuse.models.source import task_of

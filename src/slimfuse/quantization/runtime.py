@@ -25,7 +25,14 @@ EDIT_KIND = "quantized_graph"
 
 
 class QuantizedModel(nn.Module):
-    """A quantized ONNX graph behind ``forward``; ``info`` says how it was made (JSON-able)."""
+    """A quantized ONNX graph behind ``forward``; ``info`` says how it was made (JSON-able).
+
+    It runs, measures, exports and teaches (a distillation teacher, a fusion member); its weights
+    are not parameters, so training, pruning, merging and quantizing it again are refused
+    (:func:`slimfuse.models.source.check_float_model`).
+    """
+
+    int8_graph = True
 
     def __init__(self, graph: bytes | torch.Tensor, info: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -56,6 +63,12 @@ class QuantizedModel(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._sessions = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the ONNX Runtime sessions behind (rebuilt on first call)."""
+        state = self.__dict__.copy()
+        state["_sessions"] = {}
+        return state
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         sess = self.session()

@@ -40,10 +40,12 @@ def merge(
     statistics. The method's details (chosen ingredients, scores) go to the model's lineage and
     to ``model.merge_info``.
     """
-    from slimfuse.models.source import record
+    from slimfuse.models.source import check_float_model, record
 
     fn = MERGE_METHODS.get(method)
     pairs = as_pairs(members)
+    for name, m in [*pairs, *([("parent", parent)] if parent is not None else [])]:
+        check_float_model(m, f"merging member {name!r}", "merge the float models, then quantize")
     model, info = fn(pairs, data=data, task=task, parent=parent, **options)
     record(model, lineage={"stage": "merge", **info})
     object.__setattr__(model, "merge_info", info)
