@@ -104,6 +104,10 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
             "calibration='entropy' does not apply to mode 'dynamic'; it is for static, qat",
         ),
         (
+            ["merge", "--member", "a", "b", "--data", "digits", "--out", "x", "--density", "0.5"],
+            "option density does not apply to method 'greedy'; it is for ties",
+        ),
+        (
             ["eval", "--model", "mlp", "--data", "digits", "--out", "."],
             "--out . is a folder: expected the path of a metrics .json file to write",
         ),

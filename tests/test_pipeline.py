@@ -80,6 +80,33 @@ def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):
         ("stages: [{stage: train}]\n  bad: [", r"not valid YAML"),
         ("!!python/object/apply:os.system ['echo pwned']", r"not valid YAML"),
         ("task: clustering\nstages: [{stage: train}]", r"unknown task 'clustering'"),
+        # options the stage's kind would not read, found before the first stage runs
+        (
+            "stages: [{stage: train}, {stage: quantize, mode: dynamic, calibration: entropy}]",
+            r"stage 'quantize' \(quantize\): calibration='entropy' does not apply to mode 'dynamic'",
+        ),
+        (
+            "stages: [{stage: train}, {stage: prune, sparsity: 0.5, importance: taylor}]",
+            r"stage 'prune' \(prune\): importance='taylor' does not apply to sparsity pruning",
+        ),
+        ("stages: [{stage: prune}]", r"stage 'prune' \(prune\): give exactly one of sparsity"),
+        (
+            "stages: [{stage: fuse, method: mean, cv: 5}]",
+            r"stage 'fuse' \(fuse\): option cv does not apply to method 'mean'; it is for stack",
+        ),
+        ("stages: [{stage: merge, method: ties}]", r"stage 'merge' \(merge\): ties needs parent"),
+        (
+            "stages: [{stage: merge, density: 0.5}]",
+            r"option density does not apply to method 'greedy'; it is for ties",
+        ),
+        (
+            "stages: [{stage: distill, student: mlp, loss: mse, temperature: 2}]",
+            r"stage 'distill' \(distill\): temperature=2.0 does not apply to loss 'mse'",
+        ),
+        (
+            "stages: [{stage: distill, student: mlp, teachers: [t], ensemble_space: logits}]",
+            r"ensemble_space='logits' does not apply to one teacher",
+        ),
     ],
 )
 def test_bad_recipes_are_refused_before_anything_runs(text, message):

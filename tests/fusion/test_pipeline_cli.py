@@ -160,7 +160,8 @@ def test_a_recipe_key_the_method_does_not_read_is_an_error(tmp_path):
     )
     with pytest.raises(
         ConfigError,
-        match=r"^stage 'fuse' \(fuse\): option hidden does not apply to method 'mean'; it is for head$",
+        match=r"^recipe: stage 'fuse' \(fuse\): option hidden does not apply to method 'mean'; "
+        r"it is for head$",
     ):
         slimfuse.run(text, tmp_path / "run", quiet=True)
 

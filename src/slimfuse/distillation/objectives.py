@@ -82,18 +82,21 @@ def trim_padding(inputs: Any) -> tuple[Any, torch.Tensor | None]:
     return inputs, inputs["attention_mask"]
 
 
-def _check_options_apply(
+def check_options_apply(
     loss: str,
-    task: Task,
+    task: Task | None,
     temperature: float,
     hints: Mapping[str, str] | None,
     hint_weight: float,
     hint_metric: str,
 ) -> None:
-    """Refuse a setting changed from its default that the built-in losses would not read."""
-    output = output_loss_for(task) if loss == "hint" else loss
+    """Refuse a setting changed from its default that the built-in losses would not read.
+
+    ``task`` None (a recipe being parsed): ``hint``'s output loss is not known yet, not checked.
+    """
+    output = loss if loss != "hint" else output_loss_for(task) if task is not None else None
     if temperature != 4.0 and output in ("mse", "cosine"):
-        via = f" (hint's output loss for {task.name})" if loss == "hint" else ""
+        via = f" (hint's output loss for {task.name})" if loss == "hint" and task else ""
         raise ConfigError(
             f"temperature={temperature!r} does not apply to loss {output!r}{via}; "
             "it is for kd (and hint on classification)"
@@ -156,7 +159,7 @@ class DistillObjective:
             raise ConfigError(
                 "loss 'hint' needs hints: expected a mapping of student layer -> teacher layer"
             )
-        _check_options_apply(loss, self.task, temperature, hints, hint_weight, hint_metric)
+        check_options_apply(loss, self.task, temperature, hints, hint_weight, hint_metric)
         self.teacher = make_teacher(teacher, space=ensemble_space, weights=ensemble_weights)
         self.mixup = float(mixup)
         # mixed inputs are new every step: nothing to cache

@@ -43,6 +43,15 @@ class DistillStage(TrainingStageConfig):
     cache: bool = True
     mixup: float = Field(default=0.0, ge=0)  # > 0: the teacher labels mixup blends of inputs
 
+    def check(self) -> None:
+        from slimfuse.distillation.objectives import check_options_apply
+        from slimfuse.distillation.teachers import check_ensemble_options
+
+        check_options_apply(
+            self.loss, None, self.temperature, self.hints, self.hint_weight, self.hint_metric
+        )
+        check_ensemble_options(len(self.teachers or [None]), self.ensemble_space)
+
 
 def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
     if not names:

@@ -31,6 +31,17 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def check_ensemble_options(
+    n_teachers: int, space: str = "probs", weights: Sequence[float] | None = None
+) -> None:
+    """Refuse ensemble settings for one teacher (they would be dropped)."""
+    if n_teachers == 1 and (space != "probs" or weights):
+        option = f"ensemble_space={space!r}" if space != "probs" else "ensemble_weights"
+        raise ConfigError(
+            f"{option} does not apply to one teacher; it is for an ensemble of teachers"
+        )
+
+
 def make_teacher(
     teacher: nn.Module | Sequence[nn.Module] | Sequence[tuple[str, nn.Module]],
     *,
@@ -51,12 +62,8 @@ def make_teacher(
             raise ConfigError(
                 f"teacher {i} is {type(m).__name__}; expected an nn.Module or a (name, module) pair"
             )
+    check_ensemble_options(len(pairs), space, weights)
     if len(pairs) == 1:
-        if space != "probs" or weights:
-            option = f"ensemble_space={space!r}" if space != "probs" else "ensemble_weights"
-            raise ConfigError(
-                f"{option} does not apply to one teacher; it is for an ensemble of teachers"
-            )
         return freeze(pairs[0][1])
     if space not in ("probs", "logits"):
         raise ConfigError(f"ensemble space {space!r}: expected probs or logits")

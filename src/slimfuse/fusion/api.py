@@ -85,6 +85,16 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 OPTIONS: tuple[str, ...] = tuple(sorted({k for keys in METHOD_OPTIONS.values() for k in keys}))
 
 
+def check_options_apply(method: str, given: Iterable[str]) -> None:
+    """Refuse an option the user set (``given``) that ``method`` does not read."""
+    unused = sorted(set(given) - set(METHOD_OPTIONS.get(method, ())))
+    if unused:
+        users = [m for m, keys in METHOD_OPTIONS.items() if unused[0] in keys]
+        raise ConfigError(
+            f"option {unused[0]} does not apply to method {method!r}; it is for {', '.join(users)}"
+        )
+
+
 def method_options(
     method: str, settings: Any, train_config: Any, given: Iterable[str] = ()
 ) -> dict[str, Any]:
@@ -93,12 +103,7 @@ def method_options(
     ``given`` names the options the user set: one that ``method`` does not read is an error,
     not silently dropped. ``train_config`` trains stacking's folds and the head.
     """
-    unused = sorted(set(given) - set(METHOD_OPTIONS.get(method, ())))
-    if unused:
-        users = [m for m, keys in METHOD_OPTIONS.items() if unused[0] in keys]
-        raise ConfigError(
-            f"option {unused[0]} does not apply to method {method!r}; it is for {', '.join(users)}"
-        )
+    check_options_apply(method, given)
     s = settings
     if method == "mean":
         return {"space": s.space, "weights": s.weights}

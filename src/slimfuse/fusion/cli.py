@@ -75,9 +75,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from slimfuse.cli import load_data_arg
     from slimfuse.errors import ConfigError
-    from slimfuse.fusion.merge import merge
+    from slimfuse.fusion.merge import check_merge_options, merge
     from slimfuse.models.source import check_model_fits, load_model
 
+    check_merge_options(args.method, parent=args.parent, density=args.density, scale=args.scale)
     data = load_data_arg(args)
     pairs = _members(args, data)
     opts: dict[str, Any] = {}

@@ -91,6 +91,11 @@ class FuseStage(TrainingStageConfig):
     lr: float = 1e-3
     epochs: int = 10
 
+    def check(self) -> None:
+        from slimfuse.fusion.api import OPTIONS, check_options_apply
+
+        check_options_apply(self.method, self.model_fields_set & set(OPTIONS))
+
 
 @stage(FuseStage)
 def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
@@ -110,6 +115,13 @@ class MergeStage(StageConfig):
     density: float = Field(0.2, gt=0, le=1)
     scale: float = Field(1.0, gt=0)
 
+    def check(self) -> None:
+        from slimfuse.fusion.merge import check_merge_options
+
+        if self.method == "ties" and self.parent is None:
+            raise ConfigError("ties needs parent: <stage name>, the model the members came from")
+        check_merge_options(self.method, parent=self.parent, density=self.density, scale=self.scale)
+
 
 @stage(MergeStage)
 def merge_stage(ctx: Context, cfg: MergeStage) -> nn.Module:
@@ -118,9 +130,7 @@ def merge_stage(ctx: Context, cfg: MergeStage) -> nn.Module:
 
     pairs = resolve_members(ctx, cfg.members)
     opts: dict = {}
-    if cfg.method == "ties":
-        if cfg.parent is None:
-            raise ConfigError(f"stage {ctx.stage_name!r}: ties needs parent: <stage name>")
+    if cfg.method == "ties":  # with a parent: checked when the recipe was parsed
         opts = {"parent": ctx.model_named(cfg.parent), "density": cfg.density, "scale": cfg.scale}
     return merge(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
 

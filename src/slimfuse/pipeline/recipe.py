@@ -87,12 +87,14 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     for entry in recipe.stages:
         st = STAGES.get(entry.stage)
         try:
-            st.config.model_validate(entry.config())
+            st.config.model_validate(entry.config()).check()
         except ValidationError as exc:
             where, msg = first_error(exc)
             raise ConfigError(
                 f"{source}: stage {entry.name!r} ({entry.stage}): {where}: {msg}"
             ) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: stage {entry.name!r} ({entry.stage}): {exc}") from None
     return recipe
 
 

@@ -29,6 +29,10 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
+    def check(self) -> None:
+        """Checks across keys that need no model or data (raise ``ConfigError``). The recipe
+        parser runs them, so a bad stage fails before the first stage runs."""
+
 
 class TrainingStageConfig(StageConfig):
     """The training keys shared by every stage that trains (``train``, ``distill``, ``fuse``...)."""

@@ -50,6 +50,60 @@ def _check_options_apply(kind: str, **options: Any) -> None:
             )
 
 
+def check_request(
+    *,
+    sparsity: float | None = None,
+    threshold: float | None = None,
+    channels: float | None = None,
+    ffn: float | None = None,
+    heads: float | None = None,
+    schedule: str = "agp",
+    importance: str = "l1",
+    targets: Any = None,
+    ignore: Any = None,
+    global_pruning: bool | None = None,
+    iterative_steps: int = 1,
+    unsupported: str = "error",
+    finetune_epochs: int = 0,
+) -> str:
+    """Check what :func:`prune` is asked, before any model or data: returns the kind of pruning.
+
+    Exactly one of sparsity, threshold, channels or ffn/heads, and no option that kind does not
+    read (a recipe's ``prune`` stage runs this when the recipe is parsed).
+    """
+    given = {
+        "sparsity": sparsity is not None,
+        "threshold": threshold is not None,
+        "channels": channels is not None,
+        "ffn/heads": ffn is not None or heads is not None,
+    }
+    modes = [n for n, v in given.items() if v]
+    if len(modes) != 1:
+        raise ConfigError(
+            "give exactly one of sparsity, threshold, channels or ffn/heads; "
+            f"got {', '.join(modes) or 'none'}"
+        )
+    _check_options_apply(
+        modes[0],
+        importance=importance,
+        iterative_steps=iterative_steps,
+        unsupported=unsupported,
+        global_pruning=global_pruning,
+        targets=targets,
+        ignore=ignore,
+    )
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs {finetune_epochs}: expected >= 0")
+    if sparsity is not None and schedule == "agp" and not finetune_epochs:
+        raise ConfigError(
+            "schedule 'agp' prunes gradually during fine-tuning; expected finetune_epochs >= 1 "
+            "(or schedule 'oneshot')"
+        )
+    return modes[0]
+
+
 def prune(
     model: nn.Module,
     data: Data | None = None,
@@ -78,32 +132,22 @@ def prune(
     checkpoint_dir: Any = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` (the input is left unchanged)."""
-    given = {
-        "sparsity": sparsity is not None,
-        "threshold": threshold is not None,
-        "channels": channels is not None,
-        "ffn/heads": ffn is not None or heads is not None,
-    }
-    modes = [n for n, v in given.items() if v]
-    if len(modes) != 1:
-        raise ConfigError(
-            "give exactly one of sparsity, threshold, channels or ffn/heads; "
-            f"got {', '.join(modes) or 'none'}"
-        )
-    _check_options_apply(
-        modes[0],
+    check_request(
+        sparsity=sparsity,
+        threshold=threshold,
+        channels=channels,
+        ffn=ffn,
+        heads=heads,
+        schedule=schedule,
         importance=importance,
-        iterative_steps=iterative_steps,
-        unsupported=unsupported,
-        global_pruning=global_pruning,
         targets=targets,
         ignore=ignore,
+        global_pruning=global_pruning,
+        iterative_steps=iterative_steps,
+        unsupported=unsupported,
+        finetune_epochs=finetune_epochs,
     )
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     check_float_model(model, "pruning", "prune the float model, then quantize the pruned one")
-    if finetune_epochs < 0:
-        raise ConfigError(f"finetune_epochs {finetune_epochs}: expected >= 0")
     task = get_task(task)
     if finetune_epochs and data is None:
         raise ConfigError("fine-tuning after pruning needs data")
@@ -137,11 +181,6 @@ def prune(
         model = trainable_copy(model)
         gp = True if global_pruning is None else global_pruning
         if schedule == "agp" and threshold is None:
-            if not finetune_epochs:
-                raise ConfigError(
-                    "schedule 'agp' prunes gradually during fine-tuning; expected finetune_epochs >= 1 "
-                    "(or schedule 'oneshot')"
-                )
             cb = AGPCallback(model, sparsity, targets=targets, ignore=ignore, global_pruning=gp)
             fine_tune(model, [cb], "prune agp")
             masks = cb.masks

@@ -40,6 +40,13 @@ class PruneStage(StageConfig):
     batch_size: int = Field(default=100, ge=1)
     recovery: Literal["finetune", "distill"] = "finetune"
 
+    def check(self) -> None:
+        from slimfuse.pruning.api import check_request
+
+        keys = ("sparsity", "threshold", "channels", "ffn", "heads", "schedule", "importance")
+        keys += ("targets", "ignore", "global_pruning", "iterative_steps", "unsupported")
+        check_request(**{k: getattr(self, k) for k in keys}, finetune_epochs=self.finetune_epochs)
+
 
 @stage(PruneStage)
 def prune_stage(ctx: Context, cfg: PruneStage) -> nn.Module:

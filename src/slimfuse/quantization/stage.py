@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from torch import nn
 
 from slimfuse.pipeline.stages import Context, StageConfig, stage
+
+if TYPE_CHECKING:
+    from slimfuse.quantization.config import QuantConfig
 
 
 class QuantizeStage(StageConfig):
@@ -37,17 +40,24 @@ class QuantizeStage(StageConfig):
     qat_lr: float = Field(default=1e-3, gt=0)
     distill: bool = False
 
+    def quant_config(self) -> QuantConfig:
+        from slimfuse.quantization.config import QuantConfig
+
+        return QuantConfig.from_dict(
+            self.model_dump(exclude={"model", "batch_size"})
+            | {"targets": self.targets, "ignore": self.ignore}
+        )
+
+    def check(self) -> None:
+        self.quant_config().check_applies()
+
 
 @stage(QuantizeStage)
 def quantize_stage(ctx: Context, cfg: QuantizeStage) -> nn.Module:
     """Quantize: int8 dynamic/static or QAT (ONNX Runtime graph), or weight-only int8/int4."""
     from slimfuse.quantization.api import quantize
-    from slimfuse.quantization.config import QuantConfig
 
-    qc = QuantConfig.from_dict(
-        cfg.model_dump(exclude={"model", "batch_size"})
-        | {"targets": cfg.targets, "ignore": cfg.ignore}
-    )
+    qc = cfg.quant_config()
     loader = ctx.data.loader("train", batch_size=cfg.batch_size, shuffle=True, seed=ctx.seed)
     return quantize(
         ctx.model_named(cfg.model),

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from slimfuse.errors import ConfigError
 from slimfuse.fusion.common import Members, as_pairs
 from slimfuse.registry import Registry
 
@@ -23,6 +24,19 @@ MERGE_METHODS: Registry[Any] = Registry(
         "ties": "slimfuse.fusion.merge.ties:ties_merge",
     },
 )
+
+
+# the options only TIES reads, at their defaults
+TIES_OPTIONS: dict[str, Any] = {"parent": None, "density": 0.2, "scale": 1.0}
+
+
+def check_merge_options(method: str, **options: Any) -> None:
+    """Refuse a TIES option set away from its default with another method (not dropped)."""
+    if method == "ties":
+        return
+    for name, value in options.items():
+        if value != TIES_OPTIONS[name]:
+            raise ConfigError(f"option {name} does not apply to method {method!r}; it is for ties")
 
 
 def merge(
