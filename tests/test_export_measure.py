@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,19 @@ def test_onnx_parity_at_batch_1_and_64(name, mnist1d, tmp_path):
     assert diff <= 1e-4
     runner = OrtRunner(path)
     assert runner(mnist1d.example_input(64)).shape == (64, 10)
+
+
+def test_the_file_holds_no_exporter_debug_info(mnist1d, tmp_path):
+    """No stack traces (with this machine's source paths) or FX nodes in a deployable file."""
+    import onnx
+
+    model = slimfuse.build_model("resnet1d", data=mnist1d).eval()
+    path = export_onnx(model, mnist1d.example_input(1), tmp_path / "m.onnx")
+    assert all(not n.metadata_props for n in onnx.load(str(path)).graph.node)
+    assert str(Path(slimfuse.__file__).parent).encode() not in path.read_bytes()
+    kept = export_onnx(model, mnist1d.example_input(1), tmp_path / "k.onnx", keep_scopes=True)
+    keys = {p.key for n in onnx.load(str(kept)).graph.node for p in n.metadata_props}
+    assert keys == {"pkg.torch.onnx.name_scopes"}  # what quantization maps nodes by
 
 
 def test_torchscript_fallback_path_also_passes(mnist1d, tmp_path):

@@ -38,7 +38,7 @@ def export_fp32(model: nn.Module, example_inputs: Any, path: Path) -> Path:
     from slimfuse.exporting import export_onnx
 
     try:
-        return export_onnx(model, example_inputs, path)
+        return export_onnx(model, example_inputs, path, keep_scopes=True)  # node -> module
     except ExportError as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         ops = sorted(set(re.findall(r"aten(?:::|\.)[A-Za-z0-9_]+", text)))
