@@ -114,6 +114,15 @@ def test_bad_recipes_are_refused_before_anything_runs(text, message):
         parse_recipe(text)
 
 
+def test_a_recipe_object_gets_the_same_checks_before_anything_runs(tmp_path):
+    from slimfuse.pipeline.recipe import Recipe
+
+    recipe = Recipe(data="digits", stages=[{"stage": "prune", "channels": 0.5, "sparsity": 0.5}])
+    with pytest.raises(ConfigError, match=r"stage 'prune' \(prune\): give exactly one of"):
+        run_recipe(recipe, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_demo_recipe_validates_and_bridges_every_family():
     from slimfuse.cli import DEMO_RECIPE
     from slimfuse.pipeline.recipe import load_recipe

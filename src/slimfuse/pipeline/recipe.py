@@ -69,9 +69,6 @@ def first_error(exc: ValidationError) -> tuple[str, str]:
 
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
-    from slimfuse.pipeline.stages import STAGES
-    from slimfuse.tasks import TASKS
-
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -83,6 +80,15 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     except ValidationError as exc:
         where, msg = first_error(exc)
         raise ConfigError(f"{source}: {where}: {msg}") from None
+    check_recipe(recipe, source)
+    return recipe
+
+
+def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
+    """The task and every stage's keys (and their checks across keys), before anything runs."""
+    from slimfuse.pipeline.stages import STAGES
+    from slimfuse.tasks import TASKS
+
     TASKS.get(recipe.task)
     for entry in recipe.stages:
         st = STAGES.get(entry.stage)
@@ -95,7 +101,6 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
             ) from None
         except ConfigError as exc:
             raise ConfigError(f"{source}: stage {entry.name!r} ({entry.stage}): {exc}") from None
-    return recipe
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:

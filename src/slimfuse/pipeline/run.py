@@ -16,7 +16,7 @@ from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
 from slimfuse.models.source import check_model_fits, load_model, record
-from slimfuse.pipeline.recipe import Recipe, load_recipe, parse_recipe
+from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
 from slimfuse.tasks import get_task
 
@@ -31,6 +31,7 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Run ``recipe`` (a path, YAML text or :class:`Recipe`) into ``out``; returns metrics."""
     if isinstance(recipe, Recipe):
+        check_recipe(recipe)
         text = text or recipe.model_dump_json(indent=2)
     elif isinstance(recipe, Path) or (isinstance(recipe, str) and "\n" not in recipe):
         recipe, text = load_recipe(recipe)
