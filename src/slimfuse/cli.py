@@ -7,11 +7,13 @@ shows the traceback instead. Technique families add their commands through :data
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -436,13 +438,30 @@ def show_progress(on: bool) -> None:
     logger.setLevel(logging.INFO if on else logging.WARNING)
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings as ``slimfuse CMD: warning: ...`` on stderr, without file, line and source."""
+    shown = warnings.showwarning
+
+    def show(message: Any, *_args: Any, **_kwargs: Any) -> None:
+        print(f"slimfuse {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from slimfuse.errors import SlimfuseError
 
     args = build_parser().parse_args(argv)
     show_progress(not getattr(args, "quiet", False))
+    debug = getattr(args, "debug", False)
     try:
-        code = int(args.func(args) or 0)
+        with contextlib.nullcontext() if debug else one_line_warnings(args.command):
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
         return code
     except SlimfuseError as exc:

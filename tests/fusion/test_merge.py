@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -40,6 +41,17 @@ def test_uniform_soup_is_the_mean_of_the_weights(variants, mnist1d):
     assert MERGE_METHODS.names() == ["greedy", "ties", "uniform"]
 
 
+def test_a_uniform_soup_of_unrelated_models_warns(variants, members, mnist1d):
+    """Averaging independently trained models gives a poor model: said, not silent."""
+    with pytest.warns(UserWarning, match=r"worse than every ingredient .*fine-tuned from one"):
+        soup = slimfuse.merge(members, "uniform", data=mnist1d)
+    info = soup.merge_info
+    assert info["val"] < min(info["ingredient_val"].values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # variants of one parent: no warning
+        slimfuse.merge(variants[1], "uniform", data=mnist1d)
+
+
 def test_greedy_soup_is_never_worse_than_its_best_ingredient(variants, mnist1d):
     parent, pairs = variants
     # add a bad ingredient (the untrained-ish parent perturbed): greedy must reject it if it hurts
@@ -71,6 +83,7 @@ def test_ties_trims_elects_and_merges(variants, mnist1d):
         slimfuse.merge(pairs, "ties")
 
 
+@pytest.mark.filterwarnings("ignore:the uniform soup")  # two unrelated models
 def test_batchnorm_statistics_are_re_estimated(mnist1d):
     torch.manual_seed(0)
     nets = [

@@ -102,7 +102,11 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert "with_val=True adds validation predictions" in capsys.readouterr().err
     merge = ["merge", "--member", *bundles, *args]  # one --member with a list works too
     assert main([*merge, "--method", "uniform", "--out", str(tmp_path / "m")]) == 0
-    assert capsys.readouterr().out.startswith(f"merged {', '.join(names)} (uniform, 2 of 2)\n")
+    shown = capsys.readouterr()
+    assert shown.out.startswith(f"merged {', '.join(names)} (uniform, 2 of 2); val 0.")
+    # members trained from different inits: one line on stderr, no file/line/source of a warning
+    assert shown.err.startswith("slimfuse merge: warning: the uniform soup scores 0.")
+    assert "UserWarning" not in shown.err
     assert main([*merge, "--method", "greedy", "--out", str(tmp_path / "g")]) == 0
     assert re.match(r"merged \S+.* \(greedy, [12] of 2\); val 0\.\d{4}\n", capsys.readouterr().out)
     assert main(["fuse", *args, "--out", str(tmp_path / "e")]) == 2

@@ -11,6 +11,7 @@ BatchNorm statistics are re-estimated on training data after every averaging.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +32,21 @@ def uniform_soup(
 ) -> tuple[nn.Module, dict[str, Any]]:
     sts = states(pairs)
     model = build(pairs[0][1], average(sts), data, task)
-    return model, {"method": "uniform", "ingredients": [n for n, _ in pairs]}
+    info: dict[str, Any] = {"method": "uniform", "ingredients": [n for n, _ in pairs]}
+    if data is not None:
+        task = get_task(task)
+        scores = {n: val_score(m, data, task) for n, m in pairs}
+        info.update(ingredient_val=scores, val=val_score(model, data, task))
+        worst = min(scores.values()) if task.higher_is_better else max(scores.values())
+        if task.better(worst, info["val"]):
+            warnings.warn(
+                f"the uniform soup scores {info['val']:.4f} on validation, worse than every "
+                f"ingredient ({', '.join(f'{n} {v:.4f}' for n, v in scores.items())}): weight "
+                "averaging needs variants fine-tuned from one model; a greedy soup keeps the best "
+                "ingredient, fusion averages predictions instead",
+                stacklevel=3,  # the caller of slimfuse.merge
+            )
+    return model, info
 
 
 def greedy_soup(
