@@ -44,6 +44,7 @@ stages:
 """
 
 
+@pytest.mark.filterwarnings("ignore:the uniform soup")  # its members share no parent
 def test_recipe_stages_and_bundles(tmp_path, mnist1d):
     result = slimfuse.run(RECIPE, tmp_path / "run", quiet=True)
     assert [r["stage"] for r in result["stages"]] == ["members", "fuse", "merge", "mutual"]
