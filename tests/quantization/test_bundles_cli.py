@@ -134,7 +134,7 @@ def test_gru_int4_error_in_python() -> None:
 
 
 def test_an_int8_graph_runs_and_teaches_but_is_not_trained_pruned_merged_or_requantized(
-    tmp_path, trained_cnn, mnist1d
+    tmp_path, trained_cnn, mnist1d, capsys
 ) -> None:
     import copy
 
@@ -161,3 +161,12 @@ def test_an_int8_graph_runs_and_teaches_but_is_not_trained_pruned_merged_or_requ
     assert count_macs(fused, x[:1]) == 2 * count_macs(trained_cnn, x[:1])
     with pytest.raises(ExportError, match=r"'members\.int8' in it is an int8 ONNX Runtime graph"):
         slimfuse.export(fused, x[:1], tmp_path / "f.onnx")
+    # `eval` measures what it can: the torch row, and says why there is no ONNX Runtime one
+    from slimfuse.cli import main
+
+    slimfuse.save(fused, tmp_path / "fused")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "fused"), "--data", "mnist1d"]) == 0
+    shown = capsys.readouterr()
+    assert shown.err.startswith("slimfuse eval: warning: no ONNX Runtime row: cannot export")
+    assert "| eval | torch |" in shown.out and "onnxruntime" not in shown.out
