@@ -155,6 +155,10 @@ def test_an_int8_graph_runs_and_teaches_but_is_not_trained_pruned_merged_or_requ
         slimfuse.merge([("q", q), ("f", trained_cnn)], data=mnist1d)
     with pytest.raises(ModelError, match=f"^quantizing {refused}"):
         quantize(q, QuantConfig(mode="dynamic"), example_inputs=x[:1])
+    from slimfuse.distillation.students import build_student
+
+    with pytest.raises(ModelError, match=f"^a student built from the teacher {refused}"):
+        build_student(q, x[:1], width=0.5)
     # a fusion member: it runs and counts, but one ONNX graph cannot hold it
     fused = MeanFusion([("int8", q), ("fp32", trained_cnn)])
     assert count_params(fused) == (2 * count_params(trained_cnn)[0],) * 2

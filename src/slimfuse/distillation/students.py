@@ -172,6 +172,11 @@ def build_student(
         )
     if depth is None and keep is None and width is None:
         raise ConfigError("build_student needs depth=, keep= or width=; expected at least one")
+    from slimfuse.models.source import check_float_model
+
+    check_float_model(
+        teacher, "a student built from the teacher", "build it from the float teacher's bundle"
+    )
     student = teacher
     if depth is not None or keep is not None:
         student = depth_student(
