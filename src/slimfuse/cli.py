@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
         return code
     except SlimfuseError as exc:
-        if getattr(args, "debug", False):
+        if debug:
             raise
         print(f"slimfuse {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

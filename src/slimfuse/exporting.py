@@ -206,7 +206,9 @@ def export_onnx(
         model, "export_onnx"
     ):  # modules with their own graph (e.g. int8 QDQ) export themselves
         return model.export_onnx(path, example_inputs, opset=opset, atol=atol)
-    inner = [name for name, m in model.named_modules() if name and getattr(m, "int8_graph", False)]
+    from slimfuse.models.source import int8_graphs
+
+    inner = [name for name in int8_graphs(model) if name]  # the root exports itself (above)
     if inner:
         raise ExportError(
             f"cannot export {type(model).__name__}: {', '.join(map(repr, inner))} in it is an "

@@ -73,11 +73,16 @@ def check_model_fits(model: nn.Module, data: Any, task: str, what: str = "the mo
     check_fits(model, data, spec.input_shape if spec and spec.input_shape else None, what)
 
 
+def int8_graphs(model: nn.Module) -> list[str]:
+    """Names of the int8 ONNX Runtime graphs (:class:`~slimfuse.quantization.runtime.
+    QuantizedModel`) in ``model``: ``""`` when it is one itself."""
+    return [name for name, m in model.named_modules() if getattr(m, "int8_graph", False)]
+
+
 def check_float_model(model: nn.Module, action: str, advice: str) -> None:
-    """Fail with one line if ``model`` is, or holds, an int8 ONNX Runtime graph (a
-    :class:`~slimfuse.quantization.runtime.QuantizedModel`): its weights are not parameters, so
-    ``action`` cannot change them; ``advice`` says what to do instead."""
-    found = [name for name, m in model.named_modules() if getattr(m, "int8_graph", False)]
+    """Fail with one line if ``model`` is, or holds, an int8 ONNX Runtime graph: its weights are
+    not parameters, so ``action`` cannot change them; ``advice`` says what to do instead."""
+    found = int8_graphs(model)
     if not found:
         return
     what = "the model is" if found == [""] else f"{', '.join(map(repr, found))} in the model is"

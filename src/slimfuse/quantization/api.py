@@ -56,15 +56,13 @@ def quantize(
     if overrides:
         config = QuantConfig.from_dict({**config.to_dict(), **overrides})
     config.check_applies()
-    from slimfuse.models.source import check_float_model
+    from slimfuse.models.source import check_float_model, task_of
 
     check_float_model(
         model, "quantizing", "quantize the float model it came from (its bundle before quantize)"
     )
     model = model.eval()
     if task is None:
-        from slimfuse.models.source import task_of
-
         task = task_of(model)
     if config.mode == "weight-only":
         import copy
