@@ -8,14 +8,17 @@ the one loop (lr 1e-2), per seed:
 - ``mixed``: five different models: widths 2/4/4, 4/8/8, 4/8/8 trained for 8 epochs only,
   8/16/16 and 2/2/4 (20 epochs otherwise), as a zoo of models of different sizes would be.
 
-Each is fused by the mean and by :class:`~slimfuse.fusion.weighted.WeightedFusion` (weights fitted
-on the 400 validation samples), in probability and in logit space, with the default shrinkage
-toward uniform chosen by cross-validation (``shrink="cv"``) and without it (``shrink=0``, the
-plain log-loss optimum). Test accuracy on the 1,000 test samples; wins and losses count the
-seeds where a method beats or trails the mean of the same space. Seeds run in ``--jobs``
-processes of one torch thread each.
+Each is fused by the mean and by :class:`~slimfuse.fusion.weighted.WeightedFusion`, in
+probability and in logit space: weights fitted on the 400 validation samples (``cv="prefit"``)
+with the default shrinkage toward uniform chosen by cross-validation (``shrink="cv"``) and
+without it (``shrink=0``, the plain log-loss optimum), and weights fitted on the out-of-fold
+predictions of 5 folds of the 3,600 training samples (``cv=5``: every member retrained per
+fold, each with its own epochs, through :func:`~slimfuse.fusion.folds.out_of_fold`, then
+``fit_weights``). Test accuracy on the 1,000 test samples; wins and losses count the seeds
+where a method beats or trails the mean of the same space. Seeds run in ``--jobs`` processes of
+one torch thread each.
 
-    python benchmarks/fuse_weighted.py            # 12 seeds per ensemble (8 min on 2 cores)
+    python benchmarks/fuse_weighted.py            # 12 seeds per ensemble (35 min on 2 cores)
     python benchmarks/fuse_weighted.py --quick    # smoke run
 """
 
@@ -32,6 +35,7 @@ import torch
 import slimfuse
 from fuse_common import cpu_line, mean_std, verdict, write
 from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.fusion.folds import out_of_fold
 from slimfuse.fusion.weighted import WeightedFusion
 from slimfuse.models.source import build_model
 from slimfuse.tasks import evaluate
@@ -49,13 +53,15 @@ METHODS = [
     ("weighted (logits), shrink=0", lambda p: WeightedFusion(p, space="logits", shrink=0.0)),
     ("weighted (logits)", lambda p: WeightedFusion(p, space="logits")),
 ]
+CV_METHODS = ["weighted cv=5 (probs)", "weighted cv=5 (logits)"]  # fitted on out-of-fold outputs
+FOLDS = 5
 
 
 def run(ensemble: str, seed: int, epochs_scale: float) -> dict[str, Any]:
     torch.set_num_threads(1)
     data = slimfuse.load_data("mnist1d", seed=seed)
     t0 = time.perf_counter()
-    pairs = []
+    pairs, configs = [], []
     for k, (widths, epochs) in enumerate(ENSEMBLES[ensemble]):
         # the seeds train_members gives its k-th member, so "equal" is fuse_ensemble's ensemble
         cfg = TrainConfig(
@@ -65,6 +71,7 @@ def run(ensemble: str, seed: int, epochs_scale: float) -> dict[str, Any]:
         model = build_model("resnet1d", data=data, widths=widths, blocks_per_stage=1)
         train(model, data, "classification", cfg)
         pairs.append((f"m{k}", model))
+        configs.append(cfg)
     test = data.loader("test", batch_size=500)
     out: dict[str, Any] = {"singles": [evaluate(m, test) for _, m in pairs], "acc": {}, "w": {}}
     for name, make in METHODS:
@@ -72,6 +79,13 @@ def run(ensemble: str, seed: int, epochs_scale: float) -> dict[str, Any]:
         if isinstance(fused, WeightedFusion):
             fused.fit(data)
             out["w"][name] = {"weights": fused.weights_.tolist(), "shrink": fused.shrink_}
+        out["acc"][name] = evaluate(fused, test)
+    # cv=5: what WeightedFusion(cv=5).fit does, with each member's own training config
+    oof, y, _ = out_of_fold(pairs, data, FOLDS, configs, seed=seed)
+    for name in CV_METHODS:
+        space = "probs" if "probs" in name else "logits"
+        fused = WeightedFusion(pairs, space=space, cv=FOLDS, seed=seed).fit_weights(oof, y)
+        out["w"][name] = {"weights": fused.weights_.tolist(), "shrink": fused.shrink_}
         out["acc"][name] = evaluate(fused, test)
     print(f"{ensemble} seed {seed} ({time.perf_counter() - t0:.0f}s): {out['acc']}", flush=True)
     return out
@@ -84,7 +98,9 @@ def render(results: dict[str, list[dict]], seeds: list[int], minutes: float) -> 
         "",
         f"Test accuracy (%) on MNIST-1D's 1000 test samples, mean ± std over seeds {seeds}; "
         "5 `resnet1d` members per ensemble (one basic block per stage, lr 1e-2, one loop); "
-        "weights fitted on the 400 validation samples. equal: widths 4/8/8, 20 epochs, five "
+        "weights fitted on the 400 validation samples (prefit) or on out-of-fold predictions "
+        f"of {FOLDS} folds of the 3,600 training samples (cv={FOLDS}, members retrained per "
+        "fold). equal: widths 4/8/8, 20 epochs, five "
         "seeds; mixed: widths 2/4/4, 4/8/8, 4/8/8 (8 epochs), 8/16/16, 2/2/4. "
         f"{cpu_line()}. Run time {minutes:.0f} min.",
         "",
@@ -104,7 +120,7 @@ def render(results: dict[str, list[dict]], seeds: list[int], minutes: float) -> 
     ]
     targets = []
     for ens, runs in results.items():
-        for name, _ in METHODS:
+        for name in [n for n, _ in METHODS] + CV_METHODS:
             accs = [r["acc"][name] for r in runs]
             ref_name = "mean (probs)" if "probs" in name else "mean (logits)"
             ref = [r["acc"][ref_name] for r in runs]
@@ -115,7 +131,7 @@ def render(results: dict[str, list[dict]], seeds: list[int], minutes: float) -> 
                 f"| {ens} | {name} | {mean_std(accs)} | {100 * m(diff):+.2f} | "
                 f"{wins} / {losses} | {f'{m(shrinks):.2f}' if shrinks else ''} |"
             )
-            if name in ("weighted (probs)", "weighted (logits)"):
+            if name in ("weighted (probs)", "weighted (logits)", *CV_METHODS):
                 targets.append(
                     (
                         f"{ens}: {name} ≥ {ref_name}",

@@ -92,7 +92,29 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     np.testing.assert_allclose(slimfuse.load(tmp_path / "w").weights.numpy(), [0.5, 0.5])
     names = [Path(b).name for b in bundles]
     shown = f"weights: {names[0]} 0.500, {names[1]} 0.500 (shrink 1.00)"
-    assert capsys.readouterr().out.splitlines()[0] == shown
+    assert capsys.readouterr().out.splitlines()[0] == f"{shown}; fitted on 400 validation samples"
+    # cross-validated weights: both members retrained on 2 folds of train, one epoch each
+    cv = ["--method", "weighted", "--cv", "2", "--epochs", "1", "--out", str(tmp_path / "c")]
+    assert main([*fuse, *cv]) == 0
+    assert re.match(
+        r"weights: .*; fitted on 3600 out-of-fold predictions\n", capsys.readouterr().out
+    )
+    given = [
+        "--method",
+        "weighted",
+        "--weights",
+        "1",
+        "1",
+        "--cv",
+        "2",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert main([*fuse, *given]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "slimfuse fuse: error: option cv applies to learned weights, but weights were given: "
+        "expected one of them"
+    )
     assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
     assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
     assert re.match(
@@ -137,7 +159,7 @@ def test_a_member_that_does_not_fit_the_data_is_named(command, bundles, tmp_path
     [
         (
             ["--method", "mean", "--cv", "5"],
-            "option cv does not apply to method 'mean'; it is for stack",
+            "option cv does not apply to method 'mean'; it is for weighted, stack",
         ),
         (
             ["--method", "stack", "--weights", "1", "2"],

@@ -1,4 +1,5 @@
-"""Stacking: out-of-fold predictions only (a leakage test), prefit, meta-learners, bad input."""
+"""Stacking and cross-validated weights: out-of-fold predictions only (leakage tests), prefit,
+meta-learners, bad input."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import slimfuse
 from slimfuse.data import from_arrays
 from slimfuse.errors import ExportError, FusionError
 from slimfuse.fusion.stacking import StackingFusion
+from slimfuse.fusion.weighted import WeightedFusion
 from slimfuse.training import TrainConfig
 
 N, D, C = 90, 6, 3
@@ -76,6 +78,33 @@ def test_stacking_uses_only_out_of_fold_predictions(random_labels):
     assert both.meta_samples_ == len(x_train) + len(random_labels.val)
     with pytest.raises(FusionError, match=r"^with_val=True adds validation predictions"):
         StackingFusion(members, with_val=True)
+
+
+def test_cross_validated_weights_use_only_out_of_fold_predictions(random_labels):
+    source = f"{__file__}:memorizer"
+    cfg = TrainConfig(epochs=30, lr=0.5, batch_size=8, quiet=True, restore_best=False)
+    members = []
+    for i in range(2):
+        m = slimfuse.build_model(source, data=random_labels)
+        slimfuse.train(m, random_labels, config=cfg)
+        members.append((f"mem{i}", m))
+    fused = WeightedFusion(members, cv=3, train_config=cfg).fit(random_labels)
+    # the weights were fitted on predictions by fold models that never saw the sample: uniform
+    x_train = random_labels.train.tensors[0]
+    assert fused.oof_outputs_.shape == (2, len(x_train), C) and fused.fit_samples_ == len(x_train)
+    np.testing.assert_allclose(fused.oof_outputs_.softmax(-1), 1.0 / C, atol=1e-3)
+    held = np.sort(np.concatenate([te for _, te in fused.fold_indices_]))
+    assert np.array_equal(held, np.arange(len(x_train)))
+    assert np.all(fused.weights_ >= 0) and abs(fused.weights_.sum() - 1) < 1e-6
+    # fit = out-of-fold predictions + fit_weights on them
+    again = WeightedFusion(members).fit_weights(fused.oof_outputs_, random_labels.train.tensors[1])
+    np.testing.assert_allclose(again.weights_, fused.weights_)
+    with pytest.raises(FusionError, match=r"^cv=3 retrains the members per fold to learn weights"):
+        WeightedFusion(members, cv=3, weights=[1, 1])
+    with pytest.raises(FusionError, match=r"^cv=3 folds the training split: expected a Data"):
+        WeightedFusion(members, cv=3).fit(random_labels.loader("val"))
+    with pytest.raises(FusionError, match=r"^cv=0: expected an integer number of folds >= 2"):
+        WeightedFusion(members, cv=0)
 
 
 def test_prefit_stacking_matches_its_meta_learner(members, mnist1d, tmp_path):

@@ -46,7 +46,7 @@ def _mean(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
 def _weighted(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
     from slimfuse.fusion.weighted import WeightedFusion
 
-    return WeightedFusion(pairs, **kw).fit(_need(data, "weighted"))
+    return WeightedFusion(pairs, **kw).fit(_need(data, "weighted"), task=task)
 
 
 def _vote(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
@@ -76,7 +76,7 @@ def _head(pairs: list, data: Any, task: Any, *, config: Any = None, **kw: Any) -
 # the options (a ``fuse`` stage's keys, ``slimfuse fuse``'s flags) that each method reads
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "mean": ("space", "weights"),
-    "weighted": ("space", "weights", "shrink"),
+    "weighted": ("space", "weights", "shrink", "cv"),
     "vote": ("weights",),
     "soft-vote": ("weights",),
     "stack": ("cv", "features", "meta_c", "with_val"),
@@ -93,6 +93,12 @@ def check_options_apply(method: str, given: Iterable[str]) -> None:
         raise ConfigError(
             f"option {unused[0]} does not apply to method {method!r}; it is for {', '.join(users)}"
         )
+    learning = sorted({"shrink", "cv"} & set(given))
+    if method == "weighted" and "weights" in given and learning:
+        raise ConfigError(
+            f"option {learning[0]} applies to learned weights, but weights were given: expected "
+            "one of them"
+        )
 
 
 def method_options(
@@ -101,14 +107,21 @@ def method_options(
     """``fuse``'s options for ``method``, read off a ``fuse`` stage (the CLI builds one too).
 
     ``given`` names the options the user set: one that ``method`` does not read is an error,
-    not silently dropped. ``train_config`` trains stacking's folds and the head.
+    not silently dropped. ``train_config`` trains the folds of stacking and of weighted
+    fusion with ``cv=K``, and the head.
     """
     check_options_apply(method, given)
     s = settings
     if method == "mean":
         return {"space": s.space, "weights": s.weights}
     if method == "weighted":
-        return {"space": s.space, "weights": s.weights, "shrink": s.shrink}
+        return {
+            "space": s.space,
+            "weights": s.weights,
+            "shrink": s.shrink,
+            "cv": s.cv,
+            "train_config": train_config,
+        }
     if method in ("vote", "soft-vote"):
         return {"weights": s.weights}
     if method == "stack":

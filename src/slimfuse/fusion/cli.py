@@ -61,7 +61,12 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if hasattr(model, "weights_"):  # learned weights: what the user will want to see first
         shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
         shrink = getattr(model, "shrink_", None)
-        print(f"weights: {shown}" + ("" if shrink is None else f" (shrink {shrink:.2f})"))
+        print(
+            f"weights: {shown}"
+            + ("" if shrink is None else f" (shrink {shrink:.2f})")
+            + f"; fitted on {model.fit_samples_} "
+            + ("validation samples" if model.cv == "prefit" else "out-of-fold predictions")
+        )
     if hasattr(model, "meta_samples_"):  # stacking: what the meta-learner was fitted on
         c = getattr(model, "C_", None)
         print(
@@ -160,7 +165,10 @@ def add_commands(sub: Any) -> None:
         "uniform), or cv to choose it by cross-validated errors (default)",
     )
     p.add_argument(
-        "--cv", type=_cv, help="stack: prefit (default: the val split) or K folds of train"
+        "--cv",
+        type=_cv,
+        help="stack / weighted: fit on the val split (prefit, the default) or on out-of-fold "
+        "predictions of K folds of train (every member retrained K times)",
     )
     p.add_argument(
         "--features",
@@ -187,7 +195,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--hidden", type=int, help="head: hidden width (default 0: linear)")
     # the fuse stage's defaults: a head over frozen members needs fewer epochs, a smaller lr
-    add_training_args(p, epochs=10, lr=1e-3, what="head / stack folds", resume=False)
+    add_training_args(p, epochs=10, lr=1e-3, what="head / the folds of --cv K", resume=False)
     add_common(p)
     p.set_defaults(func=cmd_fuse)
 

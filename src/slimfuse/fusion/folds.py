@@ -1,20 +1,32 @@
-"""K-fold splits with a clear error when the data is too small for K folds."""
+"""K-fold splits (a clear error when the data is too small for K folds) and the members'
+out-of-fold predictions, which stacking and cross-validated weights are fitted on."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Subset
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
 
 
+def check_cv(cv: Any, *, prefit: bool = True) -> None:
+    """``cv`` is an integer number of folds >= 2, or ``"prefit"`` where ``prefit`` allows it."""
+    if prefit and cv == "prefit":
+        return
+    if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
+        raise FusionError(f"cv={cv!r}: expected an integer number of folds >= 2 or 'prefit'")
+
+
 def check_folds(y: np.ndarray, k: int, what: str) -> None:
     """``k`` stratified folds need ``k`` samples in all and of every class present."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-        raise FusionError(f"cv={k!r}: expected an integer number of folds >= 2 or 'prefit'")
+    check_cv(k, prefit=False)
     n = len(y)
     if n < k:
         raise FusionError(f"{k} folds need at least {k} samples; the {what} has {n}")
@@ -44,3 +56,63 @@ def with_train_subset(data: Data, indices: np.ndarray) -> Data:
 
 def labels(data: Data, split: str = "train") -> np.ndarray:
     return np.asarray(data.arrays(split)[1])
+
+
+def out_of_fold(
+    members: Sequence[tuple[str, nn.Module]],
+    data: Data,
+    k: int,
+    train_config: Any,
+    *,
+    task: Any = "classification",
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The members' out-of-fold predictions of the training split.
+
+    The training data is split into ``k`` stratified folds; for each fold, every member is
+    rebuilt from its recorded source and retrained with the one training loop on the other
+    ``k - 1`` folds (``train_config``: one :class:`~slimfuse.training.TrainConfig` for all, or
+    one per member; fold ``f`` trains with the member's seed + 1000 f), then predicts the
+    held-out fold, so every training sample is predicted by models that never saw it.
+    Returns ``(outputs, labels, folds)``: raw outputs ``(members, samples, classes)`` in the
+    training split's order, and the ``[(train_idx, test_idx)]``.
+    """
+    from slimfuse.fusion.predict import collect
+    from slimfuse.models.source import build_model, spec_of
+    from slimfuse.training import train
+
+    configs = list(train_config) if isinstance(train_config, Sequence) else None
+    if configs is not None and len(configs) != len(members):
+        raise FusionError(
+            f"{len(configs)} training configs for {len(members)} members: expected one per member"
+        )
+    for name, member in members:
+        if spec_of(member) is None:
+            raise FusionError(
+                f"member {name!r} has no recorded source to retrain per fold: expected "
+                "members built by slimfuse, or cv='prefit'"
+            )
+    y = labels(data, "train")
+    folds = kfold(y, k, seed, what="training data")
+    oof: list[torch.Tensor | None] = [None] * len(members)
+    for f, (tr, te) in enumerate(folds):
+        fold_data = with_train_subset(data, tr)
+        held = DataLoader(Subset(data.train, [int(i) for i in te]), batch_size=256)
+        for i, (name, member) in enumerate(members):
+            spec = spec_of(member)
+            # a member's seed is its own config's, or the shared one's + i (as train_members
+            # seeds its members); fold f adds 1000 * f
+            base = (
+                configs[i]
+                if configs is not None
+                else replace(train_config, seed=train_config.seed + i)
+            )
+            cfg = replace(base, seed=base.seed + 1000 * f)
+            torch.manual_seed(cfg.seed)
+            fresh = build_model(spec.source, **spec.kwargs)  # type: ignore[union-attr]
+            train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
+            outs, _ = collect([(name, fresh)], held, task)
+            if oof[i] is None:
+                oof[i] = torch.zeros(len(y), outs.shape[-1])
+            oof[i][torch.as_tensor(te)] = outs[0]  # type: ignore[index]
+    return torch.stack(oof), torch.from_numpy(y), folds  # type: ignore[arg-type]

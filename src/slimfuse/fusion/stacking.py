@@ -23,7 +23,6 @@ layer, so the whole stack trains, saves and exports to one ONNX graph.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -34,12 +33,11 @@ from slimfuse.data import Data
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members, attach_spec
 from slimfuse.fusion.ensemble import FusionModule
-from slimfuse.fusion.folds import kfold, labels, with_train_subset
+from slimfuse.fusion.folds import check_cv, kfold, out_of_fold
 from slimfuse.fusion.meta import C_GRID, choose_c, fit_anchored
 from slimfuse.fusion.predict import collect
 from slimfuse.fusion.sklearn import LinearClassifier, SklearnMember
-from slimfuse.models.source import build_model, spec_of
-from slimfuse.training import TrainConfig, train
+from slimfuse.training import TrainConfig
 
 FEATURES = ("probs", "log_probs", "logits")
 
@@ -88,8 +86,7 @@ class StackingFusion(FusionModule):
         super().__init__(members)
         if features not in FEATURES:
             raise FusionError(f"features {features!r}: expected one of {', '.join(FEATURES)}")
-        if cv != "prefit" and (not isinstance(cv, int) or isinstance(cv, bool) or cv < 2):
-            raise FusionError(f"cv={cv!r}: expected an integer number of folds >= 2 or 'prefit'")
+        check_cv(cv)
         if C != "cv" and not (isinstance(C, (int, float)) and C > 0):
             raise FusionError(f"C={C!r}: expected 'cv' or a number > 0")
         if with_val and cv == "prefit":
@@ -110,41 +107,14 @@ class StackingFusion(FusionModule):
 
     # -- fitting --------------------------------------------------------------------------
 
-    def _fold_predictions(self, data: Data, task: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        y = labels(data, "train")
-        folds = kfold(y, int(self.cv), self.seed, what="training data")
-        n_out = None
-        oof: list[np.ndarray | None] = [None] * len(self.names)
-        for f, (tr, te) in enumerate(folds):
-            fold_data = with_train_subset(data, tr)
-            held = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(data.train, [int(i) for i in te]), batch_size=256
-            )
-            for i, (name, member) in enumerate(self.pairs):
-                spec = spec_of(member)
-                if spec is None:
-                    raise FusionError(
-                        f"member {name!r} has no recorded source to retrain per fold: expected "
-                        "members built by slimfuse, or cv='prefit'"
-                    )
-                cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * f + i)
-                torch.manual_seed(cfg.seed)
-                fresh = build_model(spec.source, **spec.kwargs)
-                train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
-                outs, _ = collect([(name, fresh)], held, task)
-                n_out = outs.shape[-1]
-                if oof[i] is None:
-                    oof[i] = np.zeros((len(y), n_out), dtype=np.float32)
-                oof[i][te] = outs[0].numpy()  # type: ignore[index]
-        self.fold_indices_ = folds
-        return torch.from_numpy(np.stack(oof)), torch.from_numpy(y)  # type: ignore[arg-type]
-
     def fit(self, data: Data, *, task: Any = "classification") -> StackingFusion:
         """Fit the meta-learner (``cv=K``: on out-of-fold predictions of the training data)."""
         if self.cv == "prefit":
             outs, y = collect(self.pairs, data.loader("val", batch_size=256), task)
             return self.fit_meta(outs, y, what="validation data")
-        outs, y = self._fold_predictions(data, task)
+        outs, y, self.fold_indices_ = out_of_fold(
+            self.pairs, data, int(self.cv), self.train_config, task=task, seed=self.seed
+        )
         self.oof_outputs_ = outs
         self.oof_features_ = member_features(list(outs), self.features).numpy()
         if self.with_val:

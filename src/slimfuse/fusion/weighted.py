@@ -1,9 +1,19 @@
-"""Weighted fusion: member weights on the simplex, learned on validation data or given.
+"""Weighted fusion: member weights on the simplex, learned by cross-validation or given.
 
-``fit`` minimises the validation log-loss of the fused prediction over weights constrained to
-the simplex (``w >= 0``, ``sum w = 1``): in ``space="probs"`` the loss of the mixture
-``sum_i w_i p_i(x)``, in ``space="logits"`` the cross-entropy of ``softmax(sum_i w_i z_i(x))``.
-Both are convex in ``w``; scipy's SLSQP solves them from the members' cached predictions.
+``fit`` minimises the log-loss of the fused prediction over weights constrained to the simplex
+(``w >= 0``, ``sum w = 1``): in ``space="probs"`` the loss of the mixture ``sum_i w_i p_i(x)``,
+in ``space="logits"`` the cross-entropy of ``softmax(sum_i w_i z_i(x))``. Both are convex in
+``w``; scipy's SLSQP solves them from the members' cached predictions.
+
+What the weights are fitted on (``cv``, as in stacking): ``"prefit"`` (the default), the
+members' predictions of the validation split, which they never trained on; ``cv=K``, the
+out-of-fold predictions of the training split, every member rebuilt and retrained per fold
+(:func:`~slimfuse.fusion.folds.out_of_fold`): K times the members' training, for weights
+measured on the whole training set instead of a few hundred validation samples. The fold
+models are rebuilt from each member's source and trained with ``train_config`` (give it the
+members' own training settings): they share a member's architecture, not its weights, so
+``cv=K`` weighs what each kind of member is worth, which is what separates members of unequal
+skill; members of one kind and training get near-uniform weights from it.
 """
 
 from __future__ import annotations
@@ -19,7 +29,9 @@ from slimfuse.data import Data
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members
 from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.fusion.folds import check_cv, kfold, out_of_fold
 from slimfuse.fusion.predict import as_loader, collect
+from slimfuse.training import TrainConfig
 
 
 def _log_loss(fused: torch.Tensor, y: torch.Tensor, space: str) -> torch.Tensor:
@@ -87,8 +99,6 @@ def cv_shrinkage(
     member (the mixture's loss is ruled by the few samples every member gets wrong), which
     costs accuracy. Returns ``a`` and the curve ``{a: (errors, mean log-loss)}``.
     """
-    from slimfuse.fusion.folds import kfold
-
     n = outputs.shape[0]
     uniform = np.full(n, 1.0 / n)
     feats = outputs.double().softmax(-1) if space == "probs" else outputs.double()
@@ -117,14 +127,18 @@ def cv_shrinkage(
 class WeightedFusion(MeanFusion):
     """A :class:`MeanFusion` whose weights are learned by :meth:`fit` (or given).
 
-    ``shrink="cv"`` (the default) guards against fitting the weights to the noise of a small
-    validation set: the fitted weights are pulled toward uniform by the largest amount whose
-    ``cv``-fold held-out errors on the validation data are within one standard error of the
-    fewest (:func:`cv_shrinkage`); a number in [0, 1] fixes that amount (0: the plain log-loss
-    optimum).
+    ``cv``: fit on the validation split (``"prefit"``, the default) or on the out-of-fold
+    predictions of ``cv`` folds of the training split, every member retrained per fold with
+    ``train_config`` (see the module's docstring). ``shrink="cv"`` (the default) guards against
+    fitting the weights to noise: the fitted weights are pulled toward uniform by the largest
+    amount whose ``shrink_folds``-fold held-out errors on the same samples are within one
+    standard error of the fewest (:func:`cv_shrinkage`); a number in [0, 1] fixes that amount
+    (0: the plain log-loss optimum).
 
     Learned attributes (scikit-learn style): ``weights_`` (numpy, on the simplex),
-    ``log_loss_`` (the validation log-loss at those weights) and ``shrink_`` (the amount used).
+    ``log_loss_`` (the log-loss at those weights on the samples fitted on), ``shrink_`` (the
+    amount used), ``fit_samples_`` (how many samples the weights were fitted on) and, with
+    ``cv=K``, ``oof_outputs_`` (the members' out-of-fold logits) and ``fold_indices_``.
     """
 
     def __init__(
@@ -134,21 +148,54 @@ class WeightedFusion(MeanFusion):
         space: Literal["probs", "logits"] = "probs",
         weights: Sequence[float] | torch.Tensor | None = None,
         shrink: float | Literal["cv"] = "cv",
-        cv: int = 5,
+        cv: int | Literal["prefit"] = "prefit",
+        train_config: TrainConfig | None = None,
+        shrink_folds: int = 5,
+        seed: int = 0,
     ) -> None:
         super().__init__(members, space=space, weights=weights)
         if shrink != "cv" and not (isinstance(shrink, (int, float)) and 0.0 <= shrink <= 1.0):
             raise FusionError(f"shrink={shrink!r}: expected 'cv' or a number in [0, 1]")
+        check_cv(cv)
         self.given = weights is not None
-        self.shrink, self.cv = shrink, cv
-
-    def fit(self, data: Data | Any, *, split: str = "val") -> WeightedFusion:
-        """Learn the weights on ``data`` (a :class:`Data` split, default ``val``, or a loader)."""
-        outputs, y = collect(self.pairs, as_loader(data, split))
-        if outputs.shape[1] < 2:
+        if self.given and cv != "prefit":
             raise FusionError(
-                f"{outputs.shape[1]} validation samples: expected at least 2 to learn weights"
+                f"cv={cv!r} retrains the members per fold to learn weights, but weights were "
+                "given: expected one of them"
             )
+        self.shrink, self.cv, self.shrink_folds, self.seed = shrink, cv, shrink_folds, seed
+        self.train_config = train_config or TrainConfig(quiet=True)
+
+    def fit(
+        self, data: Data | Any, *, split: str = "val", task: Any = "classification"
+    ) -> WeightedFusion:
+        """Learn the weights: ``cv="prefit"`` on ``data``'s ``split`` (default ``val``; a
+        loader is used as is), ``cv=K`` on out-of-fold predictions of its training split."""
+        if self.cv == "prefit":
+            outputs, y = collect(self.pairs, as_loader(data, split), task)
+            return self.fit_weights(outputs, y, what="validation samples")
+        if not isinstance(data, Data):
+            raise FusionError(
+                f"cv={self.cv} folds the training split: expected a Data, not a loader"
+            )
+        outputs, y, self.fold_indices_ = out_of_fold(
+            self.pairs, data, int(self.cv), self.train_config, task=task, seed=self.seed
+        )
+        self.oof_outputs_ = outputs
+        return self.fit_weights(outputs, y, what="out-of-fold predictions")
+
+    def fit_weights(
+        self, outputs: torch.Tensor, y: torch.Tensor, *, what: str = "samples"
+    ) -> WeightedFusion:
+        """Fit only the weights, on member logits ``(members, samples, classes)`` and labels.
+
+        ``fit`` calls it on the validation outputs (prefit) or the out-of-fold ones (``cv=K``);
+        call it directly to refit on cached predictions.
+        """
+        y = torch.as_tensor(y).long()
+        if outputs.shape[1] < 2:
+            raise FusionError(f"{outputs.shape[1]} {what}: expected at least 2 to learn weights")
+        self.fit_samples_ = int(outputs.shape[1])
         if self.given:
             w = self.weights.double().numpy()
             loss = _loss_and_grad(
@@ -157,7 +204,9 @@ class WeightedFusion(MeanFusion):
         else:
             w, _ = simplex_log_loss_weights(outputs, y, self.space)
             if self.shrink == "cv":
-                self.shrink_, self.shrink_curve_ = cv_shrinkage(outputs, y, self.space, self.cv)
+                self.shrink_, self.shrink_curve_ = cv_shrinkage(
+                    outputs, y, self.space, self.shrink_folds, self.seed
+                )
             else:
                 self.shrink_ = float(self.shrink)
             w = (1 - self.shrink_) * w + self.shrink_ / len(w)
