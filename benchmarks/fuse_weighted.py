@@ -18,7 +18,7 @@ fold, each with its own epochs, through :func:`~slimfuse.fusion.folds.out_of_fol
 where a method beats or trails the mean of the same space. Seeds run in ``--jobs`` processes of
 one torch thread each.
 
-    python benchmarks/fuse_weighted.py            # 12 seeds per ensemble (35 min on 2 cores)
+    python benchmarks/fuse_weighted.py            # 12 seeds per ensemble (20-35 min on 2 cores)
     python benchmarks/fuse_weighted.py --quick    # smoke run
 """
 

@@ -141,7 +141,8 @@ def add_commands(sub: Any) -> None:
         "--method",
         choices=["mean", "weighted", "vote", "soft-vote", "stack", "head"],
         default="mean",
-        help="mean (default): the members' average; weighted: weights learned on the val split; "
+        help="mean (default): the members' average; weighted: weights learned on held-out "
+        "predictions (see --cv); "
         "vote / soft-vote: majority of labels / of probabilities; stack: a meta-learner on the "
         "members' predictions; head: a trained layer over the frozen members",
     )
@@ -168,7 +169,8 @@ def add_commands(sub: Any) -> None:
         "--cv",
         type=_cv,
         help="stack / weighted: fit on the val split (prefit, the default) or on out-of-fold "
-        "predictions of K folds of train (every member retrained K times)",
+        "predictions of K folds of train (every member retrained K times with the training "
+        "flags below: give the members' own --epochs and --lr)",
     )
     p.add_argument(
         "--features",

@@ -1,4 +1,4 @@
-"""Weighted fusion: member weights on the simplex, learned by cross-validation or given.
+"""Weighted fusion: member weights on the simplex, learned on held-out predictions or given.
 
 ``fit`` minimises the log-loss of the fused prediction over weights constrained to the simplex
 (``w >= 0``, ``sum w = 1``): in ``space="probs"`` the loss of the mixture ``sum_i w_i p_i(x)``,
@@ -7,13 +7,13 @@ in ``space="logits"`` the cross-entropy of ``softmax(sum_i w_i z_i(x))``. Both a
 
 What the weights are fitted on (``cv``, as in stacking): ``"prefit"`` (the default), the
 members' predictions of the validation split, which they never trained on; ``cv=K``, the
-out-of-fold predictions of the training split, every member rebuilt and retrained per fold
-(:func:`~slimfuse.fusion.folds.out_of_fold`): K times the members' training, for weights
-measured on the whole training set instead of a few hundred validation samples. The fold
-models are rebuilt from each member's source and trained with ``train_config`` (give it the
-members' own training settings): they share a member's architecture, not its weights, so
-``cv=K`` weighs what each kind of member is worth, which is what separates members of unequal
-skill; members of one kind and training get near-uniform weights from it.
+out-of-fold predictions of the training split (:func:`~slimfuse.fusion.folds.out_of_fold`):
+every member is rebuilt from its source and retrained per fold with ``train_config`` (give it
+the members' own training settings), K times the members' training for weights measured on
+the whole training set instead of a few hundred validation samples. The fold models share a
+member's architecture and training, not its weights: ``cv=K`` weighs what each kind of member
+is worth, which is what separates members of unequal skill, and members of one kind get
+near-uniform weights from it.
 """
 
 from __future__ import annotations
