@@ -51,18 +51,26 @@ def random_labels():
     return from_arrays(x, y, x[:10], y[:10], name="random", val_fraction=0.2)
 
 
-def test_stacking_uses_only_out_of_fold_predictions(random_labels):
-    source = f"{__file__}:memorizer"
-    cfg = TrainConfig(epochs=30, lr=0.5, batch_size=8, quiet=True, restore_best=False)
+MEMORIZE = TrainConfig(epochs=30, lr=0.5, batch_size=8, quiet=True, restore_best=False)
+
+
+@pytest.fixture(scope="module")
+def memorizers(random_labels):
+    """Two members that have memorised the training labels (random: nothing to generalise)."""
     members = []
     for i in range(2):
-        m = slimfuse.build_model(source, data=random_labels)
-        slimfuse.train(m, random_labels, config=cfg)
+        m = slimfuse.build_model(f"{__file__}:memorizer", data=random_labels)
+        slimfuse.train(m, random_labels, config=MEMORIZE)
         members.append((f"mem{i}", m))
+    return members
+
+
+def test_stacking_uses_only_out_of_fold_predictions(random_labels, memorizers):
+    members = memorizers
     # the members as given have memorised the training labels (in-sample predictions are peaked)
     x_train = random_labels.train.tensors[0]
     assert members[0][1](x_train).softmax(-1).max(-1).values.min() > 0.9
-    stack = StackingFusion(members, cv=3, train_config=cfg).fit(random_labels)
+    stack = StackingFusion(members, cv=3, train_config=MEMORIZE).fit(random_labels)
     # every training sample's meta-features come from fold models that never saw it: uniform
     feats = stack.oof_features_
     assert feats.shape == (len(x_train), 2 * C)
@@ -73,22 +81,16 @@ def test_stacking_uses_only_out_of_fold_predictions(random_labels):
         assert not set(tr) & set(te)
     assert stack.meta_samples_ == len(x_train)
     # with_val adds the members' own predictions of the validation split, unseen by them too
-    both = StackingFusion(members, cv=3, train_config=cfg, with_val=True).fit(random_labels)
+    both = StackingFusion(members, cv=3, train_config=MEMORIZE, with_val=True).fit(random_labels)
     np.testing.assert_allclose(both.oof_features_, feats)
     assert both.meta_samples_ == len(x_train) + len(random_labels.val)
     with pytest.raises(FusionError, match=r"^with_val=True adds validation predictions"):
         StackingFusion(members, with_val=True)
 
 
-def test_cross_validated_weights_use_only_out_of_fold_predictions(random_labels):
-    source = f"{__file__}:memorizer"
-    cfg = TrainConfig(epochs=30, lr=0.5, batch_size=8, quiet=True, restore_best=False)
-    members = []
-    for i in range(2):
-        m = slimfuse.build_model(source, data=random_labels)
-        slimfuse.train(m, random_labels, config=cfg)
-        members.append((f"mem{i}", m))
-    fused = WeightedFusion(members, cv=3, train_config=cfg).fit(random_labels)
+def test_cross_validated_weights_use_only_out_of_fold_predictions(random_labels, memorizers):
+    members = memorizers
+    fused = WeightedFusion(members, cv=3, train_config=MEMORIZE).fit(random_labels)
     # the weights were fitted on predictions by fold models that never saw the sample: uniform
     x_train = random_labels.train.tensors[0]
     assert fused.oof_outputs_.shape == (2, len(x_train), C) and fused.fit_samples_ == len(x_train)

@@ -116,3 +116,28 @@ def out_of_fold(
                 oof[i] = torch.zeros(len(y), outs.shape[-1])
             oof[i][torch.as_tensor(te)] = outs[0]  # type: ignore[index]
     return torch.stack(oof), torch.from_numpy(y), folds  # type: ignore[arg-type]
+
+
+def held_out_predictions(
+    fused: Any, data: Data | Any, task: Any = "classification", split: str = "val"
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """What a fusion with a ``cv`` setting (stacking, weighted) fits on: ``(outputs, labels,
+    what)``, ``what`` naming the data for error messages.
+
+    ``fused.cv == "prefit"``: its members' predictions of ``data``'s ``split`` (a loader is used
+    as is); ``cv=K``: their out-of-fold predictions of the training split (:func:`out_of_fold`
+    with the fusion's ``train_config`` and ``seed``), kept as ``fused.oof_outputs_`` and
+    ``fused.fold_indices_``.
+    """
+    from slimfuse.fusion.predict import as_loader, collect
+
+    if fused.cv == "prefit":
+        outputs, y = collect(fused.pairs, as_loader(data, split), task)
+        return outputs, y, "validation data" if split == "val" else f"{split} data"
+    if not isinstance(data, Data):
+        raise FusionError(f"cv={fused.cv} folds the training split: expected a Data, not a loader")
+    outputs, y, fused.fold_indices_ = out_of_fold(
+        fused.pairs, data, int(fused.cv), fused.train_config, task=task, seed=fused.seed
+    )
+    fused.oof_outputs_ = outputs
+    return outputs, y, "training data"

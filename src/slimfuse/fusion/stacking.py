@@ -33,7 +33,7 @@ from slimfuse.data import Data
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members, attach_spec
 from slimfuse.fusion.ensemble import FusionModule
-from slimfuse.fusion.folds import check_cv, kfold, out_of_fold
+from slimfuse.fusion.folds import check_cv, held_out_predictions, kfold
 from slimfuse.fusion.meta import C_GRID, choose_c, fit_anchored
 from slimfuse.fusion.predict import collect
 from slimfuse.fusion.sklearn import LinearClassifier, SklearnMember
@@ -109,19 +109,15 @@ class StackingFusion(FusionModule):
 
     def fit(self, data: Data, *, task: Any = "classification") -> StackingFusion:
         """Fit the meta-learner (``cv=K``: on out-of-fold predictions of the training data)."""
+        outs, y, what = held_out_predictions(self, data, task)
         if self.cv == "prefit":
-            outs, y = collect(self.pairs, data.loader("val", batch_size=256), task)
-            return self.fit_meta(outs, y, what="validation data")
-        outs, y, self.fold_indices_ = out_of_fold(
-            self.pairs, data, int(self.cv), self.train_config, task=task, seed=self.seed
-        )
-        self.oof_outputs_ = outs
+            return self.fit_meta(outs, y, what=what)
         self.oof_features_ = member_features(list(outs), self.features).numpy()
         if self.with_val:
             val, yv = collect(self.pairs, data.loader("val", batch_size=256), task)
             outs, y = torch.cat([outs, val.to(outs.dtype)], 1), torch.cat([y, yv.to(y.dtype)])
             return self.fit_meta(outs, y, what="training and validation data")
-        return self.fit_meta(outs, y, what="training data")
+        return self.fit_meta(outs, y, what=what)
 
     def fit_meta(
         self, outputs: torch.Tensor, y: torch.Tensor, *, what: str = "meta-learner data"

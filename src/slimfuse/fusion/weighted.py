@@ -29,8 +29,7 @@ from slimfuse.data import Data
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import Members
 from slimfuse.fusion.ensemble import MeanFusion
-from slimfuse.fusion.folds import check_cv, kfold, out_of_fold
-from slimfuse.fusion.predict import as_loader, collect
+from slimfuse.fusion.folds import check_cv, held_out_predictions, kfold
 from slimfuse.training import TrainConfig
 
 
@@ -171,21 +170,11 @@ class WeightedFusion(MeanFusion):
     ) -> WeightedFusion:
         """Learn the weights: ``cv="prefit"`` on ``data``'s ``split`` (default ``val``; a
         loader is used as is), ``cv=K`` on out-of-fold predictions of its training split."""
-        if self.cv == "prefit":
-            outputs, y = collect(self.pairs, as_loader(data, split), task)
-            return self.fit_weights(outputs, y, what="validation samples")
-        if not isinstance(data, Data):
-            raise FusionError(
-                f"cv={self.cv} folds the training split: expected a Data, not a loader"
-            )
-        outputs, y, self.fold_indices_ = out_of_fold(
-            self.pairs, data, int(self.cv), self.train_config, task=task, seed=self.seed
-        )
-        self.oof_outputs_ = outputs
-        return self.fit_weights(outputs, y, what="out-of-fold predictions")
+        outputs, y, what = held_out_predictions(self, data, task, split)
+        return self.fit_weights(outputs, y, what=what)
 
     def fit_weights(
-        self, outputs: torch.Tensor, y: torch.Tensor, *, what: str = "samples"
+        self, outputs: torch.Tensor, y: torch.Tensor, *, what: str = "data"
     ) -> WeightedFusion:
         """Fit only the weights, on member logits ``(members, samples, classes)`` and labels.
 
@@ -194,7 +183,9 @@ class WeightedFusion(MeanFusion):
         """
         y = torch.as_tensor(y).long()
         if outputs.shape[1] < 2:
-            raise FusionError(f"{outputs.shape[1]} {what}: expected at least 2 to learn weights")
+            raise FusionError(
+                f"{outputs.shape[1]} samples in the {what}: expected at least 2 to learn weights"
+            )
         self.fit_samples_ = int(outputs.shape[1])
         if self.given:
             w = self.weights.double().numpy()
