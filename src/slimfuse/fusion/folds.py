@@ -86,8 +86,9 @@ def out_of_fold(
         raise FusionError(
             f"{len(configs)} training configs for {len(members)} members: expected one per member"
         )
-    for name, member in members:
-        if spec_of(member) is None:
+    specs = [spec_of(member) for _, member in members]
+    for (name, _), spec in zip(members, specs, strict=True):
+        if spec is None:
             raise FusionError(
                 f"member {name!r} has no recorded source to retrain per fold: expected "
                 "members built by slimfuse, or cv='prefit'"
@@ -98,16 +99,12 @@ def out_of_fold(
     for f, (tr, te) in enumerate(folds):
         fold_data = with_train_subset(data, tr)
         held = DataLoader(Subset(data.train, [int(i) for i in te]), batch_size=256)
-        for i, (name, member) in enumerate(members):
-            spec = spec_of(member)
+        for i, ((name, _), spec) in enumerate(zip(members, specs, strict=True)):
             # a member's seed is its own config's, or the shared one's + i (as train_members
             # seeds its members); fold f adds 1000 * f
-            base = (
-                configs[i]
-                if configs is not None
-                else replace(train_config, seed=train_config.seed + i)
-            )
-            cfg = replace(base, seed=base.seed + 1000 * f)
+            base = configs[i] if configs is not None else train_config
+            seed_i = base.seed if configs is not None else base.seed + i
+            cfg = replace(base, seed=seed_i + 1000 * f)
             torch.manual_seed(cfg.seed)
             fresh = build_model(spec.source, **spec.kwargs)  # type: ignore[union-attr]
             train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
