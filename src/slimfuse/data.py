@@ -11,6 +11,9 @@ Specs:
   keys, each a ``DataLoader``, a ``Dataset`` or an ``(X, y)`` pair
 
 Every problem is found before any training and reported as one :class:`DataError` line.
+Data that cannot train is refused (see :func:`check_splits`): an empty split, a train split of
+fewer than 2 samples, classification labels of one class in the train split, an empty label
+cell in a CSV. A validation split too small to choose the best epoch on is warned about.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from slimfuse.errors import DataError
 
 SPLITS = ("train", "val", "test")
+
+MIN_TRAIN = 2  # fewer training samples: nothing to learn from (and no batch statistics)
+MIN_VAL = 20  # fewer validation samples: a metric in steps of 5% or more, too coarse to choose on
 
 
 @dataclass
@@ -162,8 +169,11 @@ def from_arrays(
                 f"{name}: test inputs have shape {x_test.shape[1:]} but train inputs {x.shape[1:]}"
             )
     n_val = max(1, round(len(x) * val_fraction))
-    if len(x) - n_val < 1:
-        raise DataError(f"{name}: {len(x)} training samples are too few to split off validation")
+    if len(x) - n_val < MIN_TRAIN:
+        raise DataError(
+            f"{name}: {len(x)} samples are too few to split off validation: the train split "
+            f"would have {len(x) - n_val}; expected at least {MIN_TRAIN}"
+        )
     order = np.random.default_rng(seed + 1).permutation(len(x))
     val_idx, train_idx = order[:n_val], order[n_val:]
 
@@ -172,6 +182,12 @@ def from_arrays(
 
     classification = y.dtype == np.int64
     num_classes = int(max(y.max(), y_test.max())) + 1 if classification else None
+    check_splits(
+        name,
+        {"train": len(train_idx), "val": len(val_idx), "test": len(x_test)},
+        y[train_idx] if classification and y.ndim == 1 else None,
+        num_classes,
+    )
     return Data(
         name=name,
         train=ds(x[train_idx], y[train_idx]),
@@ -180,6 +196,45 @@ def from_arrays(
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
     )
+
+
+def check_splits(
+    name: str,
+    sizes: dict[str, int],
+    train_labels: Any = None,
+    num_classes: int | None = None,
+) -> None:
+    """Refuse splits that cannot train; warn about a validation split too small to choose on.
+
+    Refused (:class:`DataError`): an empty split, a train split of fewer than ``MIN_TRAIN`` (2)
+    samples, and ``train_labels`` (the classification labels of the train split, if known) of a
+    single class. Warned about: a validation split smaller than ``MIN_VAL`` (20) samples or than
+    ``num_classes``, where the best epoch (early stopping, ``restore_best``) is chosen on a metric
+    that moves in steps of 5% or more, or that cannot hold every class.
+    """
+    for split in SPLITS:
+        if split in sizes and sizes[split] == 0:
+            raise DataError(f"{name}: the {split} split is empty; expected at least one sample")
+    if sizes.get("train", MIN_TRAIN) < MIN_TRAIN:
+        raise DataError(
+            f"{name}: the train split has {sizes['train']} sample; expected at least {MIN_TRAIN}"
+        )
+    if train_labels is not None:
+        classes = np.unique(np.asarray(train_labels))
+        if len(classes) == 1:
+            raise DataError(
+                f"{name}: labels hold one class ({classes[0]}) in {sizes['train']} training "
+                "samples; expected at least two"
+            )
+    n_val = sizes.get("val")
+    enough = max(MIN_VAL, num_classes or 0)
+    if n_val is not None and n_val < enough:
+        warnings.warn(
+            f"{name}: the validation split has {n_val} samples; too few to choose the best epoch "
+            f"reliably (expected at least {enough}: more data or a larger val_fraction)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _check_xy(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -249,11 +304,19 @@ def _read_npz(path: Path) -> tuple[Any, Any, Any, Any]:
 def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found; expected an existing .csv file")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path.name}: byte {exc.start} is not UTF-8 text; expected a UTF-8 .csv file"
+        ) from None
+    except csv.Error as exc:
+        raise DataError(f"{path.name}: not a readable .csv file ({exc})") from None
     if not rows:
         raise DataError(f"{path.name}: the file is empty; expected a header and rows")
-    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    header, body = [h.strip() for h in rows[0][1]], [(n, r) for n, r in rows[1:] if r]
     if label_column not in header:
         raise DataError(
             f"{path.name}: no label column {label_column!r}; columns are {', '.join(header)}"
@@ -262,7 +325,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path.name}: the data set is empty; expected at least one row")
     li = header.index(label_column)
     features, labels = [], []
-    for n, row in enumerate(body, start=2):
+    for n, row in body:
         if len(row) != len(header):
             raise DataError(
                 f"{path.name}: line {n} has {len(row)} fields, the header {len(header)}"
@@ -271,6 +334,11 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         for col, cell in enumerate(row):
             if col == li:
                 continue
+            if not cell.strip():
+                raise DataError(
+                    f"{path.name}: line {n}, column {header[col]!r}: empty cell; "
+                    "expected a number in every feature column"
+                )
             try:
                 values.append(float(cell))
             except ValueError:
@@ -278,13 +346,23 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
                     f"{path.name}: line {n}, column {header[col]!r}: {cell!r} is not numeric; "
                     "expected numbers in every feature column"
                 ) from None
+        if not row[li].strip():
+            raise DataError(
+                f"{path.name}: line {n}: empty label in column {label_column!r}; "
+                "expected a label in every row"
+            )
         features.append(values)
         labels.append(row[li].strip())
     try:
         y: np.ndarray = np.asarray([float(v) for v in labels])
     except ValueError:
-        classes = sorted(set(labels))
-        y = np.asarray([classes.index(v) for v in labels], dtype=np.int64)
+        classes = {c: i for i, c in enumerate(sorted(set(labels)))}
+        if len(classes) == 1:
+            raise DataError(
+                f"{path.name}: labels hold one class ({labels[0]!r}) in {len(labels)} rows; "
+                "expected at least two"
+            ) from None
+        y = np.asarray([classes[v] for v in labels], dtype=np.int64)
     return np.asarray(features, dtype=np.float64), y
 
 
@@ -309,8 +387,17 @@ def _from_factory(spec: str) -> Data:
     y0 = torch.as_tensor(y0)
     classification = y0.dtype in (torch.int64, torch.int32)
     num_classes = None
+    train_labels = None
     if classification:
-        num_classes = 1 + max(int(torch.as_tensor(ds[i][1])) for ds in sets for i in range(len(ds)))
+        labels = [[int(torch.as_tensor(ds[i][1])) for i in range(len(ds))] for ds in sets]
+        num_classes = 1 + max(max(ys) for ys in labels)
+        train_labels = labels[0]
+    check_splits(
+        spec,
+        {s: len(ds) for s, ds in zip(SPLITS, sets, strict=True)},  # type: ignore[arg-type]
+        train_labels,
+        num_classes,
+    )
     return Data(
         name=spec,
         train=sets[0],

@@ -6,6 +6,12 @@ and cosine schedule, early stopping on the validation metric, progress, checkpoi
 and ``resume``, SIGINT/SIGTERM (finish the step, checkpoint, exit 130/143), the NaN/Inf guard
 and DDP under ``torchrun`` (gloo on CPU).
 
+The loop owns its random streams: it seeds torch, numpy and Python's ``random`` from the config's
+seed, the epoch loaders draw from their own generators (seeded from the seed and the epoch), and a
+checkpoint holds the torch (CPU and, once used, CUDA), numpy and ``random`` states, restored last
+thing before the first step. So a run interrupted and resumed ends with the very weights of the
+run that was never interrupted, Dropout and augmentation in the data set included.
+
 What differs between stages is pluggable: ``objective(model, batch) -> loss`` replaces the task
 loss (distillation, mutual learning), ``callbacks`` run after each optimizer step and epoch
 (pruning masks, sparsity schedules), ``evaluate_fn(model) -> float`` replaces the validation metric.
@@ -14,8 +20,11 @@ loss (distillation, mutual learning), ``callbacks`` run after each optimizer ste
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
+import random
+import re
 import signal
 import threading
 import time
@@ -24,16 +33,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from slimfuse.atomic import atomic_file
 from slimfuse.data import Data
-from slimfuse.errors import ConfigError, SlimfuseError, TrainingError
+from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 CHECKPOINT = "checkpoint.pt"
 Objective = Callable[[nn.Module, Any], torch.Tensor]
+log = logging.getLogger("slimfuse.training")
+
+# what every checkpoint holds; ``rng_numpy``, ``rng_python`` and ``rng_cuda`` are newer and optional
+_CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "rng",
+    "epoch",
+    "batch",
+    "step",
+    "best",
+    "best_epoch",
+    "stale",
+    "best_state",
+    "history",
+)
 
 
 @dataclass(frozen=True)
@@ -187,7 +213,135 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`train` (tensors and plain values only: ``weights_only``).
+
+    Anything else (random bytes, a truncated file, a foreign zip or pickle, a dict without the
+    loop's keys) is a one-line :class:`TrainingError`.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: what torch raises depends on the bytes
+        empty = path.is_file() and path.stat().st_size == 0
+        raise _not_ours(path, "empty file" if empty else f"torch.load: {_summary(exc)}") from None
+    if not isinstance(state, dict):
+        raise _not_ours(path, f"it holds a {type(state).__name__}, expected a dict")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise _not_ours(path, f"no {', '.join(missing)}")
+    return state
+
+
+def _not_ours(path: Path, why: str) -> TrainingError:
+    return TrainingError(
+        f"checkpoint {path} is not a slimfuse checkpoint ({why}); delete it to start over"
+    )
+
+
+def _summary(exc: BaseException, limit: int = 160) -> str:
+    """One short line of an exception's message (torch's are long, multi-line, with ANSI codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "WeightsUnpickler error:" in text:  # the reason, not torch's advice to drop weights_only
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for MLP:"
+        line = f"{line} {lines[1]}"
+    line = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", line)
+    line = re.split(r"(?<=\.)\s+(?=[A-Z])", line)[0]  # the first sentence
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global random states, as tensors and plain values (``weights_only`` loads them)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    version, words, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "rng": torch.get_rng_state(),
+        "rng_numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "rng_python": {
+            "version": int(version),
+            "state": torch.tensor(words, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
+    # CUDA draws happen only once CUDA is in use; asking earlier would start it for nothing
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _rng_restorer(state: dict[str, Any]) -> Callable[[], None]:
+    """Checks a checkpoint's random states now; the returned call sets them (what there is:
+    a checkpoint from before numpy and ``random`` states were kept restores torch's only)."""
+    cpu = state["rng"]
+    if not isinstance(cpu, torch.Tensor) or cpu.dtype != torch.uint8:
+        raise TypeError("its 'rng' is not a torch random state")
+    torch.Generator().set_state(cpu)  # each state is tried on a throwaway generator first
+    np_state = py_state = None
+    if "rng_numpy" in state:
+        n = state["rng_numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np_state = (
+            "MT19937",
+            keys,
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+        np.random.RandomState().set_state(np_state)
+    if "rng_python" in state:
+        p = state["rng_python"]
+        py_state = (int(p["version"]), tuple(int(w) for w in p["state"].tolist()), p["gauss_next"])
+        random.Random().setstate(py_state)
+    cuda = state.get("rng_cuda")
+    if cuda is not None and not all(isinstance(c, torch.Tensor) for c in cuda):
+        raise TypeError("its 'rng_cuda' is not a list of CUDA random states")
+
+    def restore() -> None:
+        torch.set_rng_state(cpu)
+        if np_state is not None:
+            np.random.set_state(np_state)
+        if py_state is not None:
+            random.setstate(py_state)
+        if (
+            cuda is not None
+            and torch.cuda.is_available()
+            and torch.cuda.device_count() >= len(cuda)
+        ):
+            torch.cuda.set_rng_state_all(cuda)
+
+    return restore
+
+
+def _check_same_settings(path: Path, saved: Any, batch: int, cfg: TrainConfig) -> None:
+    """Refuse to resume under settings the checkpoint cannot continue: another optimizer (its
+    state does not fit), or, in the middle of an epoch, other batches (``batch_size``, ``seed``,
+    ``group_by_length``: the batches already taken would not be the ones left out). Other
+    settings (more epochs, another learning rate) may change on purpose, as before."""
+    if not isinstance(saved, dict):
+        return  # no record of them: use what is there
+    keys = ["optimizer"] + (["batch_size", "seed", "group_by_length"] if batch else [])
+    now = cfg.to_dict()
+    changed = [f"{k} {saved[k]!r}, now {now[k]!r}" for k in keys if saved.get(k, now[k]) != now[k]]
+    if changed:
+        raise ConfigError(
+            f"checkpoint {path} was written with other training settings ({'; '.join(changed)}); "
+            "resume with the same settings or delete it to start over"
+        )
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def train(
@@ -203,7 +357,14 @@ def train(
     resume: bool = False,
     description: str = "train",
 ) -> TrainResult:
-    """Train ``model`` in place on ``data``'s train split; returns the run's summary."""
+    """Train ``model`` in place on ``data``'s train split; returns the run's summary.
+
+    A model with BatchNorm does not train on a last batch of one sample (BatchNorm in train mode
+    cannot normalise one value per channel, and on one sample its statistics are noise): when
+    an epoch's last batch (a process's share of it, under DDP) would hold exactly one sample, it
+    is left out of every epoch, said once on the ``slimfuse.training`` logger at INFO. Every
+    other batch is the one it would be without BatchNorm.
+    """
     cfg = config or TrainConfig()
     task = get_task(task)
     rank, world = distributed()
@@ -215,7 +376,7 @@ def train(
     if resume and (ckpt is None or not ckpt.is_file()):
         raise ConfigError(f"resume asked but there is no checkpoint at {ckpt}")
 
-    torch.manual_seed(cfg.seed)
+    _seed_all(cfg.seed)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
@@ -230,7 +391,29 @@ def train(
 
     train_set = data.split("train")
     per_rank = cfg.batch_size // world
-    steps_per_epoch = max(1, math.ceil(len(train_set) / cfg.batch_size))
+    n_train = len(train_set)
+    if n_train == 0:
+        raise DataError(f"{data.name}: the train split is empty; expected at least one sample")
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    min_batch = 2 if has_bn else 1
+    if min_batch > 1 and _last_batch_dropped(n_train, per_rank, world):
+        if n_train < cfg.batch_size:
+            raise DataError(
+                f"{data.name}: the train split has {n_train} samples, too few for batches of "
+                f"at least 2 in each of {world} processes (the model has BatchNorm)"
+            )
+        steps_per_epoch -= 1
+        if rank == 0:
+            last = n_train % cfg.batch_size
+            what = "1 sample" if world == 1 else f"{last} samples, 1 in some of {world} processes"
+            log.info(
+                "train split of %d samples in batches of %d: the last batch of each epoch "
+                "(%s) is left out, as BatchNorm cannot train on one sample",
+                n_train,
+                cfg.batch_size,
+                what,
+            )
     total_steps = steps_per_epoch * cfg.epochs
 
     epoch, skip, step = 0, 0, 0
@@ -239,14 +422,29 @@ def train(
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
     stale = 0
+    restore_rng: Callable[[], None] | None = None
     if resume and ckpt is not None:
         st = load_checkpoint(ckpt)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["rng"])
-        epoch, skip, step = int(st["epoch"]), int(st["batch"]), int(st["step"])
-        best, best_epoch, stale = st["best"], st["best_epoch"], int(st["stale"])
-        best_state, history = st["best_state"], list(st["history"])
+        try:
+            restore_rng = _rng_restorer(st)
+            epoch, skip, step = int(st["epoch"]), int(st["batch"]), int(st["step"])
+            best, best_epoch, stale = st["best"], st["best_epoch"], int(st["stale"])
+            best_state, history = st["best_state"], list(st["history"])
+            if min(epoch, skip, step) < 0:
+                raise ValueError(f"position epoch {epoch}, batch {skip}, step {step}")
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise _not_ours(ckpt, _summary(exc)) from None
+        _check_same_settings(ckpt, st.get("config"), skip, cfg)
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            if best_state is not None and set(best_state) != set(model.state_dict()):
+                raise ValueError("its best weights have other names than the model's")
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise TrainingError(
+                f"checkpoint {ckpt} does not fit this model ({_summary(exc)}); "
+                "delete it to start over"
+            ) from None
 
     def checkpoint(epoch_: int, batch_: int) -> None:
         if ckpt is None or rank != 0:
@@ -256,7 +454,7 @@ def train(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(),
+                **_rng_state(),
                 "epoch": epoch_,
                 "batch": batch_,
                 "step": step,
@@ -271,18 +469,25 @@ def train(
 
     for cb in callbacks:
         cb.on_train_begin(model, total_steps)
+    if restore_rng is not None:  # last: whatever drew at start-up has drawn
+        restore_rng()
     start = time.perf_counter()
     progress = _Progress(not cfg.quiet and rank == 0, description, total_steps, step, cfg.epochs)
     with _SignalGuard() as guard, progress:
         while epoch < cfg.epochs:
             loader = _epoch_loader(
-                train_set, per_rank, cfg.seed + epoch, world, rank, cfg.group_by_length
+                train_set,
+                per_rank,
+                cfg.seed + epoch,
+                world,
+                rank,
+                cfg.group_by_length,
+                skip=skip,
+                min_batch=min_batch,
             )
             net.train()
             running, count = 0.0, 0
-            for i, batch in enumerate(loader):
-                if i < skip:
-                    continue
+            for i, batch in enumerate(loader, start=skip):
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step, total_steps)
                 loss = objective(net, batch)
@@ -335,8 +540,23 @@ def _task_objective(task: Task, model: nn.Module, batch: Any) -> torch.Tensor:
     return task.loss(forward(model, inputs), target)
 
 
+def _last_batch_dropped(n: int, per_rank: int, world: int) -> bool:
+    """Whether :func:`_epoch_loader` with ``min_batch=2`` leaves out a last batch that it keeps
+    with ``min_batch=1``: some process's share of the last global batch is one sample."""
+    last = n % (per_rank * world)
+    return world <= last < 2 * world
+
+
 def _epoch_loader(
-    dataset: Any, batch_size: int, seed: int, world: int, rank: int, by_length: bool = False
+    dataset: Any,
+    batch_size: int,
+    seed: int,
+    world: int,
+    rank: int,
+    by_length: bool = False,
+    *,
+    skip: int = 0,
+    min_batch: int = 1,
 ) -> Any:
     """This process's batches of one epoch: slices of the same global batches in every process.
 
@@ -348,6 +568,12 @@ def _epoch_loader(
     (for datasets with ``lengths()``, such as token data) first sorts each run of 50 global
     batches of the permutation by length, then shuffles the batches: each batch holds texts of
     similar length, so little of it is padding.
+
+    The loader draws from its own generator, never from the global torch RNG (a ``DataLoader``
+    draws a seed each time it is iterated), so Dropout and augmentation see the same random
+    streams whether or not a run was resumed. ``skip`` leaves out the first batches without
+    loading them (a resumed epoch); ``min_batch`` leaves out a last batch whose share in some
+    process would be smaller (2 for BatchNorm). Neither changes any other batch.
     """
     from torch.utils.data import DataLoader
 
@@ -356,13 +582,17 @@ def _epoch_loader(
     if by_length:
         order = _grouped_by_length(order, dataset, batch_size * world, g)
     if world == 1 and not by_length:
-        return DataLoader(dataset, batch_size=batch_size, sampler=order.tolist())
+        if len(order) % batch_size and len(order) % batch_size < min_batch:
+            order = order[: len(order) - len(order) % batch_size]
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=order[skip * batch_size :].tolist(), generator=g
+        )
     batches = []
     for chunk in order.split(batch_size * world):
-        if len(chunk) < world:
+        if len(chunk) < world * min_batch:
             break
         batches.append(torch.tensor_split(chunk, world)[rank].tolist())
-    return DataLoader(dataset, batch_sampler=batches)
+    return DataLoader(dataset, batch_sampler=batches[skip:], generator=g)
 
 
 def _grouped_by_length(
