@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import slimfuse
-from slimfuse.errors import ConfigError, ModelError, UnsafeFileError
+from slimfuse.errors import ConfigError, ModelError, UnsafeFileError, UntrustedCodeError
 from slimfuse.models.source import load_model, load_weights
 from slimfuse.models.zoo import MODELS
 from tests.helpers import run_cli
@@ -46,13 +46,15 @@ def test_user_model_from_file_and_module(tmp_path, monkeypatch):
         "def build(width=8, num_classes=3):\n"
         "    return torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, num_classes))\n"
     )
-    m = slimfuse.build_model(f"{tmp_path / 'mynet.py'}:build", width=5)
+    with pytest.raises(UntrustedCodeError, match=r"is code .* pass --trust-code"):
+        slimfuse.build_model(f"{tmp_path / 'mynet.py'}:build")
+    m = slimfuse.build_model(f"{tmp_path / 'mynet.py'}:build", width=5, trust_code=True)
     assert m[0].out_features == 5
     monkeypatch.syspath_prepend(str(tmp_path))
-    m2 = load_model("mynet:build", num_classes=2)
+    m2 = load_model("mynet:build", num_classes=2, trust_code=True)
     assert m2[2].out_features == 2
     with pytest.raises(ModelError, match="has no callable 'nope'"):
-        slimfuse.build_model(f"{tmp_path / 'mynet.py'}:nope")
+        slimfuse.build_model(f"{tmp_path / 'mynet.py'}:nope", trust_code=True)
     sys.modules.pop("mynet", None)
 
 

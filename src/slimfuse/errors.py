@@ -7,6 +7,8 @@ what was expected; the CLI prints that line and exits with code 2 (no traceback 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SlimfuseError(Exception):
     """Base class: bad input or an unsupported request, reported as one line."""
@@ -24,6 +26,10 @@ class ModelError(SlimfuseError):
 
 class UnsafeFileError(ModelError):
     """A file would need pickle to load and the caller did not opt in."""
+
+
+class UntrustedCodeError(SlimfuseError):
+    """A model or data source is code and the caller did not opt in (``trust_code``)."""
 
 
 class ConfigError(SlimfuseError):
@@ -44,3 +50,23 @@ class UnsupportedLayerError(SlimfuseError):
 
 class FusionError(SlimfuseError):
     """Models to fuse or merge do not fit together, or fusion settings are out of range."""
+
+
+class SlimfuseWarning(UserWarning):
+    """Something a user should know (nothing was pruned, a split is small); ``--strict`` makes
+    it an error with exit code 1."""
+
+
+def validation_error(exc: Any) -> tuple[str, str]:
+    """Where (``stages.0.epochs``) and what (the message) of a pydantic ``ValidationError``.
+
+    Of several errors the most specific is shown (in a union such as ``int | list[int]`` the
+    list item that is out of bounds, not "not an int"); pydantic's internal union tags are
+    left out of the location.
+    """
+    errors = exc.errors()
+    err = max(errors, key=lambda e: len(e["loc"]))
+    first = errors[0]["loc"][:1]
+    loc = [p for p in err["loc"] if isinstance(p, int) or p in first or "[" not in str(p)]
+    loc = [p for p in loc if not (isinstance(p, str) and ("-" in p or "[" in p))]
+    return ".".join(str(p) for p in loc), err["msg"]

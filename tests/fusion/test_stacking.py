@@ -59,7 +59,7 @@ def memorizers(random_labels):
     """Two members that have memorised the training labels (random: nothing to generalise)."""
     members = []
     for i in range(2):
-        m = slimfuse.build_model(f"{__file__}:memorizer", data=random_labels)
+        m = slimfuse.build_model(f"{__file__}:memorizer", data=random_labels, trust_code=True)
         slimfuse.train(m, random_labels, config=MEMORIZE)
         members.append((f"mem{i}", m))
     return members

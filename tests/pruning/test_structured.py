@@ -30,7 +30,7 @@ def _resnet(data):
 
 
 def _concat(data):
-    return slimfuse.build_model("tests.pruning.nets:concat_net", data=data)
+    return slimfuse.build_model("tests.pruning.nets:concat_net", data=data, trust_code=True)
 
 
 def test_residual_bn_net_gets_smaller_and_runs(data) -> None:
@@ -101,7 +101,7 @@ def test_pruned_bundle_reloads_in_a_fresh_process_and_exports(data, tmp_path) ->
     slimfuse.train(model, data, config=TrainConfig(epochs=1, quiet=True))
     small = prune_structured(model, data.example_input(1), ratio=0.5)
     slimfuse.save(small, tmp_path / "b")
-    back = slimfuse.load(tmp_path / "b")
+    back = slimfuse.load(tmp_path / "b", trust_code=True)  # a module source: code
     x = data.example_input(16)
     assert torch.equal(back(x), small(x))
     slimfuse.export(back, data.example_input(1), tmp_path / "m.onnx", atol=1e-4)
@@ -111,7 +111,7 @@ def test_pruned_bundle_reloads_in_a_fresh_process_and_exports(data, tmp_path) ->
         f"""
         import torch, slimfuse
         from slimfuse.exporting import check_parity
-        m = slimfuse.load({str(tmp_path / "b")!r})
+        m = slimfuse.load({str(tmp_path / "b")!r}, trust_code=True)
         x = torch.load({str(tmp_path / "x.pt")!r}, weights_only=True)
         y = torch.load({str(tmp_path / "y.pt")!r}, weights_only=True)
         assert torch.equal(m(x), y), "outputs differ"

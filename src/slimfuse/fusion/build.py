@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from slimfuse.errors import ModelError
-from slimfuse.models.source import ModelSpec, build_model, set_spec
+from slimfuse.models.source import (
+    ModelSpec,
+    check_build_size,
+    check_kwargs,
+    rebuild,
+    set_spec,
+)
 from slimfuse.registry import Registry
 
 # method -> "module:function(members, **kwargs) -> nn.Module"
@@ -40,18 +46,22 @@ def _mean(members: list[tuple[str, nn.Module]], **kw: Any) -> nn.Module:
 
 def build_member(entry: dict[str, Any]) -> tuple[str, nn.Module]:
     """One member rebuilt from its ``{"name", "spec"}`` entry (structure only, no weights)."""
-    try:
-        name, spec = str(entry["name"]), ModelSpec.from_dict(entry["spec"])
-    except (KeyError, TypeError) as exc:
-        raise ModelError(f"fused member entry {entry!r}: expected name and spec ({exc})") from None
-    model = build_model(spec.source, **spec.kwargs)
-    return name, set_spec(model, spec)
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ModelError(f"fused member entry {str(entry)[:80]}: expected a name and a spec")
+    spec = ModelSpec.from_dict(entry.get("spec"), f"member {entry['name']!r}")
+    return entry["name"], set_spec(rebuild(spec), spec)
 
 
 def build_fused(method: str, members: list[dict[str, Any]], **kwargs: Any) -> nn.Module:
-    """The zoo builder for ``source: fused``."""
-    pairs = [build_member(e) for e in members]
-    return BUILDERS.get(method)(pairs, **kwargs)
+    """The zoo builder for ``source: fused``: the members (each checked as a model source),
+    then the method's own part, its keyword arguments checked and its size bounded."""
+    if not isinstance(members, list):
+        raise ModelError("a fused model needs members: a list")
+    builder = BUILDERS.get(method)
+    what = f"fused model ({method})"
+    kwargs = check_kwargs(builder, kwargs, what, skip=1)
+    check_build_size(lambda **kw: builder([build_member(e) for e in members], **kw), kwargs, what)
+    return builder([build_member(e) for e in members], **kwargs)
 
 
 def fusion_members_edit(

@@ -78,7 +78,7 @@ def out_of_fold(
     training split's order, and the ``[(train_idx, test_idx)]``.
     """
     from slimfuse.fusion.predict import collect
-    from slimfuse.models.source import build_model, spec_of
+    from slimfuse.models.source import rebuild, spec_of
     from slimfuse.training import train
 
     configs = list(train_config) if isinstance(train_config, Sequence) else None
@@ -106,7 +106,7 @@ def out_of_fold(
             seed_i = base.seed if configs is not None else base.seed + i
             cfg = replace(base, seed=seed_i + 1000 * f)
             torch.manual_seed(cfg.seed)
-            fresh = build_model(spec.source, **spec.kwargs)  # type: ignore[union-attr]
+            fresh = rebuild(spec)  # type: ignore[arg-type]
             train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
             outs, _ = collect([(name, fresh)], held, task)
             if oof[i] is None:

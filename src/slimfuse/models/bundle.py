@@ -11,16 +11,20 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from slimfuse.atomic import atomic_dir
-from slimfuse.errors import ModelError
+from slimfuse.errors import ModelError, validation_error
+from slimfuse.models import code
 from slimfuse.models.edits import apply_edits
-from slimfuse.models.source import ModelSpec, build_model, set_spec, spec_of
+from slimfuse.models.source import ModelSpec, rebuild, set_spec, spec_of
+from slimfuse.models.weights import check_fits, read_safetensors
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -63,9 +67,10 @@ def save(
     """Write ``model`` as a bundle folder (atomically) and return the folder's path.
 
     A model that records no task takes the one its ``metrics`` were measured for, so commands
-    that later load the bundle default to it.
+    that later load the bundle default to it. Code the model was built from (``file.py:fn``,
+    also a fused model's members') is copied into the bundle's ``code/`` folder with its hash.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     spec = spec_of(model)
     if spec is None:
@@ -75,8 +80,11 @@ def save(
         )
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        # bytes first, then a plain write: an OS error (a full disk) surfaces as one
+        (tmp / WEIGHTS).write_bytes(serialize(_state(model), metadata={"format": "pt"}))
         recorded = spec.to_dict()
+        for entry in specs_in(recorded):
+            code.copy_into(entry, tmp)
         if not recorded.get("task") and metrics and metrics.get("task"):
             recorded["task"] = metrics["task"]
         meta = {"format": FORMAT, "model": recorded, "versions": versions(), **(extra or {})}
@@ -90,38 +98,92 @@ def save(
     return folder
 
 
+MAX_DEPTH = 8  # fused models inside fused models
+MAX_MEMBERS = 256
+
+
+def specs_in(
+    spec: dict[str, Any], where: str = "model", depth: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Every model spec in ``spec`` (a checked dict): itself, then a fused model's members'
+    (recursively), each member entry checked on the way."""
+    yield spec
+    if spec.get("source") != "fused":
+        return
+    members = spec.get("kwargs", {}).get("members")
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise ModelError(
+            f"{where}: a fused model needs kwargs.members, a list of at most {MAX_MEMBERS} entries"
+        )
+    if depth >= MAX_DEPTH:
+        raise ModelError(f"{where}: fused models nested more than {MAX_DEPTH} deep")
+    for i, entry in enumerate(members):
+        at = f"{where}.kwargs.members.{i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ModelError(f"{at}: expected an object with a name and a spec")
+        entry["spec"] = ModelSpec.from_dict(entry.get("spec"), f"{at}.spec").to_dict()
+        yield from specs_in(entry["spec"], f"{at}.spec", depth + 1)
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    format: int
+    model: dict[str, Any]
+    versions: dict[str, Any] = Field(default_factory=dict)
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
+    """``slimfuse.json``, its structure checked (one line naming what is wrong)."""
     path = Path(folder) / META
     if not path.is_file():
         raise ModelError(f"{str(folder)!r} is not a bundle: no {META}")
+    if path.stat().st_size > MAX_META_BYTES:
+        raise ModelError(f"{path}: {path.stat().st_size} bytes, larger than a bundle's {META}")
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+        meta = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: expected a JSON object, found {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise ModelError(
             f"{path}: bundle format {meta.get('format')!r}; this slimfuse reads {FORMAT}"
         )
+    try:
+        _Meta.model_validate(meta)
+    except ValidationError as exc:
+        where, msg = validation_error(exc)
+        raise ModelError(f"{path}: {where}: {msg}") from exc
     return meta
 
 
-def load(folder: str | Path) -> nn.Module:
-    """Rebuild the model saved in a bundle folder: source, then edits, then weights (strict)."""
-    from safetensors.torch import load_file
+MAX_META_BYTES = 64 << 20
 
+
+def load(folder: str | Path, *, trust_code: bool | None = None) -> nn.Module:
+    """Rebuild the model saved in a bundle folder: source, then edits, then weights (strict).
+
+    Nothing the folder says is trusted: ``slimfuse.json`` is checked field by field, code
+    sources are refused unless ``trust_code=True`` (before anything runs) and run from the
+    bundle's own copy with its hash checked, the weights file's layout is checked, and the
+    rebuilt model must expect exactly the tensors the file holds (names, shapes, dtypes).
+    """
     folder = Path(folder)
     meta = read_meta(folder)
     spec = ModelSpec.from_dict(meta["model"])
-    if not (folder / WEIGHTS).is_file():
-        raise ModelError(f"{str(folder)!r}: no {WEIGHTS}")
-    state = load_file(str(folder / WEIGHTS))
-    model = build_model(spec.source, **spec.kwargs)
-    model = apply_edits(model, spec.edits, state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"{folder}: weights do not fit the rebuilt model ({str(exc)[:300]})"
-        ) from None
+    recorded = spec.to_dict()
+    with code.trusting(trust_code):
+        for entry in specs_in(recorded):
+            if code.is_code(entry["source"]):
+                code.require_trust(entry["source"], f"{folder}: model source")
+            code.locate_in(entry, folder)
+        spec = ModelSpec.from_dict(recorded)
+        if not (folder / WEIGHTS).is_file():
+            raise ModelError(f"{str(folder)!r}: no {WEIGHTS}")
+        state = read_safetensors(folder / WEIGHTS)
+        model = rebuild(spec)
+        model = apply_edits(model, spec.edits, state)
+    check_fits(model, state, str(folder))
+    model.load_state_dict(state, strict=True)
     model.eval()
     return set_spec(model, spec)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimfuse.errors import ModelError, SlimfuseError
 from slimfuse.registry import Registry
 
 EditHandler = Callable[[nn.Module, dict[str, Any], dict[str, torch.Tensor]], nn.Module]
@@ -36,6 +37,17 @@ EDITS: Registry[EditHandler] = Registry(
 def apply_edits(
     model: nn.Module, edits: list[dict[str, Any]], state: dict[str, torch.Tensor]
 ) -> nn.Module:
-    for edit in edits:
-        model = EDITS.get(edit["kind"])(model, edit, state)
+    """Apply ``edits`` (read from a file) in order; a malformed one is one line naming it."""
+    for i, edit in enumerate(edits):
+        handler = EDITS.get(edit["kind"])
+        try:
+            model = handler(model, edit, state)
+        except SlimfuseError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(
+                f"structural edit {i} ({edit['kind']}) is malformed or does not fit the model "
+                f"({type(exc).__name__}: {first[:160]})"
+            ) from exc
     return model

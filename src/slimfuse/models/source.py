@@ -7,25 +7,22 @@ stages. :func:`slimfuse.save` writes that spec to ``slimfuse.json``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import json
-import pickle
-import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_type_hints
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from torch import nn
 
-from slimfuse.errors import ModelError, SlimfuseError, UnsafeFileError
+from slimfuse.errors import ModelError, validation_error
+from slimfuse.models import code
+from slimfuse.models.weights import check_fits, load_weights
 
 SPEC_ATTR = "slimfuse_spec"
-UNSAFE_FLAG = "--unsafe-pickle"
 
 
 @dataclass
@@ -39,16 +36,42 @@ class ModelSpec:
     task: str | None = None
     input_shape: list[int] | None = None
     num_classes: int | None = None
+    code_sha256: str | None = None  # a file source: the hash of the code that ran
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if "source" not in known:
-            raise ModelError("slimfuse.json has no model source; expected a 'source' entry")
-        return cls(**known)
+    def from_dict(cls, d: Any, where: str = "model") -> ModelSpec:
+        """A spec read from a file, every field's type checked (one line naming the field)."""
+        try:
+            checked = _SpecSchema.model_validate(d)
+        except ValidationError as exc:
+            loc, msg = validation_error(exc)
+            raise ModelError(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}") from exc
+        return cls(**checked.model_dump())
+
+
+class _SpecSchema(BaseModel):
+    """What ``slimfuse.json`` may say about a model (unknown keys of newer versions ignored)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    source: str = Field(min_length=1, max_length=4096)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    edits: list[dict[str, Any]] = Field(default_factory=list)
+    lineage: list[dict[str, Any]] = Field(default_factory=list)
+    task: str | None = None
+    input_shape: list[Annotated[int, Field(ge=0)]] | None = None
+    num_classes: Annotated[int, Field(ge=1)] | None = None
+    code_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
+
+    @field_validator("edits")
+    @classmethod
+    def _kinds(cls, edits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, edit in enumerate(edits):
+            if not isinstance(edit.get("kind"), str):
+                raise ValueError(f"edit {i} has no kind (a string)")
+        return edits
 
 
 def spec_of(model: nn.Module) -> ModelSpec | None:
@@ -109,37 +132,6 @@ def record(
         spec.lineage.append(json.loads(json.dumps(lineage, default=str)))
 
 
-def import_callable(
-    spec: str, *, what: str = "factory", error: type[SlimfuseError] = ModelError
-) -> Callable[..., Any]:
-    """Resolve ``file.py:fn`` or ``package.module:fn`` to the callable."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise error(f"{what} {spec!r}: expected file.py:fn or module:fn")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise error(f"{what} {spec!r}: file {target!r} not found")
-        name = f"slimfuse_user_{abs(hash(str(path.resolve())))}"
-        module = sys.modules.get(name)
-        if module is None:
-            mspec = importlib.util.spec_from_file_location(name, path)
-            if mspec is None or mspec.loader is None:  # pragma: no cover - defensive
-                raise error(f"{what} {spec!r}: cannot import {target!r}")
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[name] = module
-            mspec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise error(f"{what} {spec!r}: cannot import module {target!r} ({exc})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise error(f"{what} {spec!r}: {target!r} has no callable {attr!r}")
-    return fn
-
-
 def _fill_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], data: Any) -> dict[str, Any]:
     """Fill ``num_classes`` / ``in_features`` / ``in_length`` from the data when the builder takes them."""
     if data is None:
@@ -159,74 +151,135 @@ def _fill_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], data: Any) -> d
     return out
 
 
-def build_model(source: str, *, data: Any = None, **kwargs: Any) -> nn.Module:
-    """Build a fresh model from a zoo name, ``file.py:fn`` or ``module:fn``."""
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_kwargs(
+    fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip: int = 0
+) -> dict[str, Any]:
+    """``kwargs`` validated against ``fn``'s signature: names, and the types and bounds its
+    annotations give (pydantic ``Annotated[int, Field(le=...)]``); the first ``skip`` parameters
+    are the caller's (a fused model's members). Returns the values as validated."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ModelError(f"{what}: kwargs {_short(kwargs)}: expected a mapping of names")
+    hints = get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    extra = "allow" if any(p.kind is p.VAR_KEYWORD for p in params) else "forbid"
+    schema = create_model(
+        f"{getattr(fn, '__name__', 'builder')}_kwargs",
+        __config__=ConfigDict(extra=extra, arbitrary_types_allowed=True),
+        **fields,
+    )
+    try:
+        checked = schema.model_validate(kwargs)
+    except ValidationError as exc:
+        where, msg = validation_error(exc)
+        known = ", ".join(fields) or "none"
+        raise ModelError(
+            f"{what}: {where}: {msg} (it takes {known})"
+        ) from exc  # pydantic's full report stays out of the one line
+    return {k: getattr(checked, k) for k in kwargs if k in fields} | {
+        k: v for k, v in kwargs.items() if k not in fields
+    }
+
+
+MAX_BUILD_BYTES = 4 << 30  # what a model source may allocate before its weights are checked
+
+
+def check_build_size(
+    fn: Callable[..., Any], kwargs: dict[str, Any], what: str, limit: int = MAX_BUILD_BYTES
+) -> None:
+    """Build the model on the ``meta`` device (no memory) and refuse one larger than ``limit``
+    bytes of parameters and buffers: a size read from a file is not trusted."""
+    try:
+        with torch.device("meta"):
+            probe = fn(**kwargs)
+    except Exception:  # a builder that cannot run on "meta": the real build reports errors
+        return
+    if not isinstance(probe, nn.Module):
+        return
+    size = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    if size > limit:
+        raise ModelError(
+            f"{what} would hold {size / 2**30:.1f} GiB of weights; a model source may build at "
+            f"most {limit / 2**30:.0f} GiB (check its sizes)"
+        )
+
+
+def _builder(
+    source: str, expected_sha256: str | None = None
+) -> tuple[Callable[..., Any], str, str | None]:
+    """The builder of a source: ``(fn, resolved source, sha256 of a code file)``."""
     from slimfuse.models.zoo import MODELS
 
     if source in MODELS:
-        fn = MODELS.get(source)
-    elif ":" in source:
-        fn = import_callable(source, what="model source")
-    else:
-        MODELS.get(source)  # raises with the list of zoo names and close matches
-        raise AssertionError("unreachable")
-    kwargs = _fill_kwargs(fn, kwargs, data)
+        return MODELS.get(source), source, None
+    if code.is_code(source):
+        return code.import_callable(source, what="model source", expected_sha256=expected_sha256)
+    MODELS.get(source)  # raises with the list of zoo names and close matches
+    raise AssertionError("unreachable")
+
+
+def _call(fn: Callable[..., Any], source: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Build: a registered builder's kwargs are checked (signature, bounds, size) first; user
+    code (trusted) is called as it is."""
+    what = f"model {source!r}"
+    if not code.is_code(source):
+        kwargs = check_kwargs(fn, kwargs, what)
+        if kwargs and source != "fused":  # a fused model checks its members and its own part
+            check_build_size(fn, kwargs, f"{what} with {_short(kwargs)}")
     try:
         model = fn(**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"model {source!r} with {kwargs}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{what} with {_short(kwargs)}: {first[:200]}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"model source {source!r} returned {type(model).__name__}; expected an nn.Module"
         )
+    return model
+
+
+def build_model(
+    source: str, *, data: Any = None, trust_code: bool | None = None, **kwargs: Any
+) -> nn.Module:
+    """Build a fresh model from a zoo name, ``file.py:fn`` or ``module:fn``.
+
+    Code sources run only with ``trust_code=True`` (see :mod:`slimfuse.models.code`).
+    """
+    with code.trusting(trust_code):
+        fn, resolved, digest = _builder(source)
+        kwargs = _fill_kwargs(fn, kwargs, data)
+        model = _call(fn, source, kwargs)
     # a model class may say what it is for (an encoder: "embedding"); data and bundles may refine it
-    spec = ModelSpec(source=source, kwargs=kwargs, task=getattr(model, "default_task", None))
+    spec = ModelSpec(
+        source=resolved,
+        kwargs=kwargs,
+        task=getattr(model, "default_task", None),
+        code_sha256=digest,
+    )
     if data is not None:
         spec.input_shape = list(data.input_shape)
         spec.num_classes = data.num_classes
     return set_spec(model, spec)
 
 
-def load_weights(
-    path: str | Path, *, unsafe_pickle: bool = False
-) -> dict[str, torch.Tensor] | nn.Module:
-    """Weights from ``.safetensors``, or a ``.pt``/``.pth`` state dict loaded with ``weights_only=True``.
+def rebuild(spec: ModelSpec) -> nn.Module:
+    """The model a spec was built from, before its edits and weights (a bundle's first step).
 
-    A ``.pt`` that needs full pickle is refused unless ``unsafe_pickle`` is set (CLI: ``--unsafe-pickle``);
-    with it, a pickled whole module is returned as is.
+    The source's kwargs are checked like any file's values; a code file must still have the
+    hash it was saved with.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file {str(path)!r} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not unsafe_pickle:
-            raise UnsafeFileError(
-                f"{path.name} is a full pickle, which can run arbitrary code when loaded "
-                f"({str(exc).splitlines()[0][:120]}); refusing. Pass {UNSAFE_FLAG} "
-                "(unsafe_pickle=True) only if you trust the file, or save a state dict / safetensors"
-            ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)  # explicit opt-in
-    except (RuntimeError, EOFError) as exc:
-        raise ModelError(
-            f"{path.name}: not a torch file ({str(exc).splitlines()[0][:120]})"
-        ) from None
-    if isinstance(obj, nn.Module):
-        return obj
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(
-            f"{path.name}: expected a state dict of tensors, found {type(obj).__name__}"
-        )
-    return obj
+    fn, _, _ = _builder(spec.source, spec.code_sha256)
+    return _call(fn, spec.source, dict(spec.kwargs))
 
 
 def load_model(
@@ -235,42 +288,53 @@ def load_model(
     data: Any = None,
     weights: str | Path | None = None,
     unsafe_pickle: bool = False,
+    trust_code: bool | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Resolve any model argument: a module, bundle folder, HF folder, weights file, zoo name or factory."""
-    if isinstance(spec, nn.Module):
-        model = spec
-    else:
-        text = str(spec)
-        path = Path(text)
-        if path.is_dir() and (path / "slimfuse.json").is_file():
-            from slimfuse.models.bundle import load
-
-            model = load(path)
-        elif path.is_dir() and (path / "config.json").is_file():
-            from slimfuse.models.hf import load_hf
-
-            model = load_hf(path, **kwargs)
-        elif path.suffix in (".pt", ".pth", ".safetensors") and ":" not in text:
-            obj = load_weights(path, unsafe_pickle=unsafe_pickle)
-            if not isinstance(obj, nn.Module):
-                raise ModelError(
-                    f"{path.name} holds only weights; pass the architecture as --model and this file as --weights"
-                )
-            model = obj
-        elif path.is_dir():
-            raise ModelError(
-                f"{text!r} is a folder without slimfuse.json or config.json; expected a bundle"
-            )
-        else:
-            model = build_model(text, data=data, **kwargs)
+    """Resolve any model argument: a module, bundle folder, HF folder, weights file, zoo name or
+    factory. Code (``file.py:fn``, ``module:fn``, a bundle made from code) runs only with
+    ``trust_code=True``."""
+    with code.trusting(trust_code):
+        model = _resolve(spec, data, unsafe_pickle, kwargs)
     if weights is not None:
         state = load_weights(weights, unsafe_pickle=unsafe_pickle)
         if isinstance(state, nn.Module):
             state = state.state_dict()
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelError(
-                f"weights {Path(weights).name} do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        check_fits(model, state, f"weights {Path(weights).name}")
+        model.load_state_dict(state, strict=True)
     return model
+
+
+def _resolve(
+    spec: str | Path | nn.Module, data: Any, unsafe_pickle: bool, kwargs: dict[str, Any]
+) -> nn.Module:
+    if isinstance(spec, nn.Module):
+        return spec
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir() and (path / "slimfuse.json").is_file():
+        from slimfuse.models.bundle import load
+
+        return load(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        from slimfuse.models.hf import load_hf
+
+        return load_hf(path, **kwargs)
+    if path.suffix in (".pt", ".pth", ".safetensors") and ":" not in text:
+        obj = load_weights(path, unsafe_pickle=unsafe_pickle)
+        if not isinstance(obj, nn.Module):
+            raise ModelError(
+                f"{path.name} holds only weights; pass the architecture as --model and this file as --weights"
+            )
+        return obj
+    if path.is_dir():
+        raise ModelError(
+            f"{text!r} is a folder without slimfuse.json or config.json; expected a bundle"
+        )
+    pathlike = len(path.parts) > 1 or text.startswith((".", "~")) or bool(path.suffix)
+    if pathlike and not code.is_code(text) and not path.exists():
+        raise ModelError(
+            f"model {text!r} not found: no such bundle folder or file (a model is a bundle or "
+            "Hugging Face folder, a zoo name, file.py:fn or module:fn)"
+        )
+    return build_model(text, data=data, **kwargs)

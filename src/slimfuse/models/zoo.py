@@ -7,11 +7,21 @@ filled in from the data when not given (see :func:`slimfuse.models.source.build_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from slimfuse.registry import Registry
+
+# Bounds a builder's arguments are checked against when they come from a file (a bundle, a
+# recipe): sizes a real network of this family could have, so a file cannot ask for terabytes.
+Width = Annotated[int, Field(ge=1, le=1 << 16)]
+Widths = Annotated[Sequence[Width], Field(min_length=1, max_length=64)]
+Classes = Annotated[int, Field(ge=1, le=1 << 20)]
+Features = Annotated[int, Field(ge=1, le=1 << 24)]
+Depth = Annotated[int, Field(ge=1, le=64)]
 
 # Builders of other families are declared lazily so that importing the zoo stays light.
 MODELS: Registry = Registry(
@@ -124,28 +134,34 @@ class GRUClassifier(nn.Module):
 
 
 @MODELS.register("mnist1d_cnn")
-def mnist1d_cnn(num_classes: int = 10, in_length: int = 40, channels: int = 25) -> nn.Module:
+def mnist1d_cnn(
+    num_classes: Classes = 10,
+    in_length: Annotated[int, Field(ge=13, le=1 << 20)] = 40,
+    channels: Width = 25,
+) -> nn.Module:
     return MNIST1DCNN(num_classes, in_length, channels)
 
 
 @MODELS.register("mlp")
-def mlp(in_features: int, num_classes: int, hidden: int | Sequence[int] = (100, 100)) -> nn.Module:
+def mlp(
+    in_features: Features, num_classes: Classes, hidden: Width | Widths = (100, 100)
+) -> nn.Module:
     """Hidden layers of widths ``hidden`` (one number: one layer)."""
     return MLP(in_features, num_classes, (hidden,) if isinstance(hidden, int) else tuple(hidden))
 
 
 @MODELS.register("lenet300")
-def lenet300(in_features: int, num_classes: int) -> nn.Module:
+def lenet300(in_features: Features, num_classes: Classes) -> nn.Module:
     return MLP(in_features, num_classes, (300, 100))
 
 
 @MODELS.register("resnet1d")
 def resnet1d(
-    num_classes: int = 10, widths: Sequence[int] = (64, 128, 128), blocks_per_stage: int = 2
+    num_classes: Classes = 10, widths: Widths = (64, 128, 128), blocks_per_stage: Depth = 2
 ) -> nn.Module:
     return ResNet1d(num_classes, tuple(widths), blocks_per_stage)
 
 
 @MODELS.register("gru")
-def gru(num_classes: int = 10, hidden: int = 64, num_layers: int = 1) -> nn.Module:
+def gru(num_classes: Classes = 10, hidden: Width = 64, num_layers: Depth = 1) -> nn.Module:
     return GRUClassifier(num_classes, hidden, num_layers)

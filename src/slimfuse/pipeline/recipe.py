@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from slimfuse.errors import ConfigError
+from slimfuse.errors import ConfigError, validation_error
 
 
 class StageEntry(BaseModel):
@@ -64,22 +64,21 @@ class Recipe(BaseModel):
 
 def first_error(exc: ValidationError) -> tuple[str, str]:
     """Where (``stages.0.epochs``) and what (pydantic's message) of a validation's first error."""
-    err = exc.errors()[0]
-    return ".".join(str(p) for p in err["loc"]), err["msg"]
+    return validation_error(exc)
 
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with 'stages', got {type(raw).__name__}")
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         where, msg = first_error(exc)
-        raise ConfigError(f"{source}: {where}: {msg}") from None
+        raise ConfigError(f"{source}: {where}: {msg}") from exc
     check_recipe(recipe, source)
     return recipe
 
@@ -98,9 +97,9 @@ def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
             where, msg = first_error(exc)
             raise ConfigError(
                 f"{source}: stage {entry.name!r} ({entry.stage}): {where}: {msg}"
-            ) from None
+            ) from exc
         except ConfigError as exc:
-            raise ConfigError(f"{source}: stage {entry.name!r} ({entry.stage}): {exc}") from None
+            raise ConfigError(f"{source}: stage {entry.name!r} ({entry.stage}): {exc}") from exc
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:

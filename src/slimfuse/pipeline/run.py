@@ -15,6 +15,7 @@ from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
+from slimfuse.models.code import trusting
 from slimfuse.models.source import check_model_fits, load_model, record
 from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
@@ -28,8 +29,20 @@ def run_recipe(
     quiet: bool = False,
     resume: bool = False,
     text: str | None = None,
+    trust_code: bool | None = None,
 ) -> dict[str, Any]:
-    """Run ``recipe`` (a path, YAML text or :class:`Recipe`) into ``out``; returns metrics."""
+    """Run ``recipe`` (a path, YAML text or :class:`Recipe`) into ``out``; returns metrics.
+
+    A model or data source in the recipe that is code (``file.py:fn``, ``module:fn``) runs only
+    with ``trust_code=True``: a recipe is a file, and files are not trusted to run code.
+    """
+    with trusting(trust_code):
+        return _run(recipe, out, quiet=quiet, resume=resume, text=text)
+
+
+def _run(
+    recipe: str | Path | Recipe, out: str | Path, *, quiet: bool, resume: bool, text: str | None
+) -> dict[str, Any]:
     if isinstance(recipe, Recipe):
         check_recipe(recipe)
         text = text or recipe.model_dump_json(indent=2)

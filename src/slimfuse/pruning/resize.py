@@ -12,6 +12,7 @@ built model the same shapes, so that ``slimfuse.load`` rebuilds a pruned model w
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -79,6 +80,28 @@ def record_resize(model: nn.Module, before: Snapshot, **info: Any) -> Snapshot:
     return changed
 
 
+def _size_value(value: Any) -> bool:
+    ints = value if isinstance(value, list) else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 24 for v in ints)
+
+
+def _checked_shape(key: str, shape: Any, state: dict[str, torch.Tensor]) -> list[int]:
+    """A recorded shape, which must be the one the weights file holds for ``key`` (a file's
+    sizes are not trusted); a tensor the file does not hold (a non-persistent buffer) is
+    bounded instead."""
+    if not isinstance(shape, list) or not _size_value(shape):
+        raise ModelError(f"resize edit of {key!r}: shape {str(shape)[:40]} is not a list of sizes")
+    if key in state:
+        if list(state[key].shape) != shape:
+            raise ModelError(
+                f"resize edit of {key!r}: shape {shape}, but the weights file holds "
+                f"{list(state[key].shape)}"
+            )
+    elif math.prod(shape) > 1 << 26:
+        raise ModelError(f"resize edit of {key!r}: shape {shape} is larger than any it records")
+    return shape
+
+
 def apply_resize(
     model: nn.Module, edit: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> nn.Module:
@@ -89,11 +112,18 @@ def apply_resize(
         if module is None:
             raise ModelError(f"resize edit names module {name!r}, which the rebuilt model lacks")
         for attr, value in entry.get("attrs", {}).items():
+            if attr not in SIZE_ATTRS or not _size_value(value):
+                raise ModelError(
+                    f"resize edit of {name!r}: {attr}={str(value)[:40]} is not a size this "
+                    "edit sets"
+                )
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
         for pname, shape in entry.get("shapes", {}).items():
             old = getattr(module, pname, None)
             if old is None:
                 continue
+            key = f"{name}.{pname}" if name else pname
+            shape = _checked_shape(key, shape, state)
             new = torch.zeros(shape, dtype=old.dtype)
             if pname in module._parameters:
                 module._parameters[pname] = nn.Parameter(new, requires_grad=old.requires_grad)

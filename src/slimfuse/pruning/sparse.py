@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from slimfuse.models.source import record
+from slimfuse.models.weights import BITMASK, VALUES
 
-VALUES = ".__values"
-BITMASK = ".__bitmask"
 _HOOKED = "_slimfuse_sparse_keys"
 _dense_only = False
 

@@ -107,7 +107,7 @@ class QuantizedModel(nn.Module):
             except Exception as exc:
                 raise ExportError(
                     f"the quantized graph fails the ONNX checker: {str(exc).splitlines()[0]}"
-                ) from None
+                ) from exc
             args, kwargs, _ = _as_tuple(example_inputs)
             out = self(*args, **kwargs)
             if not torch.isfinite(out).all():
@@ -150,7 +150,54 @@ def refresh_edit(q: QuantizedModel) -> QuantizedModel:
 def load_quantized(
     model: nn.Module, edit: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> nn.Module:
-    """Edit handler: replace the rebuilt float model by the saved int8 graph."""
-    if "graph" not in state:
-        raise ModelError("bundle says the model is a quantized graph but has no 'graph' tensor")
-    return QuantizedModel(torch.zeros_like(state["graph"]), edit.get("info", {}))
+    """Edit handler: replace the rebuilt float model by the saved int8 graph (checked first:
+    a bundle is self-contained, so a graph that reads external data files is refused)."""
+    graph = state.get("graph")
+    if graph is None or graph.dtype != torch.uint8 or graph.dim() != 1:
+        raise ModelError(
+            "bundle says the model is a quantized graph but has no uint8 'graph' tensor"
+        )
+    check_self_contained(graph.numpy().tobytes())
+    info = edit.get("info", {})
+    if not isinstance(info, dict):
+        raise ModelError("quantized_graph edit: info is not an object")
+    return QuantizedModel(torch.zeros_like(graph), info)
+
+
+def check_self_contained(graph: bytes) -> None:
+    """Refuse an ONNX graph that is not valid or whose tensors live in external files (ONNX
+    Runtime would read whatever path the file names)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_from_string(graph)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"the stored int8 graph is not a valid ONNX model ({exc})") from exc
+    external = [
+        t.name
+        for t in _tensors(proto.graph)
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
+    ]
+    if external:
+        raise ModelError(
+            f"the stored int8 graph reads tensors from external files ({', '.join(external[:3])}); "
+            "a bundle must hold its whole graph"
+        )
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor of an ONNX graph: initializers, sparse ones and node attributes, subgraphs too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)

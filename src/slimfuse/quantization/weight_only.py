@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimfuse.errors import UnsupportedLayerError
+from slimfuse.errors import ModelError, UnsupportedLayerError
 from slimfuse.models.source import record
 from slimfuse.quantization.config import QuantConfig
 
@@ -200,9 +200,30 @@ def quantize_weights(model: nn.Module, cfg: QuantConfig) -> nn.Module:
 def load_weight_only(
     model: nn.Module, edit: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> nn.Module:
-    """Edit handler: put packed layers where the edit says; the state dict fills them."""
+    """Edit handler: put packed layers where the edit says; the state dict fills them.
+
+    What the edit says comes from a file: the kind, bits and group size must be ones this
+    module writes, and the packed sizes must be the ones the weights file holds."""
+    bits, group_size = edit["bits"], edit["group_size"]
+    if bits not in QMAX or not isinstance(group_size, int) or not 2 <= group_size <= 1 << 16:
+        raise ModelError(f"weight_only edit: bits {bits!r}, group_size {group_size!r} not valid")
     for name, spec in edit["layers"].items():
-        bias = torch.zeros(spec["shape"][0]) if spec["bias"] else None
+        shape = spec["shape"]
+        ok = (
+            spec["kind"] in ("Linear", "Conv1d", "Conv2d")
+            and isinstance(shape, list)
+            and len(shape) >= 2
+            and all(isinstance(d, int) and 0 < d < 1 << 24 for d in shape)
+        )
+        packed = state.get(f"{name}.qweight")
+        groups = math.ceil(math.prod(shape[1:]) / group_size) if ok else 0
+        per = group_size if bits == 8 else group_size // 2
+        if not ok or packed is None or list(packed.shape) != [shape[0], groups, per]:
+            raise ModelError(
+                f"weight_only edit of {name!r}: {spec['kind']} {str(shape)[:40]} does not match "
+                "the packed weights in the file"
+            )
+        bias = torch.zeros(shape[0]) if spec["bias"] else None
         _set(
             model,
             name,
