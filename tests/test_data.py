@@ -9,7 +9,7 @@ import torch
 import slimfuse
 from slimfuse.cli import main
 from slimfuse.data import check_fits, from_arrays, load_data, text_corpus
-from slimfuse.errors import DataError
+from slimfuse.errors import DataError, UntrustedCodeError
 
 
 def test_mnist1d_sizes_and_classes(mnist1d):
@@ -60,7 +60,9 @@ def test_factory_source(tmp_path):
         "    x = torch.randn(30, 4); y = torch.arange(30) % 2\n"
         "    return (x[:20], y[:20]), (x[20:25], y[20:25]), (x[25:], y[25:])\n"
     )
-    d = load_data(f"{tmp_path / 'fac.py'}:make")
+    with pytest.raises(UntrustedCodeError, match=r"is code .* pass --trust-code"):
+        load_data(f"{tmp_path / 'fac.py'}:make")
+    d = load_data(f"{tmp_path / 'fac.py'}:make", trust_code=True)
     assert (len(d.train), len(d.val), len(d.test)) == (20, 5, 5)
     assert d.num_classes == 2 and d.input_shape == (4,)
 

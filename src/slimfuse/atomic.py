@@ -17,8 +17,9 @@ file in it is flushed, and it takes the target's place:
 Temporaries and backups of processes that died (killed, power cut) are removed by the next write
 to the same target (:func:`clean_leftovers`); those of live processes (a save in progress) are
 never touched. New files and folders get the usual modes (``0o666`` / ``0o777`` less the umask).
-On failure the temporary is removed and the target left as it was; a failed write caused by the
-operating system (disk full, permission denied) is raised as :class:`OSError`.
+On failure the temporary is removed and the target left as it was; what the operating system
+refuses (a full disk, a read-only folder) is raised as the :class:`OSError` it is (writers whose
+libraries hide it, such as ``torch.save``, write their bytes with Python's own file calls).
 
 Leftovers are told apart by process id, so two machines writing into one network folder at once
 are not supported.
@@ -40,14 +41,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from slimfuse.errors import ConfigError, SlimfuseError
+from slimfuse.errors import ConfigError
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 # renameat2 answers these where the kernel or the filesystem cannot exchange: use the fallback.
 _NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
-# Below this many free bytes, a failed write is taken to be a full disk.
-_FULL_BELOW = 64 * 1024
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -280,35 +279,6 @@ def _swap_in(tmp: Path, target: Path) -> Path | None:
     return backup
 
 
-# --- errors ----------------------------------------------------------------------------------
-
-
-def _os_error(exc: BaseException, folder: Path) -> OSError | None:
-    """The OSError behind a failed write that a library reported as something else, if any.
-
-    Rust libraries (safetensors) say ``(os error N)``; PyTorch's writer says neither what nor
-    why, so a failure on a filesystem with (almost) no free space left is taken to be ENOSPC.
-    """
-    if isinstance(exc, (OSError, SlimfuseError)) or not isinstance(exc, Exception):
-        return None
-    cause = exc.__cause__
-    while cause is not None:  # raised "from" an OSError
-        if isinstance(cause, OSError) and cause.errno:
-            return OSError(cause.errno, os.strerror(cause.errno), cause.filename)
-        cause = cause.__cause__
-    m = re.search(r"\(os error (\d+)\)", str(exc))
-    if m:
-        code = int(m.group(1))
-        return OSError(code, os.strerror(code), str(folder))
-    try:
-        full = shutil.disk_usage(folder).free < _FULL_BELOW
-    except OSError:
-        full = False
-    if full:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-    return None
-
-
 # --- the context managers --------------------------------------------------------------------
 
 
@@ -328,11 +298,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
             _set_mode(tmp, umask())
         _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException as exc:
-        error = _os_error(exc, target.parent)
+    except BaseException:
         _remove(tmp)
-        if error is not None:
-            raise error from exc
         raise
     _fsync_dir(target.parent)
 
@@ -358,11 +325,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         yield tmp
         _finish_tree(tmp)
         old = _swap_in(tmp, target)
-    except BaseException as exc:
-        error = _os_error(exc, target.parent)
+    except BaseException:
         _remove(tmp)
-        if error is not None:
-            raise error from exc
         raise
     if old is not None:
         _remove(old)

@@ -53,6 +53,18 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--debug", action="store_true", help="show tracebacks instead of one-line errors"
     )
     p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow model and data sources that are code (file.py:fn, module:fn, also inside "
+        "bundles and recipes): they run. Only for code you trust",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a warning (nothing pruned, a tiny validation split, ...) stops the command with "
+        "exit code 1",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="threads for latency measurement (default 1)"
     )
 
@@ -282,6 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from slimfuse.errors import SlimfuseWarning
     from slimfuse.measuring import measure, write_metrics
 
     check_out_is_a_file(args, "a metrics .json file")
@@ -306,7 +319,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             rows = rows_for(["torch", "onnxruntime"])
         except ExportError as exc:  # what can be measured is measured; --engine onnxruntime fails
-            warnings.warn(f"no ONNX Runtime row: {exc}", stacklevel=1)
+            warnings.warn(f"no ONNX Runtime row: {exc}", SlimfuseWarning, stacklevel=1)
             rows = rows_for(["torch"])
     if args.out:
         write_metrics(args.out, rows, args.task, rows[0]["metric"])
@@ -353,6 +366,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slimfuse",
+        allow_abbrev=False,
         description="Make trained PyTorch models smaller and faster, fuse several into a better one, "
         "measure every step and export to ONNX.",
     )
@@ -428,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in FAMILIES:
         importlib.import_module(module).add_commands(sub)
+    for command in sub.choices.values():  # --epoch must not silently mean --epochs
+        command.allow_abbrev = False
     return parser
 
 
@@ -469,14 +485,38 @@ def one_line_warnings(command: str) -> Iterator[None]:
         warnings.showwarning = shown
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from slimfuse.errors import SlimfuseError
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an unknown flag is reported with its command's usage, not the top-level one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
-    args = build_parser().parse_args(argv)
+
+def os_error_line(exc: OSError) -> str:
+    """``cannot write 'runs/x': No space left on device`` from an ``OSError``."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    return what
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from slimfuse.errors import SlimfuseError, SlimfuseWarning
+    from slimfuse.models.code import trusting
+
+    args = parse_args(build_parser(), argv)
     show_progress(not getattr(args, "quiet", False))
     debug = getattr(args, "debug", False)
     try:
-        with contextlib.nullcontext() if debug else one_line_warnings(args.command):
+        with (
+            contextlib.nullcontext() if debug else one_line_warnings(args.command),
+            warnings.catch_warnings(),
+            trusting(getattr(args, "trust_code", False)),
+        ):
+            if getattr(args, "strict", False):
+                warnings.simplefilter("error", SlimfuseWarning)
             code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
         return code
@@ -485,6 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"slimfuse {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SlimfuseWarning as exc:  # --strict
+        if debug:
+            raise
+        print(f"slimfuse {args.command}: error: {exc} (a warning, --strict)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"slimfuse {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -493,6 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 141
+    except OSError as exc:  # disk full, permission denied: the machine said no
+        if debug:
+            raise
+        print(f"slimfuse {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

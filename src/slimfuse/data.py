@@ -13,7 +13,8 @@ Specs:
 Every problem is found before any training and reported as one :class:`DataError` line.
 Data that cannot train is refused (see :func:`check_splits`): an empty split, a train split of
 fewer than 2 samples, classification labels of one class in the train split, an empty label
-cell in a CSV. A validation split too small to choose the best epoch on is warned about.
+cell in a CSV. A validation split too small to choose the best epoch on is warned about when
+training chooses on it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from slimfuse.errors import DataError
+from slimfuse.errors import DataError, SlimfuseWarning
+from slimfuse.models.code import import_callable, trusting
 
 SPLITS = ("train", "val", "test")
 
@@ -106,8 +108,12 @@ def load_data(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     label_column: str = "label",
+    trust_code: bool | None = None,
 ) -> Data:
-    """Resolve a data spec (see the module docstring) into validated splits."""
+    """Resolve a data spec (see the module docstring) into validated splits.
+
+    A factory (``file.py:fn``, ``module:fn``) is code: it runs only with ``trust_code=True``
+    (see :mod:`slimfuse.models.code`)."""
     if isinstance(spec, Data):
         return spec
     if not isinstance(spec, str) or not spec:
@@ -125,7 +131,8 @@ def load_data(
         x, y = _read_csv(path, label_column)
         x_test = y_test = None
     elif ":" in spec:
-        return _from_factory(spec)
+        with trusting(trust_code):
+            return _from_factory(spec)
     else:
         raise DataError(
             f"data source {spec!r}: expected mnist1d, digits, a .npz or .csv file, or file.py:fn"
@@ -204,13 +211,10 @@ def check_splits(
     train_labels: Any = None,
     num_classes: int | None = None,
 ) -> None:
-    """Refuse splits that cannot train; warn about a validation split too small to choose on.
-
-    Refused (:class:`DataError`): an empty split, a train split of fewer than ``MIN_TRAIN`` (2)
-    samples, and ``train_labels`` (the classification labels of the train split, if known) of a
-    single class. Warned about: a validation split smaller than ``MIN_VAL`` (20) samples or than
-    ``num_classes``, where the best epoch (early stopping, ``restore_best``) is chosen on a metric
-    that moves in steps of 5% or more, or that cannot hold every class.
+    """Refuse splits that cannot train (:class:`DataError`): an empty split, a train split of
+    fewer than ``MIN_TRAIN`` (2) samples, and ``train_labels`` (the classification labels of
+    the train split, if known) of a single class. (A validation split too small to choose the
+    best epoch on is warned about where the choice is made: :func:`check_val_size`.)
     """
     for split in SPLITS:
         if split in sizes and sizes[split] == 0:
@@ -226,14 +230,20 @@ def check_splits(
                 f"{name}: labels hold one class ({classes[0]}) in {sizes['train']} training "
                 "samples; expected at least two"
             )
-    n_val = sizes.get("val")
-    enough = max(MIN_VAL, num_classes or 0)
-    if n_val is not None and n_val < enough:
+
+
+def check_val_size(data: Data) -> None:
+    """Warn when the validation split is smaller than ``MIN_VAL`` (20) samples or than the
+    classes: the best epoch (early stopping, ``restore_best``) would be chosen on a metric that
+    moves in steps of 5% or more, or that cannot hold every class."""
+    n_val = len(data.val)  # type: ignore[arg-type]
+    enough = max(MIN_VAL, data.num_classes or 0)
+    if n_val < enough:
         warnings.warn(
-            f"{name}: the validation split has {n_val} samples; too few to choose the best epoch "
-            f"reliably (expected at least {enough}: more data or a larger val_fraction)",
-            UserWarning,
-            stacklevel=2,
+            f"{data.name}: the validation split has {n_val} samples; too few to choose the best "
+            f"epoch reliably (expected at least {enough}: more data or a larger val_fraction)",
+            SlimfuseWarning,
+            stacklevel=3,
         )
 
 
@@ -241,7 +251,7 @@ def _check_xy(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         xa = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{name}: inputs are not numeric ({exc}); expected numbers only") from None
+        raise DataError(f"{name}: inputs are not numeric ({exc}); expected numbers only") from exc
     ya = np.asarray(y)
     if xa.ndim == 0 or len(xa) == 0:
         raise DataError(f"{name}: the data set is empty; expected at least one sample")
@@ -292,7 +302,7 @@ def _read_npz(path: Path) -> tuple[Any, Any, Any, Any]:
     except ValueError as exc:
         raise DataError(
             f"{path.name}: cannot read without pickle ({exc}); expected plain arrays"
-        ) from None
+        ) from exc
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
         raise DataError(
@@ -311,9 +321,9 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path.name}: byte {exc.start} is not UTF-8 text; expected a UTF-8 .csv file"
-        ) from None
+        ) from exc
     except csv.Error as exc:
-        raise DataError(f"{path.name}: not a readable .csv file ({exc})") from None
+        raise DataError(f"{path.name}: not a readable .csv file ({exc})") from exc
     if not rows:
         raise DataError(f"{path.name}: the file is empty; expected a header and rows")
     header, body = [h.strip() for h in rows[0][1]], [(n, r) for n, r in rows[1:] if r]
@@ -367,9 +377,7 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _from_factory(spec: str) -> Data:
-    from slimfuse.models.source import import_callable
-
-    fn = import_callable(spec, what="data factory", error=DataError)
+    fn = import_callable(spec, what="data factory", error=DataError)[0]
     out = fn()
     if isinstance(out, Data):
         return out
@@ -478,7 +486,7 @@ def check_fits(
         raise DataError(
             f"{data.name}: inputs of shape {tuple(data.input_shape)} per sample do not fit "
             f"{what} ({first[:200]})"
-        ) from None
+        ) from exc
     finally:
         model.train(was_training)
 

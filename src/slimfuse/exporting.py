@@ -223,6 +223,8 @@ def export_onnx(
             try:
                 _export(model, example_inputs, tmp, opset, use_dynamo, keep_scopes)
                 break
+            except OSError:
+                raise  # the disk, not the model: another exporter would fail the same way
             except Exception as exc:
                 errors.append(f"{'dynamo' if use_dynamo else 'torchscript'}: {_first_line(exc)}")
         else:
@@ -232,9 +234,7 @@ def export_onnx(
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:
-            raise ExportError(
-                f"exported ONNX graph fails the checker: {_first_line(exc)}"
-            ) from None
+            raise ExportError(f"exported ONNX graph fails the checker: {_first_line(exc)}") from exc
         if parity:
             check_parity(model, tmp, example_inputs, atol=atol, batches=(1, parity_batch))
     return path

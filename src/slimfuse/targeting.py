@@ -71,7 +71,7 @@ def _compile(selector: str) -> re.Pattern[str]:
     try:
         return re.compile(selector[len(REGEX_PREFIX) :])
     except re.error as exc:
-        raise ConfigError(f"layer selector {selector!r}: not a valid regex ({exc})") from None
+        raise ConfigError(f"layer selector {selector!r}: not a valid regex ({exc})") from exc
 
 
 def _resolve(selector: Selector, modules: dict[str, nn.Module]) -> Selector:

@@ -20,6 +20,7 @@ loss (distillation, mutual learning), ``callbacks`` run after each optimizer ste
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from slimfuse.atomic import atomic_file
-from slimfuse.data import Data
+from slimfuse.data import Data, check_val_size
 from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
@@ -208,8 +209,10 @@ def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()  # torch.save's own writer hides why a write failed (a full disk)
+    torch.save(state, buffer)
     with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -223,7 +226,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: what torch raises depends on the bytes
         empty = path.is_file() and path.stat().st_size == 0
-        raise _not_ours(path, "empty file" if empty else f"torch.load: {_summary(exc)}") from None
+        raise _not_ours(path, "empty file" if empty else f"torch.load: {_summary(exc)}") from exc
     if not isinstance(state, dict):
         raise _not_ours(path, f"it holds a {type(state).__name__}, expected a dict")
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
@@ -387,7 +390,10 @@ def train(
         check_float_model(model, "training", "train the float model (or quantize with mode 'qat')")
     opt = _optimizer(params, cfg)
     objective = objective or (lambda m, batch: _task_objective(task, m, batch))
-    evaluate_fn = evaluate_fn or (lambda m: evaluate(m, data.loader("val", batch_size=256), task))
+    if evaluate_fn is None:
+        if cfg.epochs > 1 and (cfg.restore_best or cfg.patience is not None):
+            check_val_size(data)  # the best epoch is chosen on it
+        evaluate_fn = lambda m: evaluate(m, data.loader("val", batch_size=256), task)  # noqa: E731
 
     train_set = data.split("train")
     per_rank = cfg.batch_size // world
@@ -433,7 +439,7 @@ def train(
             if min(epoch, skip, step) < 0:
                 raise ValueError(f"position epoch {epoch}, batch {skip}, step {step}")
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-            raise _not_ours(ckpt, _summary(exc)) from None
+            raise _not_ours(ckpt, _summary(exc)) from exc
         _check_same_settings(ckpt, st.get("config"), skip, cfg)
         try:
             model.load_state_dict(st["model"])
@@ -444,7 +450,7 @@ def train(
             raise TrainingError(
                 f"checkpoint {ckpt} does not fit this model ({_summary(exc)}); "
                 "delete it to start over"
-            ) from None
+            ) from exc
 
     def checkpoint(epoch_: int, batch_: int) -> None:
         if ckpt is None or rank != 0:

@@ -66,6 +66,9 @@ def test_token_hints_with_cache_match_uncached(tiny) -> None:
     plain.close()
 
 
+@pytest.mark.filterwarnings(
+    "ignore:.*the validation split has:slimfuse.errors.SlimfuseWarning"
+)  # tiny data
 def test_distill_embedding_student_gets_closer(tiny) -> None:
     teacher, data = tiny
     layers = "encoder.encoder.layer"

@@ -42,6 +42,9 @@ def npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.filterwarnings(
+    "ignore:.*the validation split has:slimfuse.errors.SlimfuseWarning"
+)  # tiny data
 def test_recipe_with_prune_stages(npz, tmp_path) -> None:
     result = slimfuse.run(RECIPE.format(data=npz), tmp_path / "run", quiet=True)
     rows = {r["stage"]: r for r in result["stages"]}

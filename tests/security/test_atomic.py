@@ -8,9 +8,7 @@ model A or B, and the metrics, ``slimfuse.json`` and ``model.onnx`` of that same
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import gc
 import json
 import multiprocessing
 import os
@@ -29,6 +27,7 @@ import slimfuse
 from slimfuse import atomic
 from slimfuse.errors import ConfigError
 from slimfuse.training import _save_checkpoint
+from tests.security.disks import small_disk
 
 FILES = {"model.safetensors", "slimfuse.json", "metrics.json", "model.onnx"}
 
@@ -318,26 +317,6 @@ def test_the_exchange_is_used_where_the_system_has_it(two, tmp_path):
 # --- a full disk -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _small_disk(path: Path, size: str = "256k"):
-    path.mkdir()
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}")
-    try:
-        yield path
-    finally:
-        gc.collect()  # a failed assertion's frames may hold a file open on it
-        if subprocess.run(["umount", str(path)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 def _errno(call) -> str | None:
     """The errno name of the OSError ``call`` raises; the error (and the frames its traceback
     holds, with a writer's open file) is dropped before returning, so the disk can unmount."""
@@ -349,7 +328,7 @@ def _errno(call) -> str | None:
 
 
 def test_a_full_disk_leaves_the_old_bundle_and_nothing_else(two, tmp_path):
-    with _small_disk(tmp_path / "disk") as disk:
+    with small_disk(tmp_path / "disk") as disk:
         folder = _save(two, "A", disk / "b")  # about 75 KB
         big = _model(3, hidden=(1000,))  # about 300 KB: does not fit
         assert _errno(lambda: slimfuse.save(big, folder, metrics={"model": "big"})) == "ENOSPC"

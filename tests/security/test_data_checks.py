@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 
 import slimfuse
 from slimfuse.data import Data, load_data
-from slimfuse.errors import DataError
+from slimfuse.errors import DataError, SlimfuseWarning
 from slimfuse.training import TrainConfig, _epoch_loader, _last_batch_dropped, train
 
 
@@ -132,20 +132,29 @@ def test_a_regression_target_of_one_value_is_not_a_class_question(tmp_path):
 # -- warnings ---------------------------------------------------------------------------------
 
 
-def test_a_small_validation_split_is_warned_about(tmp_path):
+def test_a_small_validation_split_is_warned_about_when_training_chooses_on_it(tmp_path):
     x, y = _blobs(60)
     np.savez(tmp_path / "small.npz", X=x, y=y)
-    with pytest.warns(UserWarning, match=r"small\.npz: the validation split has 5 samples; too few "
-                      r"to choose the best epoch reliably \(expected at least 20"):  # fmt: skip
-        data = load_data(str(tmp_path / "small.npz"))
-    assert len(data.val) == 5  # warned, not refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = load_data(str(tmp_path / "small.npz"))  # loading is fine: nothing is chosen yet
+    assert len(data.val) == 5
+    model = slimfuse.build_model("mlp", data=data, hidden=[8])
+    with pytest.warns(SlimfuseWarning, match=r"small\.npz: the validation split has 5 samples; "
+                      r"too few to choose the best epoch reliably \(expected at least 20"):  # fmt: skip
+        slimfuse.train(model, data, config=TrainConfig(epochs=2, quiet=True))
+    with warnings.catch_warnings():  # the last epoch is kept: nothing chosen, nothing said
+        warnings.simplefilter("error")
+        slimfuse.train(model, data, config=TrainConfig(epochs=2, quiet=True, restore_best=False))
 
 
 def test_a_validation_split_smaller_than_the_classes_is_warned_about(tmp_path):
     x, y = _blobs(300, classes=50)
     np.savez(tmp_path / "many.npz", X=x, y=y)
-    with pytest.warns(UserWarning, match=r"validation split has 24 samples.*at least 50"):
-        load_data(str(tmp_path / "many.npz"))
+    data = load_data(str(tmp_path / "many.npz"))
+    model = slimfuse.build_model("mlp", data=data, hidden=[8])
+    with pytest.warns(SlimfuseWarning, match=r"validation split has 24 samples.*at least 50"):
+        slimfuse.train(model, data, config=TrainConfig(epochs=2, quiet=True))
 
 
 def test_the_builtin_sets_load_without_a_warning():

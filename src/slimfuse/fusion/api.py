@@ -155,6 +155,6 @@ def fuse(
     except TypeError as exc:
         if "unexpected keyword" not in str(exc):
             raise
-        raise FusionError(f"method {method!r}: {exc}") from None
+        raise FusionError(f"method {method!r}: {exc}") from exc
     record(fused, lineage={"stage": "fuse", "method": method, "members": [n for n, _ in pairs]})
     return fused

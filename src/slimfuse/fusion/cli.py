@@ -53,7 +53,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         settings = FuseStage(method=args.method, **given)
     except ValidationError as exc:
         key, msg = first_error(exc)
-        raise ConfigError(f"--{key.replace('_', '-')} {given.get(key)}: {msg}") from None
+        raise ConfigError(f"--{key.replace('_', '-')} {given.get(key)}: {msg}") from exc
     opts = method_options(args.method, settings, train_config_arg(args), given)
     data = load_data_arg(args)
     pairs = _members(args, data)

@@ -56,7 +56,7 @@ def check_weights(weights: Any, n: int, *, normalise: bool = True) -> torch.Tens
     try:
         w = torch.as_tensor(weights, dtype=torch.float64).flatten()
     except (TypeError, ValueError) as exc:
-        raise FusionError(f"weights {weights!r}: expected a list of numbers ({exc})") from None
+        raise FusionError(f"weights {weights!r}: expected a list of numbers ({exc})") from exc
     values = [round(float(v), 6) for v in w]
     if w.numel() != n:
         raise FusionError(f"{w.numel()} weights for {n} members: expected one weight per member")

@@ -13,13 +13,14 @@ uses the unpruned model as teacher).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from torch import nn
 
 from slimfuse.data import Data
-from slimfuse.errors import ConfigError
+from slimfuse.errors import ConfigError, SlimfuseWarning
 from slimfuse.models.source import check_float_model
 from slimfuse.pruning.recovery import Recovery, recover
 from slimfuse.pruning.schedule import SCHEDULES, AGPCallback
@@ -131,7 +132,54 @@ def prune(
     quiet: bool = True,
     checkpoint_dir: Any = None,
 ) -> nn.Module:
-    """Return a pruned copy of ``model`` (the input is left unchanged)."""
+    """Return a pruned copy of ``model`` (the input is left unchanged).
+
+    Pruning that removes nothing (no weight zeroed, no channel removed: every layer ignored,
+    a ratio too small to take one channel) warns (``SlimfuseWarning``; an error with the
+    CLI's ``--strict``)."""
+    request = dict(locals())  # the arguments, passed on as they are
+    from slimfuse.measuring import count_params
+
+    before = count_params(model)
+    pruned = _prune(**request)
+    after = count_params(pruned)
+    if after[0] >= before[0] and after[1] >= before[1]:
+        warnings.warn(
+            f"pruning removed nothing: {before[0]:,} parameters, {before[1]:,} non-zero before "
+            "and after (are the targeted layers ignored, or the ratio too small for one channel?)",
+            SlimfuseWarning,
+            stacklevel=2,
+        )
+    return pruned
+
+
+def _prune(
+    model: nn.Module,
+    data: Data | None,
+    *,
+    sparsity: float | None,
+    threshold: float | None,
+    channels: float | None,
+    ffn: float | None,
+    heads: float | None,
+    schedule: Literal["agp", "oneshot"],
+    importance: str,
+    targets: Selector | Iterable[Selector] | None,
+    ignore: Selector | Iterable[Selector] | None,
+    global_pruning: bool | None,
+    iterative_steps: int,
+    unsupported: Literal["error", "skip"],
+    finetune_epochs: int,
+    lr: float,
+    batch_size: int,
+    recovery: Recovery,
+    task: str | Task,
+    example_inputs: Any,
+    inputs: Any,
+    seed: int,
+    quiet: bool,
+    checkpoint_dir: Any,
+) -> nn.Module:
     check_request(
         sparsity=sparsity,
         threshold=threshold,

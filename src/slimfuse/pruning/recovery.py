@@ -17,7 +17,7 @@ from typing import Any, Literal
 from torch import nn
 
 from slimfuse.data import Data
-from slimfuse.errors import ConfigError
+from slimfuse.errors import ConfigError, SlimfuseWarning
 from slimfuse.tasks import Task, get_task
 from slimfuse.training import Callback, TrainConfig, TrainResult, train
 
@@ -34,7 +34,9 @@ def distill_objective(
         make = mod.objective
     except (ImportError, AttributeError):
         warnings.warn(
-            "recovery 'distill' needs slimfuse.distillation; fine-tuning instead", stacklevel=3
+            "recovery 'distill' needs slimfuse.distillation; fine-tuning instead",
+            SlimfuseWarning,
+            stacklevel=3,
         )
         return None
     loss = (

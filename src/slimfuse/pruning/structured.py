@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from slimfuse.errors import ConfigError, ModelError, UnsupportedLayerError
+from slimfuse.errors import ConfigError, ModelError, SlimfuseWarning, UnsupportedLayerError
 from slimfuse.pruning.importance import IMPORTANCE
 from slimfuse.pruning.resize import record_resize, snapshot
 from slimfuse.targeting import Selector, select_modules
@@ -183,6 +183,7 @@ def _prep(
     for name, mod in bad.items():
         warnings.warn(
             f"structured pruning leaves {name!r} ({type(mod).__name__}) and the layers tied to it alone",
+            SlimfuseWarning,
             stacklevel=3,
         )
     try:
@@ -191,7 +192,7 @@ def _prep(
     except Exception as exc:
         raise ModelError(
             f"{type(model).__name__} does not run on the example inputs: {str(exc).splitlines()[0][:200]}"
-        ) from None
+        ) from exc
     return criterion, bad
 
 
@@ -272,7 +273,7 @@ def prune_structured(
             f"cannot trace {type(model).__name__} for structured pruning "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
             "expected a model whose forward runs on tensors with static control flow"
-        ) from None
+        ) from exc
     _check_traced(pruner.DG, model, example_inputs, protected)
     for step in range(iterative_steps):
         if criterion.needs_grad:
@@ -290,7 +291,7 @@ def prune_structured(
             f"after pruning, {type(model).__name__} no longer runs "
             f"({str(exc).splitlines()[0][:160]}); ignore the layers next to "
             f"{', '.join(bad) or 'the failing op'}"
-        ) from None
+        ) from exc
     shape_after = tuple(getattr(out_after, "shape", ()))
     if shape_after != out_shape:
         raise ConfigError(

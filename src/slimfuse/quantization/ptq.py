@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from slimfuse.errors import ExportError
+from slimfuse.errors import ExportError, UnsupportedLayerError
 from slimfuse.quantization.calibration import feed_reader, to_feeds
 from slimfuse.quantization.config import QuantConfig
 from slimfuse.quantization.graph import layer_report, plan_nodes, supported_types
@@ -46,7 +46,7 @@ def export_fp32(model: nn.Module, example_inputs: Any, path: Path) -> Path:
         raise ExportError(
             f"cannot quantize {type(model).__name__}: export to ONNX failed: {where}; "
             "expected a model made of exportable ops (exclude or rewrite that op)"
-        ) from None
+        ) from exc
 
 
 @dataclass
@@ -139,12 +139,16 @@ def quantize_graph(
         cfg.mode if cfg.mode == "dynamic" else "static", cfg.quantize_embeddings
     )
     targeting = cfg.targeting
-    selected = set(targeting.select(prep.model, default_types=supported, what="quantization"))
-    selected = {
-        n
-        for n in selected
-        if n not in keep_fp32 and isinstance(dict(prep.model.named_modules())[n], supported)
-    }
+    modules = dict(prep.model.named_modules())
+    chosen = targeting.select(prep.model, default_types=supported, what="quantization")
+    chosen = {n for n in chosen if isinstance(modules[n], supported)}
+    if not chosen:  # an "int8" model with no int8 layer would be a silent no-op
+        raise UnsupportedLayerError(
+            f"{cfg.mode} int8 found no layer to quantize in {type(prep.model).__name__}: every "
+            f"{'/'.join(t.__name__ for t in supported)} layer is ignored or not targeted; "
+            "expected at least one"
+        )
+    selected = {n for n in chosen if n not in keep_fp32}
     exclude, owners = plan_nodes(
         prep.graph, prep.model, selected, quantize_attention=cfg.quantize_attention
     )

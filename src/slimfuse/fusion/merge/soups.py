@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from slimfuse.data import Data
-from slimfuse.errors import FusionError
+from slimfuse.errors import FusionError, SlimfuseWarning
 from slimfuse.fusion.merge.common import average, build, states, val_score
 from slimfuse.tasks import Task, get_task
 
@@ -44,6 +44,7 @@ def uniform_soup(
                 f"ingredient ({', '.join(f'{n} {v:.4f}' for n, v in scores.items())}): weight "
                 "averaging needs variants fine-tuned from one model; a greedy soup keeps the best "
                 "ingredient, fusion averages predictions instead",
+                SlimfuseWarning,
                 stacklevel=3,  # the caller of slimfuse.merge
             )
     return model, info
