@@ -133,7 +133,8 @@ TRAINING_COMMANDS = {
 
 @pytest.mark.parametrize("command", sorted(TRAINING_COMMANDS))
 def test_training_flags_build_the_config_a_recipe_would(command):
-    from slimfuse.cli import build_parser, train_config_arg
+    from slimfuse.cli import build_parser
+    from slimfuse.cli.common import train_config_arg
     from slimfuse.pipeline.stages import TrainingStageConfig
 
     keys = dict(epochs=3, batch_size=7, lr=0.5, optimizer="sgd", weight_decay=0.1)
@@ -148,8 +149,9 @@ def test_training_flags_build_the_config_a_recipe_would(command):
 
 
 def test_fuse_training_defaults_are_the_fuse_stage_defaults():
-    from slimfuse.cli import build_parser, train_config_arg
-    from slimfuse.fusion.stage import FuseStage
+    from slimfuse.cli import build_parser
+    from slimfuse.cli.common import train_config_arg
+    from slimfuse.pipeline.fuse import FuseStage
 
     argv = ["fuse", "--member", "a", "--data", "digits", "--out", "x", "--quiet"]
     args = build_parser().parse_args(argv)
@@ -220,7 +222,7 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
 def test_task_defaults_to_the_one_the_model_records():
     import argparse
 
-    from slimfuse.cli import resolve_task
+    from slimfuse.cli.common import resolve_task
     from tests.helpers import TINY_BERT
 
     encoder = slimfuse.build_model("hf_encoder", config=TINY_BERT)

@@ -124,7 +124,7 @@ def test_a_recipe_object_gets_the_same_checks_before_anything_runs(tmp_path):
 
 
 def test_the_demo_recipe_validates_and_bridges_every_family():
-    from slimfuse.cli import DEMO_RECIPE
+    from slimfuse.cli.main import DEMO_RECIPE
     from slimfuse.pipeline.recipe import load_recipe
 
     recipe, _ = load_recipe(DEMO_RECIPE)

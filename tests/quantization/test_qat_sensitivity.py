@@ -185,7 +185,7 @@ def test_layers_sharing_an_input_are_smoothed_as_one_group() -> None:
 
 
 def test_the_searches_report_progress_on_the_cli_logger(capsys) -> None:
-    from slimfuse.cli import show_progress
+    from slimfuse.cli.common import show_progress
 
     torch.manual_seed(0)
     model = set_spec(_SharedInput(), ModelSpec("t")).eval()

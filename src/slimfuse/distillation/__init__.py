@@ -5,7 +5,7 @@
 - :mod:`~slimfuse.distillation.losses`: the loss registry (``kd``, ``mse``, ``hint``, ``cosine``)
 - :mod:`~slimfuse.distillation.students`: students built from their teachers (depth, width)
 
-Names are loaded on first use, so the CLI can import ``slimfuse.distillation.cli`` cheaply.
+Names are loaded on first use, so ``import slimfuse`` stays light.
 """
 
 from __future__ import annotations

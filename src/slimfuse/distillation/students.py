@@ -187,3 +187,29 @@ def build_student(
             raise ConfigError("a width-reduced student needs example_inputs for pruning")
         student = width_student(student, example_inputs, ratio=width, importance=importance)
     return student
+
+
+def make_student(
+    teachers: list[nn.Module],
+    data: Any,
+    student: str | nn.Module | None,
+    student_kwargs: dict[str, Any],
+    from_teacher: dict[str, Any] | None,
+) -> nn.Module:
+    """The student: a model source, or a depth/width-reduced copy of the first teacher."""
+    if (student is None) == (from_teacher is None):
+        raise ConfigError(
+            "give either a student model or student_from_teacher (depth=, keep=, width=); "
+            f"got {'both' if student is not None else 'neither'}"
+        )
+    if from_teacher is not None:
+        allowed = {"depth", "keep", "width", "importance", "blocks_path"}
+        unknown = sorted(set(from_teacher) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"student_from_teacher keys {unknown}: expected some of {sorted(allowed)}"
+            )
+        return build_student(teachers[0], data.example_input(2, split="train"), **from_teacher)
+    from slimfuse.models.source import load_model
+
+    return load_model(student, data=data, **student_kwargs)

@@ -9,7 +9,7 @@
 - :mod:`~slimfuse.pruning.sparse`: compact sparse weights in bundles; :mod:`~slimfuse.pruning.resize`:
   the structural edit that lets ``slimfuse.load`` rebuild pruned shapes
 
-Names are loaded on first use, so the CLI can import ``slimfuse.pruning.cli`` cheaply.
+Names are loaded on first use, so ``import slimfuse`` stays light.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
     slimfuse.save(q, "runs/int8")
 
 Calibrate and train in PyTorch, deploy int8 through ONNX Runtime. Names are loaded on first
-use, so the CLI can import ``slimfuse.quantization.cli`` cheaply.
+use, so ``import slimfuse`` stays light.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
-    from slimfuse.cli import check_out_is_not_an_input, resolve_task
+    from slimfuse.cli.common import check_out_is_not_an_input, resolve_task
     from slimfuse.errors import FusionError
     from slimfuse.models.source import check_model_fits, load_model
 
@@ -28,7 +28,7 @@ def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
 
 
 def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
-    from slimfuse.cli import print_rows
+    from slimfuse.cli.common import print_rows
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
 
@@ -42,10 +42,10 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 def cmd_fuse(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from slimfuse.cli import load_data_arg, train_config_arg
+    from slimfuse.cli.common import load_data_arg, train_config_arg
     from slimfuse.errors import ConfigError
     from slimfuse.fusion.api import OPTIONS, fuse, method_options
-    from slimfuse.fusion.stage import FuseStage
+    from slimfuse.pipeline.fuse import FuseStage
     from slimfuse.pipeline.recipe import first_error
 
     given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
@@ -78,7 +78,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg
+    from slimfuse.cli.common import load_data_arg
     from slimfuse.errors import ConfigError
     from slimfuse.fusion.merge import check_merge_options, merge
     from slimfuse.models.source import check_model_fits, load_model
@@ -127,7 +127,7 @@ def _cv_or(test: Any, expected: str) -> Any:
 
 
 def add_commands(sub: Any) -> None:
-    from slimfuse.cli import add_common, add_data_args, add_training_args
+    from slimfuse.cli.common import add_common, add_data_args, add_training_args
 
     p = sub.add_parser("fuse", help="fuse trained members into one model (mean, stack, head, ...)")
     p.add_argument(

@@ -10,222 +10,36 @@ import argparse
 import contextlib
 import importlib
 import json
-import logging
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from slimfuse import __version__
+from slimfuse.cli.common import (
+    add_common,
+    add_data_args,
+    add_model_args,
+    add_training_args,
+    check_out_is_a_file,
+    load_data_arg,
+    load_model_arg,
+    one_line_warnings,
+    os_error_line,
+    print_rows,
+    show_progress,
+    train_config_arg,
+)
 
 # technique families: module with ``add_commands(subparsers)``; imported when the CLI starts,
 # so these modules keep their heavy imports inside the handlers.
 FAMILIES: tuple[str, ...] = (
-    "slimfuse.fusion.cli",
-    "slimfuse.pruning.cli",
-    "slimfuse.distillation.cli",
-    "slimfuse.quantization.cli",
+    "slimfuse.cli.fuse",
+    "slimfuse.cli.prune",
+    "slimfuse.cli.distill",
+    "slimfuse.cli.quantize",
 )
-
-
-# -- shared arguments -----------------------------------------------------------------------
-
-
-def parse_kv(items: Sequence[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are parsed as YAML scalars/lists (``hidden=[64,64]``)."""
-    import yaml
-
-    from slimfuse.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"model argument {item!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument(
-        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
-    )
-    p.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="allow model and data sources that are code (file.py:fn, module:fn, also inside "
-        "bundles and recipes): they run. Only for code you trust",
-    )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="a warning (nothing pruned, a tiny validation split, ...) stops the command with "
-        "exit code 1",
-    )
-    p.add_argument(
-        "--threads", type=int, default=1, help="threads for latency measurement (default 1)"
-    )
-
-
-def add_model_args(
-    p: argparse.ArgumentParser, flag: str = "--model", required: bool = True
-) -> None:
-    p.add_argument(
-        flag,
-        required=required,
-        help="zoo name (mnist1d_cnn, mlp, lenet300, resnet1d, gru, minilm), file.py:fn, module:fn, "
-        "a bundle folder or a Hugging Face folder",
-    )
-    p.add_argument(
-        "--kw", action="append", metavar="KEY=VALUE", help="keyword argument for the model builder"
-    )
-    p.add_argument("--weights", help="weights for the model: .safetensors, or a state-dict .pt")
-    p.add_argument(
-        "--unsafe-pickle",
-        action="store_true",
-        help="allow .pt files that need full pickle (runs code from the file: only for files you trust)",
-    )
-
-
-def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument(
-        "--data", required=required, help="mnist1d, digits, path.npz, path.csv or file.py:fn"
-    )
-    p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
-    p.add_argument(
-        "--task",
-        default=None,
-        help="classification, regression, embedding or a registered task (default: the one "
-        "the model records, embedding for an encoder; else classification)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed for splits, initialisation and shuffling"
-    )
-
-
-def add_training_args(
-    p: argparse.ArgumentParser,
-    *,
-    epochs: int = 30,
-    lr: float = 1e-2,
-    what: str = "",
-    resume: bool = True,
-) -> None:
-    """The one training loop's settings, shared by every command that trains.
-
-    ``epochs`` and ``lr`` are the command's defaults (its recipe stage's), ``what`` names what
-    the loop trains there when it is not the model itself (``fuse``: the head, stacking's folds).
-    """
-    of = f"{what}: " if what else ""
-    p.add_argument(
-        "--epochs", type=int, default=epochs, help=f"{of}passes over the data (default {epochs})"
-    )
-    p.add_argument("--batch-size", type=int, default=100, help=f"{of}default 100")
-    p.add_argument(
-        "--lr", type=float, default=lr, help=f"{of}learning rate at the start (default {lr:g})"
-    )
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
-    p.add_argument(
-        "--schedule",
-        choices=["cosine", "constant"],
-        default="cosine",
-        help="learning rate over the run (default cosine)",
-    )
-    p.add_argument(
-        "--patience", type=int, help="early stopping: epochs without a better val metric"
-    )
-    p.add_argument(
-        "--group-by-length",
-        action="store_true",
-        help="token data: batch texts of similar length together (less padding)",
-    )
-    if resume:
-        p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
-
-
-def train_config_arg(args: argparse.Namespace) -> Any:
-    """The :class:`~slimfuse.training.TrainConfig` of :func:`add_training_args`' flags.
-
-    They are a recipe's training keys, validated and mapped by the same
-    :class:`~slimfuse.pipeline.stages.TrainingStageConfig`.
-    """
-    from slimfuse.pipeline.stages import TrainingStageConfig
-
-    keys = {k: getattr(args, k) for k in TrainingStageConfig.model_fields if k != "seed"}
-    return TrainingStageConfig(**keys).to_train_config(seed=args.seed, quiet=args.quiet)
-
-
-def load_data_arg(args: argparse.Namespace) -> Any:
-    from slimfuse.data import load_data
-
-    return load_data(args.data, seed=args.seed, label_column=args.label_column)
-
-
-def check_out_is_not_an_input(args: argparse.Namespace, *sources: Any) -> None:
-    """Refuse an ``--out`` folder that is one of the command's input bundles: writing the new
-    model there would replace the one it was made from."""
-    from slimfuse.errors import ConfigError
-
-    out = getattr(args, "out", None)
-    if not out or not Path(out).is_dir():
-        return
-    for src in sources:
-        if src is not None and Path(str(src)).is_dir() and Path(out).samefile(str(src)):
-            raise ConfigError(
-                f"--out {out} is the input bundle {str(src)!r}: writing there would replace it; "
-                "expected another folder"
-            )
-
-
-def check_out_is_a_file(args: argparse.Namespace, expected: str) -> None:
-    """Refuse an ``--out`` that is an existing folder where a file is written (before any work)."""
-    from slimfuse.errors import ConfigError
-
-    if args.out and Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out} is a folder: expected the path of {expected} to write")
-
-
-def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
-    import torch
-
-    from slimfuse.models.source import check_model_fits, load_model
-
-    check_out_is_not_an_input(args, getattr(args, flag))
-    torch.manual_seed(args.seed)  # a fresh model's initialisation follows the seed too
-    model = load_model(
-        getattr(args, flag),
-        data=data,
-        weights=args.weights,
-        unsafe_pickle=args.unsafe_pickle,
-        **parse_kv(args.kw),
-    )
-    check_model_fits(model, data, resolve_task(args, model))
-    return model
-
-
-def resolve_task(args: argparse.Namespace, model: Any) -> str:
-    """``--task``, else the task ``model`` records (an encoder: embedding), else classification.
-
-    Sets ``args.task`` so the rest of the command reads one value.
-    """
-    if args.task is None:
-        from slimfuse.models.source import task_of
-
-        args.task = task_of(model)
-    return args.task
-
-
-def print_rows(rows: list[dict[str, Any]]) -> None:
-    from slimfuse.report.write import render_markdown
-
-    print(
-        render_markdown(
-            {"task": "", "metric": rows[0]["metric"] if rows else "", "stages": rows}
-        ).split("\n", 2)[2]
-    )
 
 
 # -- core commands --------------------------------------------------------------------------
@@ -352,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+DEMO_RECIPE = Path(__file__).parents[1] / "recipes" / "demo.yaml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -447,44 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (tests and redirections swap it)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-def show_progress(on: bool) -> None:
-    """Progress lines of the long library steps (the ``slimfuse`` logger at INFO) on stderr."""
-    logger = logging.getLogger("slimfuse")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False  # ONNX Runtime's quantizers configure the root logger
-    logger.setLevel(logging.INFO if on else logging.WARNING)
-
-
-@contextlib.contextmanager
-def one_line_warnings(command: str) -> Iterator[None]:
-    """Warnings as ``slimfuse CMD: warning: ...`` on stderr, without file, line and source."""
-    shown = warnings.showwarning
-
-    def show(message: Any, *_args: Any, **_kwargs: Any) -> None:
-        print(f"slimfuse {command}: warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = shown
-
-
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse; an unknown flag is reported with its command's usage, not the top-level one."""
     args, extra = parser.parse_known_args(argv)
@@ -492,14 +268,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-def os_error_line(exc: OSError) -> str:
-    """``cannot write 'runs/x': No space left on device`` from an ``OSError``."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    if exc.filename is not None:
-        return f"{exc.filename}: {what}"
-    return what
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import nn
 
-from slimfuse.errors import ConfigError
+from slimfuse.distillation.students import make_student
 from slimfuse.pipeline.stages import Context, TrainingStageConfig, stage
 
 
@@ -68,34 +68,6 @@ def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
         else:
             out.append(ctx.model_named(name))  # raises, listing the earlier stages
     return out
-
-
-def make_student(
-    teachers: list[nn.Module],
-    data: Any,
-    student: str | nn.Module | None,
-    student_kwargs: dict[str, Any],
-    from_teacher: dict[str, Any] | None,
-) -> nn.Module:
-    """The student: a model source, or a depth/width-reduced copy of the first teacher."""
-    if (student is None) == (from_teacher is None):
-        raise ConfigError(
-            "give either a student model or student_from_teacher (depth=, keep=, width=); "
-            f"got {'both' if student is not None else 'neither'}"
-        )
-    if from_teacher is not None:
-        from slimfuse.distillation.students import build_student
-
-        allowed = {"depth", "keep", "width", "importance", "blocks_path"}
-        unknown = sorted(set(from_teacher) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"student_from_teacher keys {unknown}: expected some of {sorted(allowed)}"
-            )
-        return build_student(teachers[0], data.example_input(2, split="train"), **from_teacher)
-    from slimfuse.models.source import load_model
-
-    return load_model(student, data=data, **student_kwargs)
 
 
 @stage(DistillStage)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from slimfuse.cli import add_common, add_data_args, add_model_args
+    from slimfuse.cli.common import add_common, add_data_args, add_model_args
 
     p = sub.add_parser(
         "prune",
@@ -43,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from slimfuse.cli import load_data_arg, load_model_arg, print_rows
+    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows
     from slimfuse.errors import ConfigError
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from slimfuse.cli import (
+    from slimfuse.cli.common import (
         check_out_is_not_an_input,
         load_data_arg,
         parse_kv,
@@ -24,7 +24,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         train_config_arg,
     )
     from slimfuse.distillation.api import DistillConfig, distill_run
-    from slimfuse.distillation.stage import make_student
+    from slimfuse.distillation.students import make_student
     from slimfuse.errors import ConfigError
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
@@ -98,7 +98,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    from slimfuse.cli import add_common, add_data_args, add_training_args
+    from slimfuse.cli.common import add_common, add_data_args, add_training_args
 
     p = sub.add_parser(
         "distill", help="distil one or several teachers (an ensemble) into a smaller student"

@@ -1,0 +1,256 @@
+"""One config language: typed, frozen configs that validate recipes, make CLI flags and go into
+bundles' lineage.
+
+Every method's settings are a :class:`Config`, a frozen pydantic model whose fields carry their
+type, bounds, default and a one-line description. A verb's methods form a :class:`Family`, told
+apart by one key (``QuantConfig``: ``mode`` is ``dynamic``, ``static``, ``weight-only`` or
+``qat``). An option a method does not read cannot be written: its config has no such field, and
+the family says which methods have it::
+
+    from slimfuse.quantization import Static
+    cfg = Static(calibration="entropy")              # or QUANT.parse({"mode": "static", ...})
+    QUANT.parse({"mode": "dynamic", "calibration": "entropy"})
+    # ConfigError: calibration does not apply to mode 'dynamic'; it is for static, qat
+
+The same classes make the command line (:func:`add_flags`, :func:`given`): one flag per field,
+``--calibration-batches`` for ``calibration_batches``, with the field's description, choices and
+default in its help. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+
+from slimfuse.errors import ConfigError, validation_error
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of every config: frozen, unknown keys refused, values validated on construction."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), validate_default=False
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what a recipe or ``slimfuse.json`` holds)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls: type[C], values: Any, where: str = "") -> C:
+        """Validate ``values`` (a recipe's keys, a stored config) into this config; one line on
+        error, naming the key as ``where.key``."""
+        return validate(cls, values, where)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes``, validated like a new config."""
+        return type(self).from_dict({**self.model_dump(), **changes})
+
+
+def validate(cls: type[C], values: Any, where: str = "") -> C:
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}"
+        )
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        key, msg = validation_error(exc)
+        if msg == "Extra inputs are not permitted":
+            msg = f"unknown setting; expected some of {', '.join(cls.model_fields)}"
+        raise ConfigError(f"{'.'.join(p for p in (where, key) if p)}: {msg}") from exc
+
+
+class Family:
+    """The configs of one verb's methods, told apart by the value of one key (``key``).
+
+    ``Family("mode", [Dynamic, Static, ...])``: every class has a ``Literal`` field named
+    ``key`` whose single value names it. :meth:`parse` picks the class and refuses a key it
+    does not have, naming the methods that do.
+    """
+
+    def __init__(self, key: str, variants: Sequence[type[Config]], default: str | None = None):
+        self.key = key
+        self.variants: dict[str, type[Config]] = {}
+        for cls in variants:
+            (name,) = get_args(cls.model_fields[key].annotation)
+            self.variants[name] = cls
+        self.default = default
+
+    def names(self) -> list[str]:
+        return list(self.variants)
+
+    def readers(self, field: str) -> list[str]:
+        """The methods whose config has ``field``."""
+        return [n for n, cls in self.variants.items() if field in cls.model_fields]
+
+    def fields(self) -> dict[str, FieldInfo]:
+        """Every field of every method (the first method's definition of a shared name)."""
+        out: dict[str, FieldInfo] = {}
+        for cls in self.variants.values():
+            for name, info in cls.model_fields.items():
+                out.setdefault(name, info)
+        return out
+
+    def kind_of(self, values: dict[str, Any], where: str = "") -> type[Config]:
+        kind = values.get(self.key, self.default)
+        if kind not in self.variants:
+            at = f"{where}: " if where else ""
+            raise ConfigError(
+                f"{at}{self.key} {kind!r}: expected one of {', '.join(self.variants)}"
+            )
+        return self.variants[kind]
+
+    def check_keys(self, cls: type[Config], keys: Iterable[str], flag: bool = False) -> None:
+        """Refuse a key ``cls`` has no field for, saying which methods read it."""
+        kind = cls.model_fields[self.key].default
+        for key in keys:
+            if key in cls.model_fields:
+                continue
+            readers = self.readers(key)
+            name = f"--{key.replace('_', '-')}" if flag else key
+            if readers:
+                raise ConfigError(
+                    f"{name} does not apply to {self.key} {kind!r}; it is for {', '.join(readers)}"
+                )
+            raise ConfigError(
+                f"unknown setting {name} for {self.key} {kind!r}; expected some of "
+                + ", ".join(cls.model_fields)
+            )
+
+    def parse(self, values: Any, where: str = "") -> Config:
+        """The config ``values`` describe (a dict with ``key``, or a config already)."""
+        if isinstance(values, Config):
+            if type(values) not in self.variants.values():
+                raise ConfigError(
+                    f"{type(values).__name__} is not one of {', '.join(self.variants)}"
+                )
+            return values
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping with {self.key}")
+        cls = self.kind_of(values, where)
+        self.check_keys(cls, values)
+        return validate(cls, {**values, self.key: cls.model_fields[self.key].default}, where)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _strip_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+    return annotation
+
+
+def _choices(annotation: Any) -> list[Any] | None:
+    annotation = _strip_none(annotation)
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return None
+
+
+def _is_bool(annotation: Any) -> bool:
+    return _strip_none(annotation) is bool
+
+
+def _is_list(annotation: Any) -> bool:
+    return get_origin(_strip_none(annotation)) in (list, tuple, Sequence, typing.Sequence)
+
+
+def _is_dict(annotation: Any) -> bool:
+    return get_origin(_strip_none(annotation)) is dict
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, (list, tuple, dict)) and not default:
+        return "none"
+    if isinstance(default, (list, tuple)):
+        return " ".join(map(str, default))
+    return str(default)
+
+
+def help_text(info: FieldInfo, readers: Sequence[str] | None = None) -> str:
+    """A flag's help: the field's description, what reads it, its default."""
+    text = info.description or ""
+    if readers:
+        text += f" [{', '.join(readers)}]"
+    return f"{text} (default: {_default_text(info)})".strip().replace("%", "%%")
+
+
+class _KeyValue(argparse.Action):
+    """``--flag KEY=VALUE`` (repeatable) into a dict; values read as YAML scalars."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        import yaml
+
+        out = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                parser.error(f"{option} {item!r}: expected KEY=VALUE")
+            out[key] = yaml.safe_load(value)
+        setattr(namespace, self.dest, out)
+
+
+def add_flags(
+    parser: argparse.ArgumentParser | Any,
+    fields: dict[str, FieldInfo],
+    *,
+    readers: Any = None,
+    skip: Iterable[str] = (),
+    group: str | None = None,
+) -> list[str]:
+    """One flag per field (``--group-size`` for ``group_size``), every default ``None`` so that
+    :func:`given` can tell what the user set. Values stay text: the config validates them.
+    ``readers(field)`` lists the methods that read a field (shown in the help). Returns the
+    field names added."""
+    skip = set(skip)
+    target = parser.add_argument_group(group) if group else parser
+    added = []
+    for name, info in fields.items():
+        if name in skip:
+            continue
+        kw: dict[str, Any] = {"dest": name, "default": None}
+        who = readers(name) if readers else None
+        kw["help"] = help_text(info, who)
+        annotation = info.annotation
+        if _is_bool(annotation):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif _is_dict(annotation):
+            kw.update(action=_KeyValue, nargs="+", metavar="KEY=VALUE")
+        elif _is_list(annotation):
+            kw.update(nargs="+", metavar=name.upper())
+        else:
+            choices = _choices(annotation)
+            if choices is not None and all(isinstance(c, str) for c in choices):
+                kw["choices"] = choices  # text: argparse can check them
+            else:
+                kw["metavar"] = "|".join(map(str, choices)) if choices else name.upper()
+        target.add_argument(flag_name(name), **kw)
+        added.append(name)
+    return added
+
+
+def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The flags among ``names`` that the user set (their values as typed)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
