@@ -76,7 +76,7 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
         (["eval", "--model", "resnet", "--data", "digits"], "unknown model 'resnet'"),
         (
             ["train", "--model", "mlp", "--data", "digits", "--lr", "-1", "--out", "x"],
-            "lr -1.0: expected a positive number",
+            "--lr -1: Input should be greater than 0",
         ),
         (["run", "missing.yaml", "--out", "x"], "recipe 'missing.yaml' not found"),
         (
@@ -151,12 +151,14 @@ def test_training_flags_build_the_config_a_recipe_would(command):
 def test_fuse_training_defaults_are_the_fuse_stage_defaults():
     from slimfuse.cli import build_parser
     from slimfuse.cli.common import train_config_arg
+    from slimfuse.cli.fuse import FUSE_TRAINING
     from slimfuse.pipeline.fuse import FuseStage
 
     argv = ["fuse", "--member", "a", "--data", "digits", "--out", "x", "--quiet"]
     args = build_parser().parse_args(argv)
     expect = FuseStage().to_train_config(seed=args.seed, quiet=True)
-    assert train_config_arg(args) == expect and (expect.epochs, expect.lr) == (10, 1e-3)
+    got = train_config_arg(args, FUSE_TRAINING)
+    assert got == expect and (expect.epochs, expect.lr) == (10, 1e-3)
 
 
 def test_debug_shows_the_traceback():

@@ -104,10 +104,12 @@ def test_early_stopping_and_restore_best(digits):
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match=r"lr -1\.0: expected a positive number"):
+    with pytest.raises(ConfigError, match=r"^lr -1\.0: Input should be greater than 0$"):
         TrainConfig(lr=-1.0)
-    with pytest.raises(ConfigError, match="optimizer 'adam': expected adamw or sgd"):
+    with pytest.raises(ConfigError, match="optimizer 'adam': Input should be 'adamw' or 'sgd'"):
         TrainConfig(optimizer="adam")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="epoks 3: unknown setting; expected some of epochs"):
+        TrainConfig(epoks=3)
 
 
 def test_sgd_and_frozen_parameters(digits):

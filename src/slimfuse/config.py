@@ -25,7 +25,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from slimfuse.errors import ConfigError, validation_error
@@ -39,6 +39,12 @@ class Config(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, protected_namespaces=(), validate_default=False
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_line(exc, type(self), values)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON values (what a recipe or ``slimfuse.json`` holds)."""
@@ -55,18 +61,67 @@ class Config(BaseModel):
         return type(self).from_dict({**self.model_dump(), **changes})
 
 
-def validate(cls: type[C], values: Any, where: str = "") -> C:
+def _line(
+    exc: ValidationError, cls: type[BaseModel], values: Any, where: str = "", flags: bool = False
+) -> str:
+    """``where.key value: what is wrong`` (``--key value: ...`` for flags) for the most specific
+    error of a validation."""
+    key, msg = validation_error(exc)
+    if msg == "Extra inputs are not permitted":
+        msg = f"unknown setting; expected some of {', '.join(cls.model_fields)}"
+    top = key.split(".")[0]
+    name = flag_name(key) if flags else ".".join(p for p in (where, key) if p)
+    if isinstance(values, dict) and top in values and "." not in key:
+        value = values[top]
+        shown = " ".join(map(str, value)) if flags and isinstance(value, list) else value
+        name += f" {shown}" if flags else f" {value!r}"
+    return f"{name}: {msg}"
+
+
+def validate(cls: type[C], values: Any, where: str = "", *, flags: bool = False) -> C:
+    """``values`` as a ``cls``; a ConfigError names the key (``flags``: as ``--flag value``)."""
     if not isinstance(values, dict):
         raise ConfigError(
             f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}"
         )
     try:
         return cls.model_validate(values)
-    except ValidationError as exc:
-        key, msg = validation_error(exc)
-        if msg == "Extra inputs are not permitted":
-            msg = f"unknown setting; expected some of {', '.join(cls.model_fields)}"
-        raise ConfigError(f"{'.'.join(p for p in (where, key) if p)}: {msg}") from exc
+    except (ValidationError, ConfigError) as exc:
+        # a model with an __init__ (Config's) is validated through it: its error has the cause
+        cause = exc if isinstance(exc, ValidationError) else exc.__cause__
+        if not isinstance(cause, ValidationError):
+            raise
+        raise ConfigError(_line(cause, cls, values, where, flags)) from cause
+
+
+# -- the one training loop's settings ----------------------------------------------------------
+
+
+class TrainConfig(Config):
+    """The one training loop's settings (every stage that trains reads these)."""
+
+    epochs: int = Field(30, ge=0, description="passes over the training data")
+    batch_size: int = Field(100, ge=1, description="samples per optimizer step")
+    lr: float = Field(1e-2, gt=0, allow_inf_nan=False, description="learning rate at the start")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the optimizer")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum")
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="the learning rate over the run"
+    )
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warm-up")
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: epochs without a better validation metric"
+    )
+    restore_best: bool = Field(
+        True, description="end with the weights of the best validation epoch (else the last)"
+    )
+    max_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' norm")
+    group_by_length: bool = Field(
+        False, description="token data: batch texts of similar length together (less padding)"
+    )
+    seed: int = Field(0, description="seed for initialisation, shuffling and dropout")
+    quiet: bool = Field(False, description="no progress bars or per-epoch lines")
 
 
 class Family:
@@ -189,12 +244,14 @@ def _default_text(info: FieldInfo) -> str:
     return str(default)
 
 
-def help_text(info: FieldInfo, readers: Sequence[str] | None = None) -> str:
-    """A flag's help: the field's description, what reads it, its default."""
+def help_text(info: FieldInfo, readers: Sequence[str] | None = None, default: Any = ...) -> str:
+    """A flag's help: the field's description, what reads it, its default (``default``: the
+    command's own, where it differs from the field's)."""
     text = info.description or ""
     if readers:
         text += f" [{', '.join(readers)}]"
-    return f"{text} (default: {_default_text(info)})".strip().replace("%", "%%")
+    shown = _default_text(info) if default is ... else _default_text(FieldInfo(default=default))
+    return f"{text} (default: {shown})".strip().replace("%", "%%")
 
 
 class _KeyValue(argparse.Action):
@@ -219,11 +276,12 @@ def add_flags(
     readers: Any = None,
     skip: Iterable[str] = (),
     group: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
     """One flag per field (``--group-size`` for ``group_size``), every default ``None`` so that
     :func:`given` can tell what the user set. Values stay text: the config validates them.
-    ``readers(field)`` lists the methods that read a field (shown in the help). Returns the
-    field names added."""
+    ``readers(field)`` lists the methods that read a field (shown in the help); ``defaults``
+    are the command's own defaults where they differ from the fields'. Returns the names added."""
     skip = set(skip)
     target = parser.add_argument_group(group) if group else parser
     added = []
@@ -232,7 +290,7 @@ def add_flags(
             continue
         kw: dict[str, Any] = {"dest": name, "default": None}
         who = readers(name) if readers else None
-        kw["help"] = help_text(info, who)
+        kw["help"] = help_text(info, who, (defaults or {}).get(name, ...))
         annotation = info.annotation
         if _is_bool(annotation):
             kw["action"] = argparse.BooleanOptionalAction

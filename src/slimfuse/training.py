@@ -30,15 +30,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from slimfuse.atomic import atomic_file
+from slimfuse.config import TrainConfig
 from slimfuse.data import Data, check_val_size
 from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
 from slimfuse.tasks import Task, evaluate, forward, get_task
@@ -61,41 +62,6 @@ _CHECKPOINT_KEYS = (
     "best_state",
     "history",
 )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 0
-    patience: int | None = None  # early stopping: epochs without a better val metric
-    restore_best: bool = True
-    max_grad_norm: float | None = None
-    group_by_length: bool = False  # token data: batches of similar lengths (less padding)
-    seed: int = 0
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"epochs {self.epochs}: expected >= 0")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size {self.batch_size}: expected >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr {self.lr}: expected a positive number")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"optimizer {self.optimizer!r}: expected adamw or sgd")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule {self.schedule!r}: expected cosine or constant")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"patience {self.patience}: expected >= 1 or None")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class TrainingInterrupted(SlimfuseError):

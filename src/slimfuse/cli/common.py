@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from slimfuse.config import TrainConfig, add_flags, given, validate
+
 
 def parse_kv(items: Sequence[str] | None) -> dict[str, Any]:
     """``key=value`` pairs; values are parsed as YAML scalars/lists (``hidden=[64,64]``)."""
@@ -89,57 +91,35 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+# the training keys a command's flags set; seed and quiet are every command's own flags
+TRAIN_FLAGS = tuple(k for k in TrainConfig.model_fields if k not in ("seed", "quiet"))
+
+
 def add_training_args(
     p: argparse.ArgumentParser,
     *,
-    epochs: int = 30,
-    lr: float = 1e-2,
+    defaults: dict[str, Any] | None = None,
     what: str = "",
     resume: bool = True,
 ) -> None:
-    """The one training loop's settings, shared by every command that trains.
+    """The one training loop's settings (:class:`~slimfuse.config.TrainConfig`'s fields as
+    flags), shared by every command that trains.
 
-    ``epochs`` and ``lr`` are the command's defaults (its recipe stage's), ``what`` names what
-    the loop trains there when it is not the model itself (``fuse``: the head, stacking's folds).
+    ``defaults`` are the command's own (its recipe stage's, e.g. ``fuse``: 10 epochs), ``what``
+    names what the loop trains there when it is not the model itself (the head, the folds).
     """
-    of = f"{what}: " if what else ""
-    p.add_argument(
-        "--epochs", type=int, default=epochs, help=f"{of}passes over the data (default {epochs})"
-    )
-    p.add_argument("--batch-size", type=int, default=100, help=f"{of}default 100")
-    p.add_argument(
-        "--lr", type=float, default=lr, help=f"{of}learning rate at the start (default {lr:g})"
-    )
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
-    p.add_argument(
-        "--schedule",
-        choices=["cosine", "constant"],
-        default="cosine",
-        help="learning rate over the run (default cosine)",
-    )
-    p.add_argument(
-        "--patience", type=int, help="early stopping: epochs without a better val metric"
-    )
-    p.add_argument(
-        "--group-by-length",
-        action="store_true",
-        help="token data: batch texts of similar length together (less padding)",
-    )
+    title = f"training ({what})" if what else "training"
+    add_flags(p, TrainConfig.model_fields, skip=("seed", "quiet"), group=title, defaults=defaults)
     if resume:
         p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
 
 
-def train_config_arg(args: argparse.Namespace) -> Any:
-    """The :class:`~slimfuse.training.TrainConfig` of :func:`add_training_args`' flags.
-
-    They are a recipe's training keys, validated and mapped by the same
-    :class:`~slimfuse.pipeline.stages.TrainingStageConfig`.
-    """
-    from slimfuse.pipeline.stages import TrainingStageConfig
-
-    keys = {k: getattr(args, k) for k in TrainingStageConfig.model_fields if k != "seed"}
-    return TrainingStageConfig(**keys).to_train_config(seed=args.seed, quiet=args.quiet)
+def train_config_arg(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None
+) -> TrainConfig:
+    """The :class:`~slimfuse.config.TrainConfig` of :func:`add_training_args`' flags."""
+    values = {**(defaults or {}), **given(args, TRAIN_FLAGS)}
+    return validate(TrainConfig, {**values, "seed": args.seed, "quiet": args.quiet}, flags=True)
 
 
 def load_data_arg(args: argparse.Namespace) -> Any:
@@ -256,5 +236,3 @@ def os_error_line(exc: OSError) -> str:
     if exc.filename is not None:
         return f"{exc.filename}: {what}"
     return what
-
-

@@ -40,21 +40,15 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from slimfuse.cli.common import load_data_arg, train_config_arg
-    from slimfuse.errors import ConfigError
+    from slimfuse.config import validate
     from slimfuse.fusion.api import OPTIONS, fuse, method_options
     from slimfuse.pipeline.fuse import FuseStage
-    from slimfuse.pipeline.recipe import first_error
 
     given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
-    try:  # the flags are a fuse stage's keys: the same defaults and checks as a recipe's
-        settings = FuseStage(method=args.method, **given)
-    except ValidationError as exc:
-        key, msg = first_error(exc)
-        raise ConfigError(f"--{key.replace('_', '-')} {given.get(key)}: {msg}") from exc
-    opts = method_options(args.method, settings, train_config_arg(args), given)
+    # the flags are a fuse stage's keys: the same defaults and checks as a recipe's
+    settings = validate(FuseStage, {"method": args.method, **given}, flags=True)
+    opts = method_options(args.method, settings, train_config_arg(args, FUSE_TRAINING), given)
     data = load_data_arg(args)
     pairs = _members(args, data)
     model = fuse(pairs, args.method, data=data, task=args.task, **opts)
@@ -103,6 +97,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         line += f"; val {info['val']:.4f}"
     print(line)
     return _finish(args, model, data, f"merge-{args.method}")
+
+
+# a head over frozen members needs fewer epochs and a smaller learning rate (the fuse stage's)
+FUSE_TRAINING = {"epochs": 10, "lr": 1e-3}
 
 
 def _cv(text: str) -> str | int:
@@ -197,7 +195,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--hidden", type=int, help="head: hidden width (default 0: linear)")
     # the fuse stage's defaults: a head over frozen members needs fewer epochs, a smaller lr
-    add_training_args(p, epochs=10, lr=1e-3, what="head / the folds of --cv K", resume=False)
+    add_training_args(p, defaults=FUSE_TRAINING, what="the head, the folds of --cv K", resume=False)
     add_common(p)
     p.set_defaults(func=cmd_fuse)
 

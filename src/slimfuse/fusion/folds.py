@@ -104,7 +104,7 @@ def out_of_fold(
             # seeds its members); fold f adds 1000 * f
             base = configs[i] if configs is not None else train_config
             seed_i = base.seed if configs is not None else base.seed + i
-            cfg = replace(base, seed=seed_i + 1000 * f)
+            cfg = base.replace(seed=seed_i + 1000 * f)
             torch.manual_seed(cfg.seed)
             fresh = rebuild(spec)  # type: ignore[arg-type]
             train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")

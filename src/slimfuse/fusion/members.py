@@ -8,7 +8,7 @@ the one loop and carries its spec, so the ensemble saves as a bundle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ def train_members(
             model,
             member_data,
             task,
-            replace(cfg, seed=cfg.seed + k),
+            cfg.replace(seed=cfg.seed + k),
             description=f"member {name}",
             checkpoint_dir=None if checkpoint_dir is None else f"{checkpoint_dir}/{name}",
         )

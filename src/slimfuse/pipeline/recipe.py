@@ -92,12 +92,7 @@ def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
     for entry in recipe.stages:
         st = STAGES.get(entry.stage)
         try:
-            st.config.model_validate(entry.config()).check()
-        except ValidationError as exc:
-            where, msg = first_error(exc)
-            raise ConfigError(
-                f"{source}: stage {entry.name!r} ({entry.stage}): {where}: {msg}"
-            ) from exc
+            st.config.parse(entry.config()).check()
         except ConfigError as exc:
             raise ConfigError(f"{source}: stage {entry.name!r} ({entry.stage}): {exc}") from exc
 

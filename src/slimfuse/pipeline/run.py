@@ -81,7 +81,7 @@ def _run(
         ctx.stage_name = name
         bundle = out / name
         st = STAGES.get(entry.stage)
-        cfg = st.config.model_validate(entry.config())
+        cfg = st.config.parse(entry.config())
         done = (
             resume
             and (bundle / "slimfuse.json").is_file()

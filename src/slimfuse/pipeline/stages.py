@@ -11,52 +11,53 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field, create_model
 from torch import nn
 
+from slimfuse.config import Config, TrainConfig, validate
 from slimfuse.data import Data
 from slimfuse.registry import Registry
 from slimfuse.tasks import Task
 
-if TYPE_CHECKING:
-    from slimfuse.training import TrainConfig
 
-
-class StageConfig(BaseModel):
+class StageConfig(Config):
     """Base of every stage config: unknown keys are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> StageConfig:
+        """A recipe stage's keys as this config (one line naming the key on error)."""
+        return validate(cls, values)
 
     def check(self) -> None:
         """Checks across keys that need no model or data (raise ``ConfigError``). The recipe
         parser runs them, so a bad stage fails before the first stage runs."""
 
 
-class TrainingStageConfig(StageConfig):
-    """The training keys shared by every stage that trains (``train``, ``distill``, ``fuse``...)."""
-
-    epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    patience: int | None = None
-    seed: int | None = None  # default: the recipe's seed
-    group_by_length: bool = False  # token data: batches of similar lengths
-
+class _TrainingKeys(StageConfig):
     def train_config(self, ctx: Context) -> TrainConfig:
         return self.to_train_config(seed=ctx.seed, quiet=ctx.quiet)
 
     def to_train_config(self, *, seed: int, quiet: bool) -> TrainConfig:
-        """These keys as a :class:`~slimfuse.training.TrainConfig` (``seed``: when none is set)."""
-        from slimfuse.training import TrainConfig
-
-        keys = {k: getattr(self, k) for k in TrainingStageConfig.model_fields}
-        keys["seed"] = seed if self.seed is None else self.seed
+        """These keys as a :class:`~slimfuse.config.TrainConfig` (``seed``: when none is set)."""
+        keys = {k: getattr(self, k) for k in TRAIN_KEYS}
+        keys["seed"] = seed if self.seed is None else self.seed  # type: ignore[attr-defined]
         return TrainConfig(**keys, quiet=quiet)
+
+
+TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k not in ("seed", "quiet"))
+
+# The training keys of every stage that trains (train, distill, fuse...): TrainConfig's fields
+# (types, bounds, defaults, descriptions), ``seed`` defaulting to the recipe's.
+TrainingStageConfig: type[_TrainingKeys] = create_model(  # type: ignore[call-overload]
+    "TrainingStageConfig",
+    __base__=_TrainingKeys,
+    **{
+        k: (TrainConfig.model_fields[k].annotation, TrainConfig.model_fields[k]) for k in TRAIN_KEYS
+    },
+    seed=(int | None, Field(None, description="default: the recipe's seed")),
+)
 
 
 @dataclass
