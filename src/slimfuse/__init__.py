@@ -33,8 +33,8 @@ _VERBS: dict[str, str] = {
     "fuse": "slimfuse.fusion.api:fuse",
     "merge": "slimfuse.fusion.merge:merge",
     "distill": "slimfuse.distillation.api:distill",
-    "quantize": "slimfuse.quantization:quantize",
-    "QuantConfig": "slimfuse.quantization:QuantConfig",
+    "quantize": "slimfuse.api:quantize",
+    "QuantConfig": "slimfuse.quantization.config:QuantConfig",
 }
 
 __all__ = ["__version__", *_VERBS]

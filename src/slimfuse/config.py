@@ -75,7 +75,7 @@ def _line(
         value = values[top]
         shown = " ".join(map(str, value)) if flags and isinstance(value, list) else value
         name += f" {shown}" if flags else f" {value!r}"
-    return f"{name}: {msg}"
+    return f"{name}: {msg}" if name else msg
 
 
 def validate(cls: type[C], values: Any, where: str = "", *, flags: bool = False) -> C:
@@ -124,27 +124,54 @@ class TrainConfig(Config):
     quiet: bool = Field(False, description="no progress bars or per-epoch lines")
 
 
+TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k not in ("seed", "quiet"))
+
+
 class Family:
     """The configs of one verb's methods, told apart by the value of one key (``key``).
 
-    ``Family("mode", [Dynamic, Static, ...])``: every class has a ``Literal`` field named
-    ``key`` whose single value names it. :meth:`parse` picks the class and refuses a key it
-    does not have, naming the methods that do.
+    ``QuantConfig = Family("QuantConfig", "mode", [Dynamic, Static, ...])``: every class has a
+    ``Literal`` field named ``key`` whose one value names the method. :meth:`parse` (or calling
+    the family: ``QuantConfig(mode="static", calibration="entropy")``) picks the class and
+    refuses a key it does not have, naming the methods that do. ``trains`` maps the methods
+    that train with the one loop to their training defaults (QAT: 5 epochs at lr 1e-3): only
+    those read :class:`TrainConfig`'s keys.
     """
 
-    def __init__(self, key: str, variants: Sequence[type[Config]], default: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        key: str,
+        variants: Sequence[type[Config]],
+        *,
+        default: str | None = None,
+        trains: dict[str, dict[str, Any]] | None = None,
+    ):
+        self.__name__ = self.name = name
         self.key = key
         self.variants: dict[str, type[Config]] = {}
         for cls in variants:
-            (name,) = get_args(cls.model_fields[key].annotation)
-            self.variants[name] = cls
+            (kind,) = get_args(cls.model_fields[key].annotation)
+            self.variants[kind] = cls
         self.default = default
+        self.trains = dict(trains or {})
+
+    def __repr__(self) -> str:
+        return f"{self.name}({' | '.join(c.__name__ for c in self.variants.values())})"
+
+    def __call__(self, **values: Any) -> Config:
+        return self.parse(values)
+
+    def __contains__(self, config: object) -> bool:
+        return type(config) in self.variants.values()
 
     def names(self) -> list[str]:
         return list(self.variants)
 
     def readers(self, field: str) -> list[str]:
-        """The methods whose config has ``field``."""
+        """The methods whose config has ``field`` (training keys: the methods that train)."""
+        if field in TRAIN_KEYS and field not in self.fields():
+            return list(self.trains)
         return [n for n, cls in self.variants.items() if field in cls.model_fields]
 
     def fields(self) -> dict[str, FieldInfo]:
@@ -155,45 +182,100 @@ class Family:
                 out.setdefault(name, info)
         return out
 
-    def kind_of(self, values: dict[str, Any], where: str = "") -> type[Config]:
+    def kind_of(self, values: dict[str, Any], where: str = "", flags: bool = False) -> str:
         kind = values.get(self.key, self.default)
         if kind not in self.variants:
-            at = f"{where}: " if where else ""
-            raise ConfigError(
-                f"{at}{self.key} {kind!r}: expected one of {', '.join(self.variants)}"
-            )
-        return self.variants[kind]
+            name = flag_name(self.key) if flags else ".".join(p for p in (where, self.key) if p)
+            raise ConfigError(f"{name} {kind!r}: expected one of {', '.join(self.variants)}")
+        return str(kind)
 
-    def check_keys(self, cls: type[Config], keys: Iterable[str], flag: bool = False) -> None:
-        """Refuse a key ``cls`` has no field for, saying which methods read it."""
-        kind = cls.model_fields[self.key].default
+    def check_keys(self, kind: str, keys: Iterable[str], flags: bool = False) -> None:
+        """Refuse a key the method ``kind`` has no field for, saying which methods read it."""
+        cls = self.variants[kind]
         for key in keys:
-            if key in cls.model_fields:
+            if key in cls.model_fields or (key in TRAIN_KEYS and kind in self.trains):
                 continue
             readers = self.readers(key)
-            name = f"--{key.replace('_', '-')}" if flag else key
+            name = flag_name(key) if flags else key
+            method = f"{flag_name(self.key) if flags else self.key} {kind!r}"
             if readers:
                 raise ConfigError(
-                    f"{name} does not apply to {self.key} {kind!r}; it is for {', '.join(readers)}"
+                    f"{name} does not apply to {method}; it is for {', '.join(readers)}"
                 )
             raise ConfigError(
-                f"unknown setting {name} for {self.key} {kind!r}; expected some of "
-                + ", ".join(cls.model_fields)
+                f"unknown setting {name} for {method}; expected some of "
+                + ", ".join(k for k in cls.model_fields if k != self.key)
             )
 
-    def parse(self, values: Any, where: str = "") -> Config:
-        """The config ``values`` describe (a dict with ``key``, or a config already)."""
+    def parse(self, values: Any, where: str = "", *, flags: bool = False) -> Config:
+        """The config ``values`` describe (a mapping with ``key``, or a config already)."""
         if isinstance(values, Config):
-            if type(values) not in self.variants.values():
+            if values not in self:
                 raise ConfigError(
-                    f"{type(values).__name__} is not one of {', '.join(self.variants)}"
+                    f"{type(values).__name__} is not a {self.name} ({', '.join(self.variants)})"
                 )
             return values
+        config, train = self.split(values, where, flags=flags)
+        if train:
+            raise ConfigError(
+                f"{', '.join(train)}: training settings go in a TrainConfig, not the {self.name}"
+            )
+        return config
+
+    def split(
+        self, values: Any, where: str = "", *, flags: bool = False
+    ) -> tuple[Config, dict[str, Any]]:
+        """A flat mapping (a recipe stage's keys, the given flags) as the method's config and
+        the training keys it was given (only a method that trains reads them)."""
         if not isinstance(values, dict):
-            raise ConfigError(f"{where or 'config'}: expected a mapping with {self.key}")
-        cls = self.kind_of(values, where)
-        self.check_keys(cls, values)
-        return validate(cls, {**values, self.key: cls.model_fields[self.key].default}, where)
+            raise ConfigError(f"{where or self.name}: expected a mapping with {self.key}")
+        kind = self.kind_of(values, where, flags)
+        self.check_keys(kind, values, flags)
+        cls = self.variants[kind]
+        own = {k: v for k, v in values.items() if k in cls.model_fields}
+        train = {k: v for k, v in values.items() if k not in cls.model_fields}
+        return validate(cls, {**own, self.key: kind}, where, flags=flags), train
+
+    def training(
+        self, config: Config, given: dict[str, Any], *, flags: bool = False, **fixed: Any
+    ) -> TrainConfig | None:
+        """The :class:`TrainConfig` of a method that trains: its defaults, then ``given``."""
+        kind = getattr(config, self.key)
+        if kind not in self.trains:
+            return None
+        return validate(TrainConfig, {**self.trains[kind], **given, **fixed}, flags=flags)
+
+    def add_flags(self, parser: Any, *, help: str = "", train: bool = True) -> None:
+        """``--KEY`` (the method) and one flag per field of every method, each saying which
+        methods read it; ``train``: the training flags too (for the methods that train)."""
+        parser.add_argument(
+            flag_name(self.key),
+            choices=self.names(),
+            default=None,
+            help=f"{help} (default: {self.default})" if help else f"(default: {self.default})",
+        )
+        fields = {n: f for n, f in self.fields().items() if n != self.key}
+        add_flags(parser, fields, readers=self.readers, group=f"{self.key} settings")
+        if train and self.trains:
+            defaults = next(iter(self.trains.values()))
+            add_flags(
+                parser,
+                TrainConfig.model_fields,
+                skip=("seed", "quiet"),
+                readers=lambda _: list(self.trains),
+                group=f"training ({', '.join(self.trains)})",
+                defaults=defaults,
+            )
+
+    def from_flags(
+        self, args: argparse.Namespace, **fixed: Any
+    ) -> tuple[Config, TrainConfig | None]:
+        """The method's config and its training config from the flags the user set (``fixed``:
+        training values every command sets, such as ``seed`` and ``quiet``)."""
+        values = given(args, [self.key, *self.fields(), *(TRAIN_KEYS if self.trains else ())])
+        values.setdefault(self.key, self.default)
+        config, train = self.split(values, flags=True)
+        return config, self.training(config, train, flags=True, **fixed)
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -69,4 +69,4 @@ def validation_error(exc: Any) -> tuple[str, str]:
     first = errors[0]["loc"][:1]
     loc = [p for p in err["loc"] if isinstance(p, int) or p in first or "[" not in str(p)]
     loc = [p for p in loc if not (isinstance(p, str) and ("-" in p or "[" in p))]
-    return ".".join(str(p) for p in loc), err["msg"]
+    return ".".join(str(p) for p in loc), err["msg"].removeprefix("Value error, ")

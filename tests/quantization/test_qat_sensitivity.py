@@ -13,7 +13,7 @@ from slimfuse.quantization.qat import FakeQuantLayer
 from slimfuse.quantization.runtime import QuantizedModel
 from slimfuse.quantization.sensitivity import agreement_metric, emulated_sensitivity
 from slimfuse.quantization.smoothquant import SmoothedLinear, smooth
-from slimfuse.quantization.weight_only import WeightOnly
+from slimfuse.quantization.weight_only import WeightOnlyLayer
 
 # The int8 graph also quantizes each layer's output (one more rounding per layer than the
 # fake-quant model, which quantizes inputs and weights): agreement is checked to 5% relative L2.
@@ -45,7 +45,7 @@ def test_qat_int8_graph_agrees_with_fake_quant_model(qat_int8, mnist1d) -> None:
 def test_qat_int4_gives_packed_weight_only_model(trained_cnn, mnist1d) -> None:
     cfg = QuantConfig(mode="qat", bits=4, qat_epochs=1)
     q = quantize(trained_cnn, cfg, calibration=mnist1d.loader("train", batch_size=64), data=mnist1d)
-    assert isinstance(q.conv2, WeightOnly) and q.conv2.bits == 4
+    assert isinstance(q.conv2, WeightOnlyLayer) and q.conv2.bits == 4
     acc = slimfuse.evaluate(q, mnist1d.loader("test", batch_size=500))
     base = slimfuse.evaluate(trained_cnn, mnist1d.loader("test", batch_size=500))
     assert acc > base - 0.05

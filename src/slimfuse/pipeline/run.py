@@ -110,7 +110,7 @@ def _run(
                 lineage={
                     "stage": entry.stage,
                     "name": name,
-                    "config": cfg.model_dump(),
+                    "config": cfg.to_dict(),
                     "seconds": round(seconds, 2),
                 },
             )

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, create_model
+from pydantic import Field, PrivateAttr, create_model
 from torch import nn
 
-from slimfuse.config import Config, TrainConfig, validate
+from slimfuse.config import Config, Family, TrainConfig, validate
 from slimfuse.data import Data
 from slimfuse.registry import Registry
 from slimfuse.tasks import Task
@@ -58,6 +58,41 @@ TrainingStageConfig: type[_TrainingKeys] = create_model(  # type: ignore[call-ov
     },
     seed=(int | None, Field(None, description="default: the recipe's seed")),
 )
+
+
+class FamilyStage(StageConfig):
+    """A stage whose keys are one method's config (of ``family``, told apart by its key), the
+    training keys when that method trains, and the stage's own fields (``model`` ...)::
+
+        - stage: quantize
+          mode: qat          # the method
+          bits: 8            # its config's keys
+          epochs: 3          # training keys: qat trains
+    """
+
+    family: ClassVar[Family]
+    _method: Config = PrivateAttr()
+    _train: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> FamilyStage:
+        own = {k: v for k, v in values.items() if k in cls.model_fields}
+        method, train = cls.family.split({k: v for k, v in values.items() if k not in own})
+        stage = validate(cls, own)
+        stage._method, stage._train = method, train
+        return stage
+
+    @property
+    def method(self) -> Any:
+        """The method's config (``Static(...)``)."""
+        return self._method
+
+    def train_config(self, ctx: Context) -> TrainConfig | None:
+        """The method's :class:`~slimfuse.config.TrainConfig` (``None``: it does not train)."""
+        return self.family.training(self._method, self._train, seed=ctx.seed, quiet=ctx.quiet)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **self._method.to_dict(), **self._train}
 
 
 @dataclass

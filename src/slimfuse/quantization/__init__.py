@@ -2,8 +2,8 @@
 
 ::
 
-    from slimfuse.quantization import QuantConfig, quantize
-    q = quantize(model, QuantConfig(mode="static", calibration="percentile"), calibration=loader)
+    from slimfuse.quantization import Static, quantize
+    q = quantize(model, Static(calibration="percentile"), data)   # or QuantConfig(mode="static", ...)
     q(x)                       # runs the int8 graph in ONNX Runtime
     slimfuse.save(q, "runs/int8")
 
@@ -17,8 +17,12 @@ from slimfuse.lazy import lazy_names
 
 _NAMES: dict[str, str] = {
     "QuantConfig": "slimfuse.quantization.config",
+    "Dynamic": "slimfuse.quantization.config",
+    "Static": "slimfuse.quantization.config",
+    "WeightOnly": "slimfuse.quantization.config",
+    "QAT": "slimfuse.quantization.config",
     "quantize": "slimfuse.quantization.api",
-    "sqnr_db": "slimfuse.quantization.api",
+    "sqnr_db": "slimfuse.quantization.sqnr",
 }
 
 __all__ = sorted(_NAMES)

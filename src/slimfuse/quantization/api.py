@@ -1,19 +1,20 @@
-"""``slimfuse.quantize(model, QuantConfig(mode=...), calibration=loader)``: config in, model out."""
+"""``slimfuse.quantize(model, Static(...), data)``: config in, model out; one handler per mode."""
 
 from __future__ import annotations
 
-import tempfile
+import copy
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
+from slimfuse.config import TrainConfig
 from slimfuse.errors import ConfigError
+from slimfuse.models.source import check_float_model, task_of
 from slimfuse.quantization.calibration import CalibrationSource, calibration_inputs
-from slimfuse.quantization.config import QuantConfig
-from slimfuse.quantization.runtime import refresh_edit
+from slimfuse.quantization.config import QAT_TRAINING, AnyQuantConfig, QuantConfig
+from slimfuse.registry import Registry
 
 
 def _first_example(inputs: Any) -> Any:
@@ -25,107 +26,88 @@ def _first_example(inputs: Any) -> Any:
     return inputs[:1]
 
 
+@dataclass
+class Job:
+    """What a mode's handler gets besides the model (a copy) and its config."""
+
+    inputs: list[Any]  # calibration batches, checked (empty for weight-only)
+    example_inputs: Any  # batch-1 inputs for the export
+    data: Any  # the training data (QAT, mixed precision's task)
+    task: str
+    train: TrainConfig | None  # QAT's training
+    metric_fn: Callable[[nn.Module], float] | None  # what mixed precision keeps within max_drop
+    teacher_objective: Callable[[nn.Module, str], Any] | None  # QAT distill: teacher -> objective
+
+
+Handler = Callable[[nn.Module, Any, Job], nn.Module]
+
+# mode -> "module:function(model, config, job) -> model"; add a mode with HANDLERS.register
+HANDLERS: Registry[Handler] = Registry(
+    "quantization mode",
+    lazy={
+        "dynamic": "slimfuse.quantization.int8:quantize_int8",
+        "static": "slimfuse.quantization.int8:quantize_int8",
+        "weight-only": "slimfuse.quantization.weight_only:quantize_weight_only",
+        "qat": "slimfuse.quantization.qat:quantize_qat",
+    },
+)
+
+
 def quantize(
     model: nn.Module,
-    config: QuantConfig | dict[str, Any] | None = None,
-    calibration: CalibrationSource | None = None,
-    *,
-    example_inputs: Any = None,
+    config: AnyQuantConfig | dict[str, Any],
     data: Any = None,
+    *,
+    calibration: CalibrationSource | None = None,
+    train: TrainConfig | None = None,
+    example_inputs: Any = None,
     task: str | None = None,
     metric_fn: Callable[[nn.Module], float] | None = None,
-    **overrides: Any,
+    teacher_objective: Callable[[nn.Module, str], Any] | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """Quantize ``model`` as ``config`` says and return the new model (the input is not changed).
 
-    - ``calibration``: a loader / iterable of batches or a ``forward_loop(model)``; needed by
-      ``static``, ``qat``, ``smoothquant`` and mixed precision; read before any compute.
-    - ``example_inputs``: batch-1 inputs for export when there is no calibration data.
-    - ``data`` / ``task``: the training data and task for ``qat`` and mixed precision's default
-      metric (``task`` defaults to the one the model records, else classification: top-1
-      agreement; an embedding model is held to cosine).
-    - ``metric_fn(model) -> float``: the metric that mixed precision keeps within
-      ``max_drop`` (default: agreement with the fp32 model on the calibration inputs).
+    - ``config``: a :data:`~slimfuse.quantization.config.QuantConfig` (``Static(...)``, a dict
+      with ``mode``); dispatched to the handler registered for its mode (:data:`HANDLERS`).
+    - ``data``: the training data: calibration batches come from its train split (unless
+      ``calibration`` is given: a loader / iterable of batches or a ``forward_loop(model)``),
+      and QAT trains on it. Calibration data is read and checked before any compute.
+    - ``train``: QAT's :class:`~slimfuse.config.TrainConfig` (default 5 epochs at lr 1e-3).
+    - ``task``: defaults to the one the model records, else classification (mixed precision's
+      default metric: top-1 agreement; an embedding model is held to cosine).
+    - ``metric_fn(model) -> float``: what mixed precision keeps within ``max_drop``.
+    - ``teacher_objective(teacher, task)``: the distillation objective QAT's ``distill`` uses
+      (``slimfuse.quantize`` passes the distillation family's).
 
     ``dynamic`` / ``static`` / ``qat`` return a :class:`~slimfuse.quantization.runtime.QuantizedModel`
     (an int8 ONNX Runtime graph); ``weight-only`` returns the model with packed int8/int4 layers.
     """
-    if isinstance(config, dict):
-        config = QuantConfig.from_dict(config)
-    config = config or QuantConfig()
-    if overrides:
-        config = QuantConfig.from_dict({**config.to_dict(), **overrides})
-    config.check_applies()
-    from slimfuse.models.source import check_float_model, task_of
-
+    cfg = QuantConfig.parse(config)
+    handler = HANDLERS.get(cfg.mode)
     check_float_model(
         model, "quantizing", "quantize the float model it came from (its bundle before quantize)"
     )
-    model = model.eval()
-    if task is None:
-        task = task_of(model)
-    if config.mode == "weight-only":
-        import copy
-
-        from slimfuse.quantization.weight_only import quantize_weights
-
-        return quantize_weights(copy.deepcopy(model), config)
-    needs_data = (
-        config.mode in ("static", "qat") or config.max_drop is not None or config.smoothquant
-    )
+    if train is not None and cfg.mode not in QuantConfig.trains:
+        raise ConfigError(f"train= applies to mode qat (it trains); got mode {cfg.mode!r}")
+    task = task or task_of(model)
     inputs: list[Any] = []
-    if calibration is not None or needs_data:
-        if calibration is None:
-            raise ConfigError(
-                f"mode {config.mode!r} with these settings needs calibration data "
-                "(a loader or a forward_loop); got none"
+    if cfg.mode != "weight-only":
+        if calibration is None and data is not None:
+            calibration = data.loader(
+                "train", batch_size=cfg.calibration_batch_size, shuffle=True, seed=seed
             )
-        inputs = calibration_inputs(model, calibration, max_batches=config.calibration_batches)
-    if example_inputs is None:
-        if not inputs:
+        needs = cfg.mode != "dynamic" or cfg.max_drop is not None or cfg.smoothquant is not None
+        if calibration is None and (needs or example_inputs is None):
             raise ConfigError(
-                "dynamic quantization needs example_inputs (or calibration data) to export the model"
+                f"mode {cfg.mode!r} needs calibration data (data=, or calibration= a loader or "
+                "a forward_loop); got none"
             )
-        example_inputs = _first_example(inputs[0])
-    if config.mode == "qat":
-        from slimfuse.quantization.qat import qat
-
-        return qat(model, config, inputs, example_inputs, data=data, task=task)
-    smoothing: dict[str, Any] | None = None
-    if config.smoothquant is not None and config.max_drop is not None:
-        from slimfuse.quantization.sensitivity import agreement_metric
-        from slimfuse.quantization.smoothquant import smooth_within
-
-        budget_metric = metric_fn or agreement_metric(model, inputs, task)
-        model, smoothing = smooth_within(model, inputs, example_inputs, config, budget_metric)
-    elif config.smoothquant is not None:
-        from slimfuse.quantization.smoothquant import smooth
-
-        model = smooth(model, inputs, config.smoothquant, min_ratio=config.smooth_min_ratio)
-    from slimfuse.quantization.ptq import prepare, ptq
-
-    with tempfile.TemporaryDirectory(prefix="slimfuse-quant-") as tmp:
-        prep = prepare(model, inputs, example_inputs, Path(tmp))
-        if config.max_drop is not None:
-            from slimfuse.quantization.sensitivity import mixed_precision
-
-            q = mixed_precision(prep, config, metric_fn, task)
-        else:
-            q = ptq(prep, config)
-    if config.smoothquant is not None:
-        q.info["smoothed_layers"] = list(getattr(model, "smoothed_layers", []))
-        if smoothing is not None:
-            q.info["smoothing_search"] = smoothing
-        refresh_edit(q)
-    return q
-
-
-@torch.no_grad()
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(|ref|^2 / |ref - approx|^2)``."""
-    ref = reference.detach().double()
-    noise = (ref - approx.detach().double()).pow(2).sum()
-    signal = ref.pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(signal / noise))
+        if calibration is not None:
+            inputs = calibration_inputs(model, calibration, max_batches=cfg.calibration_batches)
+        if example_inputs is None:
+            example_inputs = _first_example(inputs[0])
+    if cfg.mode == "qat":
+        train = train or TrainConfig(**QAT_TRAINING, quiet=True)
+    job = Job(inputs, example_inputs, data, task, train, metric_fn, teacher_objective)
+    return handler(copy.deepcopy(model).eval(), cfg, job)

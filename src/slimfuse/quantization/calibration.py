@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from slimfuse.errors import DataError
+from slimfuse.tasks import forward
 
 CalibrationSource = Iterable[Any] | Callable[[nn.Module], Any]
 
@@ -130,3 +131,43 @@ def feed_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
             return len(feeds)
 
     return FeedReader()
+
+
+@torch.no_grad()
+def observe_inputs(
+    model: nn.Module,
+    names: list[str],
+    inputs: list[Any],
+    observe: Callable[[str, torch.Tensor], None],
+    after_batch: Callable[[], None] | None = None,
+) -> None:
+    """Run the calibration ``inputs`` through ``model`` and call ``observe(name, x)`` with the
+    input of each named layer (the one hook that activation statistics are gathered by);
+    ``after_batch()`` runs after each batch."""
+    handles = [
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: observe(name, args[0].detach())
+        )
+        for name in names
+    ]
+    try:
+        for x in inputs:
+            forward(model, x)
+            if after_batch is not None:
+                after_batch()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def input_ranges(model: nn.Module, names: list[str], inputs: list[Any]) -> dict[str, list[float]]:
+    """Each named layer's input ``[min, max]`` over the calibration inputs."""
+    ranges: dict[str, list[float]] = {}
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        lo, hi = float(x.min()), float(x.max())
+        old = ranges.get(name)
+        ranges[name] = [min(lo, old[0]), max(hi, old[1])] if old else [lo, hi]
+
+    observe_inputs(model, names, inputs, observe)
+    return ranges

@@ -1,142 +1,67 @@
-"""The quantization config: one frozen value that says what to do, round-tripping to a dict."""
+"""The quantization configs, one per mode: ``QuantConfig = Dynamic | Static | WeightOnly | QAT``.
+
+Each mode has the fields it reads and no other: ``Static(calibration="entropy")`` is a config,
+``Dynamic(calibration="entropy")`` is an error, and so is ``QuantConfig(mode="dynamic",
+calibration="entropy")`` (it says which modes read ``calibration``). Calling the family
+picks the class by ``mode``::
+
+    QuantConfig(mode="static", calibration="percentile")   # -> Static(...)
+    QuantConfig.parse({"mode": "qat", "bits": 4})          # a recipe's keys -> QAT(bits=4)
+
+QAT trains with the one loop: its training settings are a :class:`~slimfuse.config.TrainConfig`
+(default 5 epochs at lr 1e-3), passed to :func:`slimfuse.quantize` as ``train=``.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from slimfuse.errors import ConfigError
-from slimfuse.targeting import Targeting
+from pydantic import Field, model_validator
 
-Mode = Literal["dynamic", "static", "weight-only", "qat"]
-MODES = ("dynamic", "static", "weight-only", "qat")
-CALIBRATIONS = ("minmax", "percentile", "entropy")
+from slimfuse.config import Config, Family
 
-# The modes that read each setting ("qat int4": qat with bits 4, which trains int4 weight-only
-# layers and reads no activation ranges). Targets, ignore and extra apply to every mode.
-_INT8 = ("dynamic", "static", "qat")
-READ_BY: dict[str, tuple[str, ...]] = {
-    "calibration": ("static", "qat"),
-    "percentile": ("static", "qat"),
-    "per_channel": _INT8,
-    "reduce_range": _INT8,
-    "quantize_attention": _INT8,
-    "quantize_embeddings": _INT8,
-    "max_drop": ("dynamic", "static"),
-    "smoothquant": ("dynamic", "static"),
-    "group_size": ("weight-only", "qat int4"),
-    "calibration_batches": ("dynamic", "static", "qat", "qat int4"),
-    "qat_epochs": ("qat", "qat int4"),
-    "qat_lr": ("qat", "qat int4"),
-    "distill": ("qat", "qat int4"),
-}
-_KIND_NAMES = {"qat": "qat with bits 8", "qat int4": "qat with bits 4"}
+if TYPE_CHECKING:
+    from slimfuse.targeting import Targeting
+
+QAT_TRAINING = {"epochs": 5, "lr": 1e-3}
 
 
-@dataclass(frozen=True)
-class QuantConfig:
-    """What :func:`slimfuse.quantize` does.
+class _Layers(Config):
+    """What every mode reads: which layers."""
 
-    - ``mode``: ``dynamic`` (int8 weights per channel, activations quantized at run time),
-      ``static`` (int8 QDQ, activation ranges from calibration), ``weight-only`` (int8/int4
-      group-wise weights, float compute) or ``qat`` (fake-quant training, then int8 QDQ).
-    - ``bits``: 8, or 4 for ``weight-only`` (and ``qat``, which then trains int4 weight-only).
-    - ``calibration``: ``minmax``, ``percentile`` (``percentile`` kept) or ``entropy``.
-    - ``per_channel``: one weight scale per output channel (else one per tensor).
-    - ``reduce_range``: int8 weights in 7 bits ([-64, 64]) so that ONNX Runtime's u8 x s8
-      kernels cannot saturate on CPUs without VNNI; ``None`` (default) decides from this CPU
-      (:func:`slimfuse.hardware.has_vnni`): 8 bits with VNNI, 7 without.
-    - ``targets`` / ``ignore``: layer selectors in the shared syntax (:mod:`slimfuse.targeting`).
-    - ``max_drop``: with ``mixed_precision``, the largest allowed metric drop; the most
-      sensitive layers stay fp32 until the budget holds.
-    - ``smoothquant``: migrate activation outliers into weights before quantizing (alpha). With
-      ``max_drop`` too, only the fewest layers are smoothed (most int8-sensitive first) whose
-      int8 model keeps the budget: each smoothed layer may cost a multiply at run time.
-    - ``group_size``: weights per scale for ``weight-only``.
-    - ``calibration_batches``: how many loader batches calibration reads.
-    - ``qat_epochs`` / ``qat_lr``: the QAT fine-tune; ``distill``: use the fp32 model as teacher.
-    """
-
-    mode: Mode = "dynamic"
-    bits: int = 8
-    calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
-    percentile: float = 99.999
-    per_channel: bool = True
-    reduce_range: bool | None = None
-    targets: tuple[str, ...] | None = None
-    ignore: tuple[str, ...] = ()
-    quantize_attention: bool = False
-    quantize_embeddings: bool = True
-    max_drop: float | None = None
-    smoothquant: float | None = None
-    group_size: int = 32
-    calibration_batches: int = 8
-    qat_epochs: int = 5
-    qat_lr: float = 1e-3
-    distill: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(
-                f"quantization mode {self.mode!r}: expected one of {', '.join(MODES)}"
-            )
-        if self.bits not in (4, 8):
-            raise ConfigError(f"bits {self.bits}: expected 8 or 4")
-        if self.bits == 4 and self.mode not in ("weight-only", "qat"):
-            raise ConfigError(
-                f"bits 4 with mode {self.mode!r}: int4 is weight-only here; expected bits 8 "
-                "or mode 'weight-only' / 'qat'"
-            )
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(
-                f"calibration {self.calibration!r}: expected one of {', '.join(CALIBRATIONS)}"
-            )
-        if not 50.0 < self.percentile <= 100.0:
-            raise ConfigError(f"percentile {self.percentile}: expected a value in (50, 100]")
-        if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
-            raise ConfigError(f"max_drop {self.max_drop}: expected a number >= 0")
-        if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
-            raise ConfigError(f"smoothquant alpha {self.smoothquant}: expected 0..1")
-        if self.group_size < 1 or self.group_size % 2:
-            raise ConfigError(f"group_size {self.group_size}: expected an even number >= 2")
-        if self.calibration_batches < 1:
-            raise ConfigError(f"calibration_batches {self.calibration_batches}: expected >= 1")
-        if self.qat_epochs < 0 or not self.qat_lr > 0:
-            raise ConfigError(
-                f"qat_epochs {self.qat_epochs} / qat_lr {self.qat_lr}: expected >= 0 / > 0"
-            )
-        if self.targets is not None and not isinstance(self.targets, tuple):
-            object.__setattr__(self, "targets", tuple(self.targets))
-        if not isinstance(self.ignore, tuple):
-            object.__setattr__(self, "ignore", tuple(self.ignore))
+    targets: tuple[str, ...] | None = Field(
+        None,
+        description="layers to quantize: names, re:<regex>, type:<Class> (default: every layer "
+        "the mode takes)",
+    )
+    ignore: tuple[str, ...] = Field((), description="layers to keep fp32 (same syntax)")
 
     @property
-    def kind(self) -> str:
-        """The mode, with ``qat`` split by bits: ``"qat int4"`` is int4 weight-only training."""
-        return "qat int4" if self.mode == "qat" and self.bits == 4 else self.mode
+    def targeting(self) -> Targeting:
+        from slimfuse.targeting import Targeting  # torch: configs stay importable without it
 
-    def check_applies(self) -> None:
-        """Refuse a setting changed from its default that this mode does not read.
+        return Targeting(self.targets, self.ignore)
 
-        Called by :func:`slimfuse.quantize`, not on construction: a bundle's stored config and
-        the configs QAT derives from its own (``mode`` replaced) load as they are.
-        """
-        kind = self.kind
-        subject = f"mode {self.mode!r}" + (f" with bits {self.bits}" if self.mode == "qat" else "")
-        defaults = {f.name: f.default for f in fields(self) if f.name in READ_BY}
-        for name, default in defaults.items():
-            value = getattr(self, name)
-            if value == default or kind in READ_BY[name]:
-                continue
-            readers = ", ".join(_KIND_NAMES.get(k, k) for k in READ_BY[name])
-            raise ConfigError(f"{name}={value!r} does not apply to {subject}; it is for {readers}")
-        if self.percentile != defaults["percentile"] and self.calibration != "percentile":
-            raise ConfigError(
-                f"percentile={self.percentile!r} applies only with calibration 'percentile'; "
-                f"got calibration {self.calibration!r}"
-            )
+
+class _Int8(_Layers):
+    """What the int8 modes (an ONNX Runtime graph) read."""
+
+    per_channel: bool = Field(
+        True, description="one weight scale per output channel (else per tensor)"
+    )
+    reduce_range: bool | None = Field(
+        None,
+        description="int8 weights in 7 bits, exact on CPUs without VNNI (none: decided from this "
+        "CPU, 7 bits where it lacks VNNI)",
+    )
+    quantize_attention: bool = Field(
+        False, description="quantize attention's MatMuls too (they stay fp32 by default)"
+    )
+    quantize_embeddings: bool = Field(True, description="quantize embedding tables")
+    calibration_batches: int = Field(
+        8, ge=1, description="batches of training data calibration reads"
+    )
+    calibration_batch_size: int = Field(64, ge=1, description="samples per calibration batch")
 
     @property
     def reduced_range(self) -> bool:
@@ -148,35 +73,108 @@ class QuantConfig:
         return bool(self.reduce_range)
 
     @property
-    def smooth_min_ratio(self) -> float:
-        """Smoothing takes a layer whose largest input channel is this many times the median."""
-        return float(self.extra.get("smooth_min_ratio", 4.0))
-
-    @property
     def weight_qmax(self) -> int:
         """The largest int8 weight magnitude: 127, or 64 with the reduced range (ONNX Runtime's)."""
         return 64 if self.reduced_range else 127
 
-    @property
-    def targeting(self) -> Targeting:
-        return Targeting(self.targets, self.ignore)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["targets"] = list(self.targets) if self.targets is not None else None
-        d["ignore"] = list(self.ignore)
-        return d
+class _Ranges(Config):
+    """Activation ranges from calibration (static int8, QAT's starting ranges)."""
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown quantization setting(s) {', '.join(unknown)}; expected some of "
-                + ", ".join(cls.__dataclass_fields__)
+    calibration: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="how activation ranges are set from the calibration data"
+    )
+    percentile: float = Field(
+        99.999, gt=50, le=100, description="the percentile kept (calibration percentile)"
+    )
+
+    @model_validator(mode="after")
+    def _percentile_with_percentile(self) -> _Ranges:
+        if self.percentile != 99.999 and self.calibration != "percentile":
+            raise ValueError(
+                f"percentile {self.percentile} applies only with calibration 'percentile'; "
+                f"got calibration {self.calibration!r}"
             )
-        if known.get("targets") is not None:
-            known["targets"] = tuple(known["targets"])
-        known["ignore"] = tuple(known.get("ignore") or ())
-        return cls(**known)
+        return self
+
+
+class _Budget(Config):
+    """Post-training int8 under an accuracy budget, and outlier smoothing."""
+
+    max_drop: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="mixed precision: the largest metric drop allowed (0.003 = 0.3 points); the "
+        "most sensitive layers stay fp32 until it holds",
+    )
+    smoothquant: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="outlier-channel scaling strength alpha; with max_drop, only the fewest "
+        "layers that keep the budget are smoothed",
+    )
+    smooth_min_ratio: float = Field(
+        4.0,
+        gt=1,
+        description="smoothing takes an input whose largest channel is this many times the median",
+    )
+    sensitivity: Literal["auto", "onnxruntime", "emulated"] = Field(
+        "auto",
+        description="mixed precision's per-layer sensitivity: in ONNX Runtime (exact), a PyTorch "
+        "emulation (fast), or auto (ONNX Runtime up to 16 layers)",
+    )
+
+
+class Dynamic(_Int8, _Budget):
+    """int8 weights per output channel, activations quantized at run time (ONNX Runtime)."""
+
+    mode: Literal["dynamic"] = "dynamic"
+
+
+class Static(_Int8, _Ranges, _Budget):
+    """int8 QDQ graph: u8 activations with calibrated ranges, s8 per-channel weights."""
+
+    mode: Literal["static"] = "static"
+
+
+class _GroupWise(Config):
+    bits: Literal[8, 4] = Field(8, description="weight bits")
+    group_size: int = Field(
+        32, ge=2, multiple_of=2, description="weights per scale (int4 weight-only)"
+    )
+
+
+class WeightOnly(_Layers, _GroupWise):
+    """int8 / int4 weights with group-wise scales, packed in the bundle; float compute."""
+
+    mode: Literal["weight-only"] = "weight-only"
+
+
+class QAT(_Int8, _Ranges, _GroupWise):
+    """Fake-quant training with the one loop, then int8 QDQ (``bits=4``: int4 weight-only)."""
+
+    mode: Literal["qat"] = "qat"
+    distill: bool = Field(False, description="train with the fp32 model as the teacher (QAT)")
+
+    @model_validator(mode="after")
+    def _int4_is_weight_only(self) -> QAT:
+        if self.bits == 4:  # int4 QAT trains weight-only layers: no activation ranges
+            int8_only = set(_Int8.model_fields) | set(_Ranges.model_fields)
+            for name in sorted(int8_only - set(_Layers.model_fields) & self.model_fields_set):
+                raise ValueError(f"{name} does not apply to qat with bits 4 (int4 is weight-only)")
+        elif "group_size" in self.model_fields_set:
+            raise ValueError("group_size applies to int4 (bits 4); got bits 8")
+        return self
+
+
+QuantConfig = Family(
+    "QuantConfig",
+    "mode",
+    [Dynamic, Static, WeightOnly, QAT],
+    default="static",
+    trains={"qat": QAT_TRAINING},
+)
+AnyQuantConfig = Dynamic | Static | WeightOnly | QAT
+MODES = tuple(QuantConfig.names())

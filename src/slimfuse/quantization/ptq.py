@@ -26,7 +26,7 @@ from torch import nn
 
 from slimfuse.errors import ExportError, UnsupportedLayerError
 from slimfuse.quantization.calibration import feed_reader, to_feeds
-from slimfuse.quantization.config import QuantConfig
+from slimfuse.quantization.config import Dynamic, Static
 from slimfuse.quantization.graph import layer_report, plan_nodes, supported_types
 from slimfuse.quantization.runtime import QuantizedModel, wrap_graph
 
@@ -81,7 +81,7 @@ def prepare(model: nn.Module, inputs: list[Any], example_inputs: Any, workdir: P
 
 
 def calibration_cache(
-    prep: Prepared, cfg: QuantConfig, ranges: dict[str, tuple[float, float]] | None = None
+    prep: Prepared, cfg: Dynamic | Static, ranges: dict[str, tuple[float, float]] | None = None
 ) -> Path:
     """Activation ranges of every tensor of the fp32 graph (ONNX Runtime's calibrators), cached.
 
@@ -127,7 +127,7 @@ def calibration_cache(
 
 def quantize_graph(
     prep: Prepared,
-    cfg: QuantConfig,
+    cfg: Dynamic | Static,
     keep_fp32: dict[str, str] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[bytes, list[dict[str, str]]]:
@@ -240,7 +240,7 @@ def _quiet_logs() -> Any:
 
 def _run_quantizer(
     prep: Prepared,
-    cfg: QuantConfig,
+    cfg: Dynamic | Static,
     exclude: list[str],
     out: Path,
     ranges: dict[str, tuple[float, float]] | None,
@@ -283,7 +283,7 @@ def _run_quantizer(
 
 def ptq(
     prep: Prepared,
-    cfg: QuantConfig,
+    cfg: Dynamic | Static,
     keep_fp32: dict[str, str] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
     **info: Any,

@@ -12,14 +12,22 @@ using the learned input ranges in place of calibrated ones.
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimfuse.quantization.config import QuantConfig
-from slimfuse.training import trainable_copy
+from slimfuse.errors import ConfigError
+from slimfuse.quantization.api import Job
+from slimfuse.quantization.calibration import input_ranges
+from slimfuse.quantization.config import QAT, Static, WeightOnly
+from slimfuse.quantization.graph import node_modules
+from slimfuse.quantization.ptq import prepare, ptq
+from slimfuse.quantization.weight_only import quantize_groups, quantize_weights
+from slimfuse.training import train, trainable_copy
 
 QAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -68,8 +76,6 @@ class FakeQuantWeight(nn.Module):
         self.layer, self.bits, self.group_size = layer, bits, group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from slimfuse.quantization.weight_only import quantize_groups
-
         w = self.layer.weight
         q, scales = quantize_groups(w, self.bits, self.group_size)
         fan_in = w[0].numel()
@@ -85,36 +91,7 @@ def _apply(layer: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return fn(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
-@torch.no_grad()
-def _input_ranges(model: nn.Module, names: list[str], inputs: list[Any]) -> dict[str, list[float]]:
-    from slimfuse.tasks import forward
-
-    ranges: dict[str, list[float]] = {}
-    hooks = []
-    for name in names:
-
-        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0].detach()
-            lo, hi = float(x.min()), float(x.max())
-            old = ranges.get(name)
-            ranges[name] = [min(lo, old[0]), max(hi, old[1])] if old else [lo, hi]
-
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        for x in inputs:
-            forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ranges
-
-
-def prepare_qat(model: nn.Module, cfg: QuantConfig, inputs: list[Any]) -> nn.Module:
+def prepare_qat(model: nn.Module, cfg: QAT, inputs: list[Any]) -> nn.Module:
     """A trainable copy of ``model`` with fake-quant layers (input ranges from ``inputs``).
 
     The copy trains even when ``model`` itself is frozen (a distillation teacher, a fusion member).
@@ -124,14 +101,14 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig, inputs: list[Any]) -> nn.Mod
         for name in cfg.targeting.select(model, default_types=QAT_TYPES, what="quantization"):
             layer = model.get_submodule(name)
             if isinstance(layer, QAT_TYPES):
-                _set(model, name, FakeQuantWeight(layer, 4, cfg.group_size))
+                model.set_submodule(name, FakeQuantWeight(layer, 4, cfg.group_size))
         return model
     chosen = cfg.targeting.select(model, default_types=QAT_TYPES, what="quantization")
     names = [n for n, m in chosen.items() if isinstance(m, QAT_TYPES)]
-    ranges = _input_ranges(model, names, inputs)
+    ranges = input_ranges(model, names, inputs)
     for name in names:
         layer = model.get_submodule(name)
-        _set(model, name, FakeQuantLayer(layer, *ranges[name], weight_qmax=cfg.weight_qmax))
+        model.set_submodule(name, FakeQuantLayer(layer, *ranges[name], weight_qmax=cfg.weight_qmax))
     return model
 
 
@@ -142,51 +119,37 @@ def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[float
     for name, m in list(model.named_modules()):
         if isinstance(m, FakeQuantLayer):
             learned[name] = m.input_range()
-            _set(model, name, m.layer)
+            model.set_submodule(name, m.layer)
         elif isinstance(m, FakeQuantWeight):
-            _set(model, name, m.layer)
+            model.set_submodule(name, m.layer)
     return model, learned
 
 
-def qat(
-    model: nn.Module,
-    cfg: QuantConfig,
-    inputs: list[Any],
-    example_inputs: Any,
-    *,
-    data: Any,
-    task: str = "classification",
-) -> nn.Module:
-    """Prepare, train with the one loop, convert to an int8 QDQ graph (ONNX Runtime)."""
-    import tempfile
-    from pathlib import Path
-
-    from slimfuse.errors import ConfigError
-    from slimfuse.quantization.graph import node_modules
-    from slimfuse.quantization.ptq import prepare, ptq
-    from slimfuse.training import TrainConfig, train
-
-    if data is None:
+def quantize_qat(model: nn.Module, cfg: QAT, job: Job) -> nn.Module:
+    """The ``qat`` handler of :func:`slimfuse.quantize`: prepare, train with the one loop,
+    convert to an int8 QDQ graph (ONNX Runtime), or to int4 weight-only layers (``bits=4``)."""
+    if job.data is None:
         raise ConfigError("qat needs training data (data=...); got none")
-    fq = prepare_qat(model, cfg, inputs)
+    assert job.train is not None  # the verb gives QAT its training config
+    fq = prepare_qat(model, cfg, job.inputs)
     objective = None
     if cfg.distill:
-        from slimfuse.distillation.objectives import objective as distill_objective
-
-        objective = distill_objective(copy.deepcopy(model).eval(), task)
-    tc = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, quiet=True, **cfg.extra.get("train", {}))
-    result = train(fq, data, task, tc, objective=objective, description="qat")
+        if job.teacher_objective is None:
+            raise ConfigError(
+                "qat with distill needs a distillation objective (teacher_objective=); "
+                "slimfuse.quantize passes the distillation family's"
+            )
+        objective = job.teacher_objective(copy.deepcopy(model).eval(), job.task)
+    result = train(fq, job.data, job.task, job.train, objective=objective, description="qat")
     float_model, learned = strip_fake_quant(fq)
     float_model.eval()
     if cfg.bits == 4:
-        from slimfuse.quantization.weight_only import quantize_weights
-
-        wo = QuantConfig.from_dict({**cfg.to_dict(), "mode": "weight-only"})
+        wo = WeightOnly(targets=cfg.targets, ignore=cfg.ignore, bits=4, group_size=cfg.group_size)
         out = quantize_weights(float_model, wo)
         object.__setattr__(out, "fake_quant_model", fq)
         return out
     with tempfile.TemporaryDirectory(prefix="slimfuse-qat-") as tmp:
-        prep = prepare(float_model, inputs, example_inputs, Path(tmp))
+        prep = prepare(float_model, job.inputs, job.example_inputs, Path(tmp))
         names = {n for n, _ in float_model.named_modules() if n}
         owners = node_modules(prep.graph, names)
         ranges = {}
@@ -194,13 +157,20 @@ def qat(
             owner = owners.get(node.name)
             if owner in learned and node.op_type in ("Conv", "Gemm", "MatMul"):
                 ranges[node.input[0]] = learned[owner]
-        static = QuantConfig.from_dict({**cfg.to_dict(), "mode": "static"})
+        static = Static(
+            **{
+                k: v
+                for k, v in cfg.model_dump().items()
+                if k in Static.model_fields and k != "mode"
+            }
+        )
         q = ptq(
             prep,
             static,
             ranges=ranges,
             mode="qat",
             config=cfg.to_dict(),
+            train=job.train.to_dict(),
             qat={
                 "epochs": result.epochs_run,
                 "best_val": result.best_metric,

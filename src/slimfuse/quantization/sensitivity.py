@@ -14,10 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimfuse.quantization.config import QuantConfig
+from slimfuse.quantization.calibration import input_ranges
+from slimfuse.quantization.config import Dynamic, Static
 from slimfuse.quantization.graph import supported_types
 from slimfuse.quantization.ptq import Prepared, ptq
 from slimfuse.quantization.runtime import QuantizedModel, refresh_edit
+from slimfuse.quantization.sqnr import sqnr_db
+from slimfuse.tasks import forward
 
 Metric = Callable[[nn.Module], float]
 EXACT_UP_TO = 16
@@ -26,8 +29,6 @@ log = logging.getLogger("slimfuse.quantization")  # progress of the long searche
 
 @torch.no_grad()
 def _outputs(model: nn.Module, inputs: list[Any]) -> list[torch.Tensor]:
-    from slimfuse.tasks import forward
-
     return [forward(model.eval(), x).float() for x in inputs]
 
 
@@ -50,7 +51,6 @@ def agreement_metric(reference: nn.Module, inputs: list[Any], task: str) -> Metr
 
 
 def output_sqnr(reference: list[torch.Tensor], model: nn.Module, inputs: list[Any]) -> float:
-    from slimfuse.quantization.api import sqnr_db
 
     got = _outputs(model, inputs)
     return sqnr_db(
@@ -102,10 +102,7 @@ def emulated_sensitivity(
     the min/max over the calibration inputs. Weights: int8 symmetric (``weight_qmax``: 127, or
     64 with the reduced range), per channel or per tensor.
     """
-    from slimfuse.quantization.api import sqnr_db
-    from slimfuse.quantization.qat import _input_ranges
-
-    ranges = _input_ranges(model, layers, inputs) if static else {}
+    ranges = input_ranges(model, layers, inputs) if static else {}
     ref = _outputs(model, inputs)
     base = metric(model)
     rows = []
@@ -133,7 +130,7 @@ def emulated_sensitivity(
 
 
 def sensitivity(
-    prep: Prepared, cfg: QuantConfig, metric: Metric, base: float | None = None
+    prep: Prepared, cfg: Dynamic | Static, metric: Metric, base: float | None = None
 ) -> list[dict[str, Any]]:
     """Each candidate layer quantized alone in ONNX Runtime: ``{"layer", "sqnr_db", "metric", "drop"}``, worst first."""
     supported = supported_types(cfg.mode, cfg.quantize_embeddings)
@@ -148,7 +145,7 @@ def sensitivity(
     ref = _outputs(prep.model, prep.calibration_inputs)
     rows = []
     for name in layers:
-        alone = QuantConfig.from_dict({**cfg.to_dict(), "targets": [name], "ignore": []})
+        alone = cfg.replace(targets=(name,), ignore=())
         q = ptq(prep, alone)
         value = metric(q)
         _add_row(rows, len(layers), name, output_sqnr(ref, q, prep.calibration_inputs), value, base)
@@ -156,15 +153,17 @@ def sensitivity(
     return rows
 
 
-def _ranked(prep: Prepared, cfg: QuantConfig, metric: Metric, base: float) -> list[dict[str, Any]]:
+def _ranked(
+    prep: Prepared, cfg: Dynamic | Static, metric: Metric, base: float
+) -> list[dict[str, Any]]:
     """Layers by sensitivity: each quantized alone in ONNX Runtime (exact) when there are at
     most ``EXACT_UP_TO`` of them, else under the PyTorch emulation (one float pass per layer)."""
     supported = supported_types(cfg.mode, cfg.quantize_embeddings)
     chosen = cfg.targeting.select(prep.model, default_types=supported, what="quantization")
     layers = [n for n, m in chosen.items() if isinstance(m, supported)]
-    how = cfg.extra.get("sensitivity") or (
-        "onnxruntime" if len(layers) <= EXACT_UP_TO else "emulated"
-    )
+    how = cfg.sensitivity
+    if how == "auto":
+        how = "onnxruntime" if len(layers) <= EXACT_UP_TO else "emulated"
     if how == "onnxruntime":
         return sensitivity(prep, cfg, metric, base)
     return emulated_sensitivity(
@@ -179,7 +178,7 @@ def _ranked(prep: Prepared, cfg: QuantConfig, metric: Metric, base: float) -> li
 
 
 def mixed_precision(
-    prep: Prepared, cfg: QuantConfig, metric: Metric | None, task: str = "classification"
+    prep: Prepared, cfg: Dynamic | Static, metric: Metric | None, task: str = "classification"
 ) -> QuantizedModel:
     """Fewest fp32 layers (most sensitive first) so that the metric drop is <= ``cfg.max_drop``."""
     assert cfg.max_drop is not None

@@ -24,6 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimfuse.quantization.calibration import observe_inputs
+from slimfuse.quantization.config import Dynamic, Static
+from slimfuse.quantization.ptq import prepare, ptq
+from slimfuse.quantization.sensitivity import emulated_sensitivity, log
+
 
 class SmoothedLinear(nn.Module):
     """``linear(x * inv_scale)`` with the weight already multiplied by the scale."""
@@ -55,8 +60,6 @@ def smooth(
     records ``smoothed_layers`` and ``smoothing_groups`` (the smoothed layers grouped by the
     input tensor they share, in model order).
     """
-    from slimfuse.tasks import forward
-
     model = copy.deepcopy(model).eval()
     linears = {
         n: m
@@ -66,24 +69,16 @@ def smooth(
     amax: dict[str, torch.Tensor] = {}
     source: dict[str, int] = {}  # layer -> id of its input tensor in the first batch
     alive: dict[int, torch.Tensor] = {}  # held through the first batch: no id reused
-    hooks = []
-    for name, m in linears.items():
 
-        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
-            amax[name] = torch.maximum(amax[name], x) if name in amax else x
-            if name not in source:
-                source[name] = id(args[0])
-                alive.setdefault(id(args[0]), args[0])
+    def observe(name: str, x: torch.Tensor) -> None:
+        a = x.abs().reshape(-1, x.shape[-1]).amax(0)
+        amax[name] = torch.maximum(amax[name], a) if name in amax else a
+        if name not in source:
+            source[name] = id(x)
+            alive.setdefault(id(x), x)
 
-        hooks.append(m.register_forward_pre_hook(hook))
-    try:
-        for x in inputs:
-            forward(model, x)
-            alive.clear()  # every layer has met its input of the first batch
-    finally:
-        for h in hooks:
-            h.remove()
+    # alive: a batch's inputs are held until every layer has met them (no id reused)
+    observe_inputs(model, list(linears), inputs, observe, after_batch=alive.clear)
     smoothed = []
     for name, m in linears.items():
         a = amax.get(name)
@@ -93,8 +88,7 @@ def smooth(
             continue
         ref = torch.quantile(a.float(), quantile).clamp_min(1e-5)
         s = (a / ref).clamp_min(1.0).pow(alpha)  # only outlier channels move into the weights
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, SmoothedLinear(m, s))
+        model.set_submodule(name, SmoothedLinear(m, s))
         smoothed.append(name)
     groups: dict[int, list[str]] = {}
     for name in smoothed:
@@ -127,7 +121,7 @@ def smooth_within(
     model: nn.Module,
     inputs: list[Any],
     example_inputs: Any,
-    cfg: Any,
+    cfg: Dynamic | Static,
     metric: Callable[[nn.Module], float],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``model`` with the fewest layer groups smoothed whose int8 model keeps ``cfg.max_drop``.
@@ -140,11 +134,6 @@ def smooth_within(
     keeps layers fp32); with no candidate at all there is nothing to search (``met``: None).
     Returns the model and a record of the search.
     """
-    from dataclasses import replace
-
-    from slimfuse.quantization.ptq import prepare, ptq
-    from slimfuse.quantization.sensitivity import emulated_sensitivity, log
-
     alpha = float(cfg.smoothquant)
     min_ratio = cfg.smooth_min_ratio
     groups = smooth(model, inputs, alpha, min_ratio=min_ratio).smoothing_groups
@@ -162,7 +151,7 @@ def smooth_within(
     drop_of = {r["layer"]: r["drop"] for r in rows}
     order = sorted(groups, key=lambda g: -sum(drop_of[n] for n in g))  # stable: ties by position
     base = metric(model)
-    plain = replace(cfg, max_drop=None)
+    plain = cfg.replace(max_drop=None)
     drops: dict[int, float] = {}
 
     def names(k: int) -> list[str]:

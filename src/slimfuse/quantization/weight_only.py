@@ -20,7 +20,8 @@ from torch import nn
 
 from slimfuse.errors import ModelError, UnsupportedLayerError
 from slimfuse.models.source import record
-from slimfuse.quantization.config import QuantConfig
+from slimfuse.quantization.config import QAT, WeightOnly
+from slimfuse.quantization.sqnr import sqnr_db
 
 EDIT_KIND = "weight_only"
 QMAX = {8: 127, 4: 7}
@@ -64,7 +65,7 @@ def unpack(stored: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).reshape(*stored.shape[:-1], -1) - 8.0
 
 
-class WeightOnly(nn.Module):
+class WeightOnlyLayer(nn.Module):
     """A Linear / Conv layer whose weight is stored packed and dequantized for float compute."""
 
     onnx_no_fold = True  # the ONNX file keeps the packed weights (see slimfuse.exporting)
@@ -91,7 +92,7 @@ class WeightOnly(nn.Module):
         self._cache: torch.Tensor | None = None
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, bits: int, group_size: int) -> WeightOnly:
+    def from_layer(cls, layer: nn.Module, bits: int, group_size: int) -> WeightOnlyLayer:
         conv = None
         if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
             conv = {
@@ -151,16 +152,9 @@ def _kinds(bits: int) -> tuple[type, ...]:
     return (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
 @torch.no_grad()
-def quantize_weights(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+def quantize_weights(model: nn.Module, cfg: WeightOnly | QAT) -> nn.Module:
     """Weight-only int8/int4 of the selected layers, in place; per-layer SQNR in the lineage."""
-    from slimfuse.quantization.api import sqnr_db
-
     kinds = _kinds(cfg.bits)
     chosen = cfg.targeting.select(model, default_types=kinds, what="quantization")
     for name, layer in chosen.items():
@@ -178,7 +172,7 @@ def quantize_weights(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     layers: dict[str, Any] = {}
     sqnr: dict[str, float] = {}
     for name, layer in chosen.items():
-        new = WeightOnly.from_layer(layer, cfg.bits, cfg.group_size)
+        new = WeightOnlyLayer.from_layer(layer, cfg.bits, cfg.group_size)
         sqnr[name] = round(sqnr_db(layer.weight, new.dequantized()), 2)
         layers[name] = {
             "kind": new.kind,
@@ -186,7 +180,7 @@ def quantize_weights(model: nn.Module, cfg: QuantConfig) -> nn.Module:
             "conv": new.conv,
             "bias": new.bias is not None,
         }
-        _set(model, name, new)
+        model.set_submodule(name, new)
     edit = {"kind": EDIT_KIND, "bits": cfg.bits, "group_size": cfg.group_size, "layers": layers}
     record(model, edit=edit)
     record(
@@ -224,11 +218,15 @@ def load_weight_only(
                 "the packed weights in the file"
             )
         bias = torch.zeros(shape[0]) if spec["bias"] else None
-        _set(
-            model,
+        model.set_submodule(
             name,
-            WeightOnly(
+            WeightOnlyLayer(
                 spec["kind"], spec["shape"], edit["bits"], edit["group_size"], bias, spec["conv"]
             ),
         )
     return model
+
+
+def quantize_weight_only(model: nn.Module, cfg: WeightOnly, job: Any) -> nn.Module:
+    """The ``weight-only`` handler of :func:`slimfuse.quantize` (``model`` is already a copy)."""
+    return quantize_weights(model, cfg)
