@@ -28,21 +28,21 @@ def main() -> None:
     torch.set_num_threads(1)
 
     import slimfuse
-    from slimfuse.quantization import QuantConfig, quantize
+    from slimfuse.quantization import QuantConfig
     from slimfuse.training import TrainConfig
 
     data = slimfuse.load_data("mnist1d")
     test = data.loader("test", batch_size=500)
     calib = data.loader("train", batch_size=64, shuffle=True, seed=0)
-    qat = {"qat_epochs": 10, "qat_lr": 3e-3}
+    qat = TrainConfig(epochs=10, lr=3e-3, quiet=True)  # QAT's training (the one loop)
     variants = {
         "int4 weight-only PTQ (g32)": QuantConfig(mode="weight-only", bits=4, group_size=32),
-        "int4 weight-only QAT": QuantConfig(mode="qat", bits=4, group_size=32, **qat),
+        "int4 weight-only QAT": QuantConfig(mode="qat", bits=4, group_size=32),
         "int4 weight-only QAT + fp32 teacher": QuantConfig(
-            mode="qat", bits=4, group_size=32, distill=True, **qat
+            mode="qat", bits=4, group_size=32, distill=True
         ),
         "int8 static PTQ (ORT QDQ)": QuantConfig(mode="static"),
-        "int8 static QAT (ORT QDQ, learned ranges)": QuantConfig(mode="qat", **qat),
+        "int8 static QAT (ORT QDQ, learned ranges)": QuantConfig(mode="qat"),
     }
     acc: dict[str, list[float]] = {"fp32": [], **{k: [] for k in variants}}
     for seed in args.seeds:
@@ -51,7 +51,8 @@ def main() -> None:
         slimfuse.train(model, data, config=TrainConfig(epochs=40, lr=1e-2, seed=seed, quiet=True))
         acc["fp32"].append(slimfuse.evaluate(model, test))
         for name, cfg in variants.items():
-            q = quantize(model, cfg, calibration=calib, data=data)
+            train = qat if cfg.mode == "qat" else None
+            q = slimfuse.quantize(model, cfg, data, calibration=calib, train=train)
             acc[name].append(slimfuse.evaluate(q, test))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in acc.items()), flush=True)
     mean = {k: statistics.mean(v) for k, v in acc.items()}
@@ -69,8 +70,8 @@ def main() -> None:
     header = ["variant", "test acc per seed", "mean", "loss vs fp32 (points)", "PTQ loss recovered"]
     text = (
         "# QAT vs PTQ on the MNIST-1D CNN\n\n"
-        f"CPU: {cpu_flags()}; seeds {args.seeds}; QAT: {qat['qat_epochs']} epochs, lr "
-        f"{qat['qat_lr']}, the one training loop; accuracy on the 1000 test samples.\n\n"
+        f"CPU: {cpu_flags()}; seeds {args.seeds}; QAT: {qat.epochs} epochs, lr "
+        f"{qat.lr}, the one training loop; accuracy on the 1000 test samples.\n\n"
         + table(header, rows)
         + "\n\nReproduce: `make bench-quantize` (or `.venv/bin/python benchmarks/quantize_qat.py`).\n"
     )

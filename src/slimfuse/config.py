@@ -70,7 +70,7 @@ def _line(
     if msg == "Extra inputs are not permitted":
         msg = f"unknown setting; expected some of {', '.join(cls.model_fields)}"
     top = key.split(".")[0]
-    name = flag_name(key) if flags else ".".join(p for p in (where, key) if p)
+    name = (flag_name(key) if key else "") if flags else ".".join(p for p in (where, key) if p)
     if isinstance(values, dict) and top in values and "." not in key:
         value = values[top]
         shown = " ".join(map(str, value)) if flags and isinstance(value, list) else value
@@ -202,9 +202,10 @@ class Family:
                 raise ConfigError(
                     f"{name} does not apply to {method}; it is for {', '.join(readers)}"
                 )
+            own = [k for k in cls.model_fields if k != self.key]
             raise ConfigError(
-                f"unknown setting {name} for {method}; expected some of "
-                + ", ".join(k for k in cls.model_fields if k != self.key)
+                f"unknown setting {name} for {method}; "
+                + (f"expected some of {', '.join(own)}" if own else "it has no settings")
             )
 
     def parse(self, values: Any, where: str = "", *, flags: bool = False) -> Config:
@@ -336,6 +337,9 @@ def help_text(info: FieldInfo, readers: Sequence[str] | None = None, default: An
     return f"{text} (default: {shown})".strip().replace("%", "%%")
 
 
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
 class _KeyValue(argparse.Action):
     """``--flag KEY=VALUE`` (repeatable) into a dict; values read as YAML scalars."""
 
@@ -382,10 +386,11 @@ def add_flags(
             kw.update(nargs="+", metavar=name.upper())
         else:
             choices = _choices(annotation)
-            if choices is not None and all(isinstance(c, str) for c in choices):
-                kw["choices"] = choices  # text: argparse can check them
+            if choices is not None:  # argparse checks them; numbers are parsed as numbers
+                kind = type(choices[0])
+                kw.update(choices=choices, type=kind if kind in (int, float) else None)
             else:
-                kw["metavar"] = "|".join(map(str, choices)) if choices else name.upper()
+                kw["metavar"] = _METAVARS.get(_strip_none(annotation), name.upper())
         target.add_argument(flag_name(name), **kw)
         added.append(name)
     return added

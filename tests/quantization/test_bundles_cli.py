@@ -25,10 +25,10 @@ print(type(m).__name__)
 
 @pytest.mark.parametrize("mode", ["static", "weight-only"])
 def test_bundle_reloads_and_runs_in_fresh_process(tmp_path, trained_cnn, mnist1d, mode) -> None:
-    bits = 4 if mode == "weight-only" else 8
+    cfg = QuantConfig(mode=mode, bits=4) if mode == "weight-only" else QuantConfig(mode=mode)
     q = quantize(
         trained_cnn,
-        QuantConfig(mode=mode, bits=bits),
+        cfg,
         calibration=mnist1d.loader("train", batch_size=64) if mode == "static" else None,
     )
     folder = slimfuse.save(q, tmp_path / mode)
@@ -48,7 +48,7 @@ def test_bundle_reloads_and_runs_in_fresh_process(tmp_path, trained_cnn, mnist1d
     assert float(total) == pytest.approx(expected, rel=1e-5)
     assert kind == ("QuantizedModel" if mode == "static" else type(trained_cnn).__name__)
     meta = json.loads((folder / "slimfuse.json").read_text())
-    assert meta["model"]["edits"][-1]["kind"] == ("quantized_graph" if bits == 8 else "weight_only")
+    assert meta["model"]["edits"][-1]["kind"] == ("quantized_graph" if mode == "static" else "weight_only")
 
 
 def test_export_of_quantized_model_writes_the_int8_graph(tmp_path, trained_cnn, mnist1d) -> None:

@@ -163,10 +163,10 @@ def test_export_failure_names_the_op() -> None:
 
 
 def test_bad_config_values() -> None:
-    with pytest.raises(ConfigError, match="int4 is weight-only here"):
+    with pytest.raises(ConfigError, match="bits does not apply to mode 'static'; it is for weight"):
         QuantConfig(mode="static", bits=4)
-    with pytest.raises(ConfigError, match="calibration 'mse'"):
-        QuantConfig(calibration="mse")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="calibration 'mse': Input should be 'minmax'"):
+        QuantConfig(calibration="mse")
 
 
 @pytest.mark.parametrize(
@@ -174,36 +174,47 @@ def test_bad_config_values() -> None:
     [
         (
             dict(mode="dynamic", calibration="entropy"),
-            "calibration='entropy' does not apply to mode 'dynamic'; it is for static, qat with bits 8",
+            "calibration does not apply to mode 'dynamic'; it is for static, qat",
         ),
-        (
-            dict(mode="static", qat_epochs=3),
-            "qat_epochs=3 does not apply to mode 'static'; it is for qat with bits 8, qat with bits 4",
-        ),
+        (dict(mode="static", epochs=3), "epochs does not apply to mode 'static'; it is for qat"),
         (
             dict(mode="qat", max_drop=0.01),
-            "max_drop=0.01 does not apply to mode 'qat' with bits 8; it is for dynamic, static",
+            "max_drop does not apply to mode 'qat'; it is for dynamic, static",
         ),
         (
             dict(mode="qat", bits=4, calibration="percentile"),
-            "calibration='percentile' does not apply to mode 'qat' with bits 4; it is for static",
+            "calibration does not apply to qat with bits 4 (int4 is weight-only)",
         ),
         (
             dict(mode="weight-only", per_channel=False),
-            "per_channel=False does not apply to mode 'weight-only'; it is for dynamic, static",
+            "per_channel does not apply to mode 'weight-only'; it is for dynamic, static, qat",
         ),
-        (dict(mode="static", group_size=64), "group_size=64 does not apply to mode 'static'"),
+        (
+            dict(mode="static", group_size=64),
+            "group_size does not apply to mode 'static'; it is for weight-only, qat",
+        ),
+        (dict(mode="qat", group_size=64), "group_size applies to int4 (bits 4); got bits 8"),
         (
             dict(mode="static", percentile=99.9),
-            "percentile=99.9 applies only with calibration 'percentile'; got calibration 'minmax'",
+            "percentile 99.9 applies only with calibration 'percentile'; got calibration 'minmax'",
         ),
+        (dict(mode="qat", epochs=3), "epochs: training settings go in a TrainConfig"),
     ],
 )
-def test_a_setting_the_mode_does_not_read_is_refused(trained_cnn, settings, message) -> None:
-    cfg = QuantConfig(**settings)  # constructs: a stored bundle config always loads
-    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+def test_a_setting_the_mode_does_not_read_cannot_be_written(settings, message) -> None:
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
-        quantize(trained_cnn, cfg, calibration=[torch.randn(4, 40)], data=None)
+        QuantConfig(**settings)
+
+
+def test_a_config_round_trips_and_is_typed_per_mode() -> None:
+    from slimfuse.quantization import QAT, Static
+
+    cfg = QuantConfig(mode="static", calibration="entropy", ignore=["re:.*fc"])
+    assert type(cfg) is Static and cfg == Static(calibration="entropy", ignore=("re:.*fc",))
+    assert QuantConfig.parse(cfg.to_dict()) == cfg
+    assert "calibration" not in QAT(bits=4).model_fields_set
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Static(calibraton="entropy")
 
 
 def test_transformer_attention_exports_fused_and_stays_fp32() -> None:

@@ -18,14 +18,14 @@ from slimfuse.quantization.weight_only import WeightOnlyLayer
 # The int8 graph also quantizes each layer's output (one more rounding per layer than the
 # fake-quant model, which quantizes inputs and weights): agreement is checked to 5% relative L2.
 QAT_REL_TOL = 0.05
+ONE_EPOCH = slimfuse.TrainConfig(epochs=1, lr=1e-3, quiet=True)
 
 
 @pytest.fixture(scope="module")
 def qat_int8(trained_cnn, mnist1d):
-    cfg = QuantConfig(mode="qat", qat_epochs=1)
-    return quantize(
-        trained_cnn, cfg, calibration=mnist1d.loader("train", batch_size=64), data=mnist1d
-    )
+    cfg = QuantConfig(mode="qat")
+    loader = mnist1d.loader("train", batch_size=64)
+    return quantize(trained_cnn, cfg, mnist1d, calibration=loader, train=ONE_EPOCH)
 
 
 def test_qat_int8_graph_agrees_with_fake_quant_model(qat_int8, mnist1d) -> None:
@@ -43,8 +43,9 @@ def test_qat_int8_graph_agrees_with_fake_quant_model(qat_int8, mnist1d) -> None:
 
 
 def test_qat_int4_gives_packed_weight_only_model(trained_cnn, mnist1d) -> None:
-    cfg = QuantConfig(mode="qat", bits=4, qat_epochs=1)
-    q = quantize(trained_cnn, cfg, calibration=mnist1d.loader("train", batch_size=64), data=mnist1d)
+    cfg = QuantConfig(mode="qat", bits=4)
+    loader = mnist1d.loader("train", batch_size=64)
+    q = quantize(trained_cnn, cfg, mnist1d, calibration=loader, train=ONE_EPOCH)
     assert isinstance(q.conv2, WeightOnlyLayer) and q.conv2.bits == 4
     acc = slimfuse.evaluate(q, mnist1d.loader("test", batch_size=500))
     base = slimfuse.evaluate(trained_cnn, mnist1d.loader("test", batch_size=500))

@@ -142,11 +142,11 @@ def observe_inputs(
     after_batch: Callable[[], None] | None = None,
 ) -> None:
     """Run the calibration ``inputs`` through ``model`` and call ``observe(name, x)`` with the
-    input of each named layer (the one hook that activation statistics are gathered by);
-    ``after_batch()`` runs after each batch."""
+    input of each named layer (the one hook that activation statistics are gathered by; layers
+    that read the same tensor get the same object); ``after_batch()`` runs after each batch."""
     handles = [
         model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, name=name: observe(name, args[0].detach())
+            lambda _m, args, name=name: observe(name, args[0])  # the tensor itself: its id
         )
         for name in names
     ]
