@@ -191,7 +191,8 @@ def test_group_by_length_batches_similar_lengths_and_covers_every_sample():
 def test_progress_is_epoch_lines_in_a_log(tmp_path):
     log = run_cli(*TRAIN_MLP, "--out", str(tmp_path / "log"))
     assert log.returncode == 0, log.stderr
-    assert "train epoch 1/2: loss" in log.stdout and "train epoch 2/2: loss" in log.stdout
+    assert "train epoch 1/2: loss" in log.stderr and "train epoch 2/2: loss" in log.stderr
+    assert "epoch 1/2" not in log.stdout  # results on stdout, progress on stderr
 
 
 @pytest.mark.parametrize("size", [(0, 0), (24, 100)])  # (0, 0): a terminal with no size

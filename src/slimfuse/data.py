@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from slimfuse.errors import DataError, SlimfuseWarning
-from slimfuse.models.code import import_callable, trusting
+from slimfuse.trust import import_callable, trusting
 
 SPLITS = ("train", "val", "test")
 
@@ -113,7 +113,7 @@ def load_data(
     """Resolve a data spec (see the module docstring) into validated splits.
 
     A factory (``file.py:fn``, ``module:fn``) is code: it runs only with ``trust_code=True``
-    (see :mod:`slimfuse.models.code`)."""
+    (see :mod:`slimfuse.trust`)."""
     if isinstance(spec, Data):
         return spec
     if not isinstance(spec, str) or not spec:

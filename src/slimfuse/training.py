@@ -111,6 +111,15 @@ def trainable_copy(model: nn.Module) -> nn.Module:
     return new.requires_grad_(True)
 
 
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients, in place (a teacher, a fusion member): BatchNorm statistics
+    and dropout stay fixed and no optimizer can change the weights. Returns ``model``; give it
+    a copy (``freeze(copy.deepcopy(m))``) to leave the caller's model as it is."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
 def distributed() -> tuple[int, int]:
     """``(rank, world_size)``; initialises a gloo process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -629,11 +638,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(f"epoch {epoch}/{self.epochs}, loss {loss:.4f}, {val}")
         elif self.show and (epoch % self.every == 0 or epoch == self.epochs):
-            print(line, flush=True)
+            log.info(line)
 
     def say(self, line: str) -> None:
         if self.show:
             if self.bar is not None:
                 self.bar.write(line)
             else:
-                print(line, flush=True)
+                log.info(line)

@@ -123,7 +123,7 @@ def test_bundle_code_must_stay_in_its_code_folder(tmp_path, good):
 
     evil = tmp_path / "evil.py"
     evil.write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w')\ndef build(): pass\n")
-    from slimfuse.models.code import sha256
+    from slimfuse.trust import sha256
 
     b = tmp_path / "b"
     shutil.copytree(good, b)

@@ -272,7 +272,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def main(argv: Sequence[str] | None = None) -> int:
     from slimfuse.errors import SlimfuseError, SlimfuseWarning
-    from slimfuse.models.code import trusting
+    from slimfuse.trust import trusting
 
     args = parse_args(build_parser(), argv)
     show_progress(not getattr(args, "quiet", False))

@@ -19,9 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from slimfuse import trust
 from slimfuse.atomic import atomic_dir
 from slimfuse.errors import ModelError, validation_error
-from slimfuse.models import code
 from slimfuse.models.edits import apply_edits
 from slimfuse.models.source import ModelSpec, rebuild, set_spec, spec_of
 from slimfuse.models.weights import check_fits, read_safetensors
@@ -84,7 +84,7 @@ def save(
         (tmp / WEIGHTS).write_bytes(serialize(_state(model), metadata={"format": "pt"}))
         recorded = spec.to_dict()
         for entry in specs_in(recorded):
-            code.copy_into(entry, tmp)
+            trust.copy_into(entry, tmp)
         if not recorded.get("task") and metrics and metrics.get("task"):
             recorded["task"] = metrics["task"]
         meta = {"format": FORMAT, "model": recorded, "versions": versions(), **(extra or {})}
@@ -172,11 +172,11 @@ def load(folder: str | Path, *, trust_code: bool | None = None) -> nn.Module:
     meta = read_meta(folder)
     spec = ModelSpec.from_dict(meta["model"])
     recorded = spec.to_dict()
-    with code.trusting(trust_code):
+    with trust.trusting(trust_code):
         for entry in specs_in(recorded):
-            if code.is_code(entry["source"]):
-                code.require_trust(entry["source"], f"{folder}: model source")
-            code.locate_in(entry, folder)
+            if trust.is_code(entry["source"]):
+                trust.require_trust(entry["source"], f"{folder}: model source")
+            trust.locate_in(entry, folder)
         spec = ModelSpec.from_dict(recorded)
         if not (folder / WEIGHTS).is_file():
             raise ModelError(f"{str(folder)!r}: no {WEIGHTS}")

@@ -73,12 +73,12 @@ def hf_encoder(config: dict[str, Any], normalize: bool = True) -> nn.Module:
     The config comes from a file: its ``model_type`` must be one transformers knows, code it
     names (``auto_map``) is ignored, and its sizes are bounded.
     """
-    tf = _transformers()
     config = {k: v for k, v in config.items() if k != "auto_map"}  # never remote code
-    for key, value in config.items():
+    for key, value in config.items():  # before transformers is even imported
         limit = MAX_LAYERS if key.startswith("num_") else MAX_SIZE
         if isinstance(value, int) and not isinstance(value, bool) and not -1 <= value <= limit:
             raise ModelError(f"encoder config {key}={value}: expected at most {limit}")
+    tf = _transformers()
     model_type = config.pop("model_type", None)
     if not isinstance(model_type, str) or model_type not in tf.CONFIG_MAPPING:
         raise ModelError(

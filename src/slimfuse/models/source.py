@@ -18,8 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from torch import nn
 
+from slimfuse import trust
 from slimfuse.errors import ModelError, validation_error
-from slimfuse.models import code
 from slimfuse.models.weights import check_fits, load_weights
 
 SPEC_ATTR = "slimfuse_spec"
@@ -222,8 +222,8 @@ def _builder(
 
     if source in MODELS:
         return MODELS.get(source), source, None
-    if code.is_code(source):
-        return code.import_callable(source, what="model source", expected_sha256=expected_sha256)
+    if trust.is_code(source):
+        return trust.import_callable(source, what="model source", expected_sha256=expected_sha256)
     MODELS.get(source)  # raises with the list of zoo names and close matches
     raise AssertionError("unreachable")
 
@@ -232,7 +232,7 @@ def _call(fn: Callable[..., Any], source: str, kwargs: dict[str, Any]) -> nn.Mod
     """Build: a registered builder's kwargs are checked (signature, bounds, size) first; user
     code (trusted) is called as it is."""
     what = f"model {source!r}"
-    if not code.is_code(source):
+    if not trust.is_code(source):
         kwargs = check_kwargs(fn, kwargs, what)
         if kwargs and source != "fused":  # a fused model checks its members and its own part
             check_build_size(fn, kwargs, f"{what} with {_short(kwargs)}")
@@ -253,9 +253,9 @@ def build_model(
 ) -> nn.Module:
     """Build a fresh model from a zoo name, ``file.py:fn`` or ``module:fn``.
 
-    Code sources run only with ``trust_code=True`` (see :mod:`slimfuse.models.code`).
+    Code sources run only with ``trust_code=True`` (see :mod:`slimfuse.trust`).
     """
-    with code.trusting(trust_code):
+    with trust.trusting(trust_code):
         fn, resolved, digest = _builder(source)
         kwargs = _fill_kwargs(fn, kwargs, data)
         model = _call(fn, source, kwargs)
@@ -294,7 +294,7 @@ def load_model(
     """Resolve any model argument: a module, bundle folder, HF folder, weights file, zoo name or
     factory. Code (``file.py:fn``, ``module:fn``, a bundle made from code) runs only with
     ``trust_code=True``."""
-    with code.trusting(trust_code):
+    with trust.trusting(trust_code):
         model = _resolve(spec, data, unsafe_pickle, kwargs)
     if weights is not None:
         state = load_weights(weights, unsafe_pickle=unsafe_pickle)
@@ -332,7 +332,7 @@ def _resolve(
             f"{text!r} is a folder without slimfuse.json or config.json; expected a bundle"
         )
     pathlike = len(path.parts) > 1 or text.startswith((".", "~")) or bool(path.suffix)
-    if pathlike and not code.is_code(text) and not path.exists():
+    if pathlike and not trust.is_code(text) and not path.exists():
         raise ModelError(
             f"model {text!r} not found: no such bundle folder or file (a model is a bundle or "
             "Hugging Face folder, a zoo name, file.py:fn or module:fn)"

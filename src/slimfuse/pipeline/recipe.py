@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from slimfuse import trust
 from slimfuse.errors import ConfigError, validation_error
 
 
@@ -89,12 +90,30 @@ def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
     from slimfuse.tasks import TASKS
 
     TASKS.get(recipe.task)
+    _check_sources(recipe, source)
     for entry in recipe.stages:
         st = STAGES.get(entry.stage)
         try:
             st.config.parse(entry.config()).check()
         except ConfigError as exc:
             raise ConfigError(f"{source}: stage {entry.name!r} ({entry.stage}): {exc}") from exc
+
+
+# stage keys that name a model source (a zoo name, a bundle, file.py:fn ...) or a list of them
+SOURCE_KEYS = ("model", "student", "teachers", "members", "parent")
+
+
+def _check_sources(recipe: Recipe, source: str) -> None:
+    """Refuse, before anything runs, a model or data source that is code unless it is trusted."""
+    named = [("model", recipe.model), ("data", recipe.data)]
+    for entry in recipe.stages:
+        for key, value in entry.config().items():
+            if key in SOURCE_KEYS:
+                values = value if isinstance(value, list) else [value]
+                named += [(f"stage {entry.name!r}: {key}", v) for v in values]
+    for where, value in named:
+        if isinstance(value, str) and trust.is_code(value):
+            trust.require_trust(value, f"{source}: {where}:")
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -15,11 +16,13 @@ from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
-from slimfuse.models.code import trusting
 from slimfuse.models.source import check_model_fits, load_model, record
 from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
 from slimfuse.tasks import get_task
+from slimfuse.trust import trusting
+
+log = logging.getLogger("slimfuse.pipeline")  # each stage's line, the report's path
 
 
 def run_recipe(
@@ -73,7 +76,7 @@ def _run(
     rows: list[dict[str, Any]] = []
     if resume and metrics_path.is_file():
         rows = json.loads(metrics_path.read_text())["stages"]
-    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    say = (lambda *_: None) if quiet else log.info
     say(f"data: {data.describe()}")
     last_bundle: Path | None = None
     for i, entry in enumerate(recipe.stages, start=1):

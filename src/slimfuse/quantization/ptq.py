@@ -228,14 +228,18 @@ def gemm_as_matmul(prep: Prepared) -> Path:
 
 @contextlib.contextmanager
 def _quiet_logs() -> Any:
-    """ONNX Runtime's quantizers log advice on the root logger; keep it at ERROR meanwhile."""
+    """ONNX Runtime's quantizers log advice with ``logging.warning()``, which configures the
+    root logger (``basicConfig``) when it has no handler: meanwhile it gets a NullHandler, so
+    nothing is printed and nothing of the application's logging set-up changes."""
     root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.ERROR)
+    guard = None if root.handlers else logging.NullHandler()
+    if guard is not None:
+        root.addHandler(guard)
     try:
         yield
     finally:
-        root.setLevel(old)
+        if guard is not None:
+            root.removeHandler(guard)
 
 
 def _run_quantizer(

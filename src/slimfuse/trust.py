@@ -1,4 +1,4 @@
-"""User code as a model or data source: it runs only when trusted, and it travels with the bundle.
+"""User code as a model or data source: it runs only when trusted, and travels with the bundle.
 
 A source written ``file.py:fn`` or ``module:fn`` is code: building the model runs it. slimfuse
 runs such code only under an explicit opt-in, ``trust_code=True`` in the library or
