@@ -110,7 +110,7 @@ def main() -> None:
     start = time.perf_counter()
 
     from slimfuse.data import text_corpus
-    from slimfuse.distillation import DistillConfig, distill_run
+    from slimfuse.distillation import Cosine, distill_run
     from slimfuse.distillation.students import depth_student
     from slimfuse.distillation.text import embed, embedding_data
     from slimfuse.models.hf import minilm, tokenizer
@@ -154,8 +154,7 @@ def main() -> None:
     for p in student.encoder.embeddings.parameters():
         p.requires_grad_(False)
     hints = hint_map(keep, n_layers)
-    cfg = DistillConfig(
-        loss="cosine",
+    cfg = Cosine(
         alpha=args.alpha,
         hints=hints,
         hint_weight=args.hint_weight,
@@ -175,7 +174,8 @@ def main() -> None:
         group_by_length=not args.no_group_by_length,
     )
     t0 = time.perf_counter()
-    run = distill_run(student, teacher, data, "embedding", cfg, train_config=tc)
+    run = distill_run(student, teacher, cfg, data, train=tc, task="embedding")
+    student = run.student  # the trained copy (the model passed in is left as it was)
     train_s = time.perf_counter() - t0
 
     load_avg = " / ".join(f"{x:.1f}" for x in __import__("os").getloadavg())

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 import slimfuse
-from slimfuse.distillation import DistillConfig, distill_run
+from slimfuse.distillation import KD, MSE
+from slimfuse.distillation.teachers import TeacherEnsemble
 from slimfuse.tasks import evaluate
 from slimfuse.training import TrainConfig
 
@@ -85,13 +86,13 @@ def main() -> None:
     test = data.loader("test", batch_size=500)
     teachers = [slimfuse.load(p) for p in teacher_bundles(data, args.teacher_epochs)]
     t_acc = [evaluate(t, test) for t in teachers]
-    from slimfuse.fusion.ensemble import MeanFusion
-
-    ensemble = MeanFusion([(f"t{i}", t) for i, t in enumerate(teachers)], space="probs").eval()
+    # the teacher the students learn from: the mean of the 5 teachers' probabilities
+    ensemble = TeacherEnsemble([(f"t{i}", t) for i, t in enumerate(teachers)], space="probs")
+    ensemble.eval()
     ens_acc = evaluate(ensemble, test)
 
-    kd = DistillConfig(loss="kd", temperature=args.temperature, alpha=args.alpha)
-    mse = DistillConfig(loss="mse", alpha=args.alpha, ensemble_space="logits")
+    kd = KD(temperature=args.temperature, alpha=args.alpha)
+    mse = MSE(alpha=args.alpha, ensemble_space="logits")
     results: dict[str, list[float]] = {
         "scratch": [],
         "kd_single": [],
@@ -103,14 +104,11 @@ def main() -> None:
         s = student(data, seed)
         slimfuse.train(s, data, config=tc)
         results["scratch"].append(evaluate(s, test))
-        s = student(data, seed)
-        distill_run(s, teachers[seed % N_TEACHERS], data, config=kd, train_config=tc)
+        s = slimfuse.distill(student(data, seed), teachers[seed % N_TEACHERS], kd, data, train=tc)
         results["kd_single"].append(evaluate(s, test))
-        s = student(data, seed)
-        distill_run(s, teachers, data, config=kd, train_config=tc)
+        s = slimfuse.distill(student(data, seed), teachers, kd, data, train=tc)
         results["kd_ensemble"].append(evaluate(s, test))
-        s = student(data, seed)
-        distill_run(s, teachers, data, config=mse, train_config=tc)
+        s = slimfuse.distill(student(data, seed), teachers, mse, data, train=tc)
         results["mse_ensemble"].append(evaluate(s, test))
         print(
             f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in results.items()), flush=True

@@ -32,7 +32,8 @@ _VERBS: dict[str, str] = {
     "prune": "slimfuse.pruning:prune",
     "fuse": "slimfuse.fusion.api:fuse",
     "merge": "slimfuse.fusion.merge:merge",
-    "distill": "slimfuse.distillation.api:distill",
+    "distill": "slimfuse.api:distill",
+    "DistillConfig": "slimfuse.distillation.config:DistillConfig",
     "quantize": "slimfuse.api:quantize",
     "QuantConfig": "slimfuse.quantization.config:QuantConfig",
 }

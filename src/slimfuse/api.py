@@ -1,9 +1,10 @@
 """The public verbs, wired across technique families.
 
 A technique uses another only through what its caller passes: QAT's ``distill`` and pruning's
-``recovery: distill`` take a distillation objective as an argument. These verbs are the callers
-that pass the distillation family's, so ``slimfuse.quantize`` and ``slimfuse.prune`` need
-nothing more from the user.
+``recovery: distill`` take a distillation objective as an argument, and distillation's width
+students take a channel-removing ``shrink``. These verbs are the callers that pass the other
+family's, so ``slimfuse.quantize``, ``slimfuse.prune`` and ``slimfuse.distill`` need nothing
+more from the user.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from typing import Any
 
 from torch import nn
 
+from slimfuse.distillation.api import DistillResult
+from slimfuse.distillation.api import distill as _distill
+from slimfuse.distillation.api import distill_run as _distill_run
 from slimfuse.distillation.objectives import objective
+from slimfuse.pruning.structured import prune_structured
 from slimfuse.quantization.api import quantize as _quantize
 
 
@@ -28,3 +33,28 @@ def quantize(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> 
 
 
 quantize.__doc__ = (quantize.__doc__ or "") + "\n\n" + (_quantize.__doc__ or "")
+
+
+def shrink_width(
+    model: nn.Module, example_inputs: Any, *, ratio: float, importance: str = "l1"
+) -> nn.Module:
+    """Structured pruning's channel removal, for students built narrower than their teacher."""
+    return prune_structured(model, example_inputs, ratio=ratio, importance=importance, inplace=True)
+
+
+def distill(student: Any, teachers: Any, config: Any, data: Any, **kwargs: Any) -> nn.Module:
+    """:func:`slimfuse.distillation.api.distill` with the width students' shrink wired in
+    (``StudentFromTeacher(width=...)``: structured pruning)."""
+    kwargs.setdefault("shrink", shrink_width)
+    return _distill(student, teachers, config, data, **kwargs)
+
+
+distill.__doc__ = (distill.__doc__ or "") + "\n\n" + (_distill.__doc__ or "")
+
+
+def distill_run(
+    student: Any, teachers: Any, config: Any, data: Any, **kwargs: Any
+) -> DistillResult:
+    """:func:`distill` returning the training loop's summary and the cache statistics too."""
+    kwargs.setdefault("shrink", shrink_width)
+    return _distill_run(student, teachers, config, data, **kwargs)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import slimfuse
-from slimfuse.distillation import DistillConfig, ShapeMismatchError, distill_run, objective
+from slimfuse.distillation import KD, ShapeMismatchError, distill_run, objective
 from slimfuse.distillation.hints import make_adapter
 from slimfuse.distillation.teachers import sample_keys
 from slimfuse.errors import ConfigError
@@ -39,13 +39,14 @@ def test_objective_trains_through_the_one_loop_and_leaves_teacher_unchanged(
     teacher = trained_cnn
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = _cnn(small_data, channels=8)
-    obj = objective(teacher, "classification", loss="kd", temperature=4.0, alpha=0.9)
+    obj = objective(teacher, "classification", KD(temperature=4.0, alpha=0.9))
     result = slimfuse.train(student, small_data, "classification", FAST, objective=obj)
     assert result.steps > 0 and result.best_metric is not None
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not teacher.training
-    assert all(not p.requires_grad for p in teacher.parameters())
+    assert not obj.teacher.training  # a frozen copy runs; the caller's teacher is left as it is
+    assert all(not p.requires_grad for p in obj.teacher.parameters())
+    assert obj.teacher is not teacher and all(p.requires_grad for p in teacher.parameters())
     # the second epoch is served from the cache: the teacher ran on each sample once
     n = len(small_data.train)
     assert obj.cache is not None and len(obj.cache) == n
@@ -69,15 +70,25 @@ def test_cache_returns_the_teacher_outputs(small_data, trained_cnn) -> None:
     torch.testing.assert_close(mixed, first)
 
 
-def test_ensemble_teacher_is_mean_fusion_and_distills(small_data, trained_cnn) -> None:
-    pytest.importorskip("slimfuse.fusion.ensemble")
+def test_ensemble_teacher_averages_and_distills(small_data, trained_cnn) -> None:
     other = _cnn(small_data, seed=1)
     student = _cnn(small_data, channels=8)
-    run = distill_run(
-        student, [trained_cnn, other], small_data, config=DistillConfig(), train_config=FAST
-    )
+    run = distill_run(student, [trained_cnn, other], None, small_data, train=FAST)
     assert type(run.student) is type(student)
     assert run.train.best_metric is not None
+    x = small_data.example_input(4)
+    with torch.no_grad():
+        probs = (trained_cnn.eval()(x).softmax(-1) + other.eval()(x).softmax(-1)) / 2
+        weighted = 0.25 * trained_cnn(x).softmax(-1) + 0.75 * other(x).softmax(-1)
+        for cfg, expect in [
+            (KD(), probs),
+            (KD(ensemble_weights=[1, 3]), weighted),
+            (KD(ensemble_space="logits"), ((trained_cnn(x) + other(x)) / 2).softmax(-1)),
+        ]:
+            teacher = objective([trained_cnn, other], config=cfg).teacher
+            torch.testing.assert_close(teacher(x).softmax(-1), expect)
+    with pytest.raises(ConfigError, match=r"^ensemble_weights: 3 weights for 2 teachers"):
+        objective([trained_cnn, other], config=KD(ensemble_weights=[1, 1, 1]))
 
 
 def test_hint_adapters_have_the_right_shapes(small_data, trained_cnn) -> None:
@@ -85,8 +96,7 @@ def test_hint_adapters_have_the_right_shapes(small_data, trained_cnn) -> None:
     obj = objective(
         trained_cnn,
         "classification",
-        loss="hint",
-        hints={"conv2": "conv2", "linear": "linear"},
+        {"loss": "hint", "hints": {"conv2": "conv2", "linear": "linear"}},
         student=student,
         example_inputs=small_data.example_input(4),
     )
@@ -151,14 +161,12 @@ def test_empty_teacher_list() -> None:
 
 @pytest.mark.parametrize("temp", [0.0, -1.0])
 def test_temperature_must_be_positive(trained_cnn, temp: float) -> None:
-    with pytest.raises(ConfigError, match=rf"^temperature {temp}: expected a number > 0$"):
+    with pytest.raises(ConfigError, match=rf"^temperature {temp}: Input should be greater than 0$"):
         objective(trained_cnn, temperature=temp)
 
 
 def test_unknown_loss_and_hint_without_hints(trained_cnn) -> None:
-    with pytest.raises(
-        ConfigError, match=r"unknown distillation loss 'kl': expected one of cosine, hint, kd, mse"
-    ):
+    with pytest.raises(ConfigError, match=r"loss 'kl': expected one of kd, mse, cosine, hint"):
         objective(trained_cnn, loss="kl")
     with pytest.raises(ConfigError, match=r"loss 'hint' needs hints"):
         objective(trained_cnn, loss="hint")
@@ -167,13 +175,19 @@ def test_unknown_loss_and_hint_without_hints(trained_cnn) -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(loss="mse", temperature=2.0), "temperature=2.0 does not apply to loss 'mse'; it is"),
-        (dict(loss="cosine", temperature=8.0), "temperature=8.0 does not apply to loss 'cosine'"),
-        (dict(hint_weight=0.5), "hint_weight=0.5 does not apply without hints; give hints"),
-        (dict(hint_metric="cosine"), "hint_metric='cosine' does not apply without hints"),
+        (
+            dict(loss="mse", temperature=2.0),
+            "temperature does not apply to loss 'mse'; it is for kd, hint",
+        ),
+        (
+            dict(loss="cosine", temperature=8.0),
+            "temperature does not apply to loss 'cosine'; it is for kd, hint",
+        ),
+        (dict(hint_weight=0.5), "hint_weight does not apply without hints; give hints"),
+        (dict(hint_metric="cosine"), "hint_metric does not apply without hints"),
         (
             dict(ensemble_space="logits"),
-            "ensemble_space='logits' does not apply to one teacher; it is for an ensemble",
+            "ensemble_space does not apply to one teacher; it is for an ensemble",
         ),
         (dict(ensemble_weights=[1.0]), "ensemble_weights does not apply to one teacher"),
     ],
@@ -182,6 +196,50 @@ def test_a_setting_the_loss_does_not_read_is_refused(trained_cnn, settings, mess
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
         objective(trained_cnn, **settings)
     objective([trained_cnn, trained_cnn], temperature=4.0, ensemble_space="logits")  # an ensemble
+
+
+def test_the_family_names_the_losses_that_read_an_option() -> None:
+    from slimfuse.distillation.config import MSE, DistillConfig
+
+    with pytest.raises(
+        ConfigError, match=r"^temperature does not apply to loss 'mse'; it is for kd, hint$"
+    ):
+        DistillConfig(loss="mse", temperature=2)
+    with pytest.raises(ConfigError, match=r"^temperature 2: unknown setting"):
+        MSE(temperature=2)
+    assert DistillConfig(loss="mse", alpha=0.5) == MSE(alpha=0.5)
+    with pytest.raises(ConfigError, match=r"^epochs: training settings go in a TrainConfig"):
+        DistillConfig(epochs=3)
+
+
+def test_hint_temperature_only_where_its_output_loss_is_kd(trained_cnn) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^temperature does not apply to loss 'hint' on task 'regression' \(its output loss "
+        r"is mse\); it is for kd, and hint on classification",
+    ):
+        objective(trained_cnn, "regression", loss="hint", hints={"conv2": "conv2"}, temperature=2)
+
+
+def test_a_registered_loss_gets_a_config(small_data, trained_cnn, monkeypatch) -> None:
+    from slimfuse.distillation.config import DistillConfig
+    from slimfuse.distillation.losses import LOSSES, kd_term
+
+    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))  # registered for this test only
+    monkeypatch.setattr(DistillConfig, "variants", dict(DistillConfig.variants))
+    monkeypatch.setattr(DistillConfig, "trains", dict(DistillConfig.trains))
+
+    @LOSSES.register("half-kd")
+    def half_kd(student, teacher, target, ctx):
+        return 0.5 * kd_term(student, teacher, ctx.temperature)
+
+    cfg = DistillConfig(loss="half-kd", temperature=2.0)
+    assert cfg.loss == "half-kd" and cfg.temperature == 2.0
+    assert DistillConfig.readers("temperature") == ["kd", "hint", "half-kd"]
+    obj = objective(trained_cnn, config=cfg)
+    batch = next(iter(small_data.loader("train", batch_size=8)))
+    loss = obj(_cnn(small_data, channels=8), batch)
+    assert loss.requires_grad and obj.loss_fn is half_kd
 
 
 def test_mixup_feeds_blends_and_skips_the_cache(small_data, trained_cnn) -> None:
@@ -195,7 +253,9 @@ def test_mixup_feeds_blends_and_skips_the_cache(small_data, trained_cnn) -> None
     blended, (lam, perm) = obj._mix(batch[0])
     torch.testing.assert_close(blended, lam * batch[0] + (1 - lam) * batch[0][perm])
     assert 0.0 <= lam <= 1.0 and loss.requires_grad
-    with pytest.raises(ConfigError, match=r"^mixup -1: expected a number >= 0 \(0: off\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^mixup -1: Input should be greater than or equal to 0$"
+    ):
         objective(trained_cnn, mixup=-1)
     with pytest.raises(ConfigError, match=r"mixup needs floating-point tensor inputs; got dict"):
         obj._mix({"input_ids": torch.zeros(2, 3, dtype=torch.long)})

@@ -58,7 +58,11 @@ def test_hf_encoder_depth_student(tmp_path) -> None:
 
 def test_width_student_through_pruning(mnist1d, trained_cnn) -> None:
     pytest.importorskip("torch_pruning")
-    student = build_student(trained_cnn, mnist1d.example_input(1), width=0.5)
+    from slimfuse.api import shrink_width
+
+    with pytest.raises(ConfigError, match=r"^a width-reduced student needs shrink="):
+        build_student(trained_cnn, mnist1d.example_input(1), width=0.5)
+    student = build_student(trained_cnn, mnist1d.example_input(1), width=0.5, shrink=shrink_width)
     assert student.conv2.out_channels < trained_cnn.conv2.out_channels
     n_s = sum(p.numel() for p in student.parameters())
     n_t = sum(p.numel() for p in trained_cnn.parameters())

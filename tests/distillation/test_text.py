@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import slimfuse
-from slimfuse.distillation import DistillConfig, distill_run, objective
+from slimfuse.distillation import Cosine, distill_run, objective
 from slimfuse.distillation.students import depth_student
 from slimfuse.distillation.text import embed, embedding_data
 from slimfuse.training import TrainConfig
@@ -53,9 +53,9 @@ def test_token_hints_with_cache_match_uncached(tiny) -> None:
     hints = {f"{layers}.0": f"{layers}.1", f"{layers}.1": f"{layers}.3"}
     student = depth_student(teacher, keep=[0, 2]).eval()  # no dropout: comparable losses
     batch = next(iter(data.loader("train", batch_size=8)))
-    kwargs = dict(loss="cosine", hints=hints, student=student, example_inputs=batch[0])
-    cached = objective(teacher, "embedding", **kwargs)
-    plain = objective(teacher, "embedding", cache=False, **kwargs)
+    kwargs = dict(student=student, example_inputs=batch[0])
+    cached = objective(teacher, "embedding", Cosine(hints=hints), **kwargs)
+    plain = objective(teacher, "embedding", Cosine(hints=hints, cache=False), **kwargs)
     first = cached(student, batch)
     served = cached(student, batch)  # every sample from the cache, features zero-padded
     reference = plain(student, batch)
@@ -76,8 +76,8 @@ def test_distill_embedding_student_gets_closer(tiny) -> None:
     config = {**teacher.encoder.config.to_dict(), "num_hidden_layers": 2}
     student = slimfuse.build_model("hf_encoder", config=config)
     before = slimfuse.evaluate(student, data.loader("val"), "embedding")
-    cfg = DistillConfig(loss="cosine", hints={f"{layers}.1": f"{layers}.3"})
+    cfg = Cosine(hints={f"{layers}.1": f"{layers}.3"})
     tc = TrainConfig(epochs=4, batch_size=8, lr=1e-2, quiet=True)
-    run = distill_run(student, teacher, data, "embedding", cfg, train_config=tc)
+    run = distill_run(student, teacher, cfg, data, train=tc, task="embedding")
     assert run.train.best_metric > before + 0.05
     assert run.cache_hits == 3 * len(data.train)

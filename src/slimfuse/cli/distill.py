@@ -1,6 +1,8 @@
 """``slimfuse distill``: one or several teachers into a student, through the one training loop.
 
-::
+The loss flags are :data:`~slimfuse.distillation.config.DistillConfig`'s fields (each says
+which losses read it; a flag the loss does not read is an error), the training flags
+:class:`~slimfuse.config.TrainConfig`'s::
 
     slimfuse distill --teacher runs/t0 --teacher runs/t1 --student mnist1d_cnn --kw channels=10 \\
         --data mnist1d --loss kd --temperature 4 --alpha 0.9 --out runs/student
@@ -14,79 +16,98 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from slimfuse.cli.common import (
+    add_common,
+    add_data_args,
+    add_training_args,
+    check_out_is_not_an_input,
+    load_data_arg,
+    parse_kv,
+    resolve_task,
+)
+from slimfuse.config import add_flags, help_text
+from slimfuse.distillation.config import (
+    DistillConfig,
+    StudentFromTeacher,
+    check_student,
+    check_teachers,
+)
+from slimfuse.errors import ConfigError
+
+
+class _Hints(argparse.Action):
+    """``--hint STUDENT_LAYER=TEACHER_LAYER`` (repeatable, or several after one flag)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        out = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            student, sep, teacher = item.partition("=")
+            if not sep or not student or not teacher:
+                parser.error(f"{option} {item!r}: expected STUDENT_LAYER=TEACHER_LAYER")
+            out[student] = teacher
+        setattr(namespace, self.dest, out)
+
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from slimfuse.cli.common import (
-        check_out_is_not_an_input,
-        load_data_arg,
-        parse_kv,
-        resolve_task,
-        train_config_arg,
-    )
-    from slimfuse.distillation.api import DistillConfig, distill_run
-    from slimfuse.distillation.students import make_student
-    from slimfuse.errors import ConfigError
+    from slimfuse.api import distill_run
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import check_model_fits, load_model
     from slimfuse.training import is_main_process
 
-    check_out_is_not_an_input(args, *(args.teacher or []), args.student)
-    data = load_data_arg(args)
-    teachers = [
-        load_model(t, data=data, unsafe_pickle=args.unsafe_pickle) for t in args.teacher or []
-    ]
-    if not teachers:
+    # the settings first: a flag the loss does not read stops before anything loads
+    cfg, train = DistillConfig.from_flags(args, seed=args.seed, quiet=args.quiet)
+    sources = args.teacher or []
+    if not sources:
         raise ConfigError("no --teacher given; expected at least one teacher model")
-    task = resolve_task(args, teachers[0])
-    for src, teacher in zip(args.teacher, teachers, strict=True):
-        check_model_fits(teacher, data, task, what=f"teacher {src!r}")
+    check_teachers(cfg, len(sources))
     from_teacher = None
     if args.student_from_teacher:
-        from_teacher = parse_kv(args.student_from_teacher)
+        from_teacher = StudentFromTeacher.from_dict(
+            parse_kv(args.student_from_teacher), "--student-from-teacher"
+        )
+    check_student(args.student, from_teacher)
+    if from_teacher is not None and (args.kw or args.weights):
+        raise ConfigError(
+            f"{'--kw' if args.kw else '--weights'} does not apply to --student-from-teacher; "
+            "it is for --student"
+        )
+    check_out_is_not_an_input(args, *sources, args.student)
+    data = load_data_arg(args)
+    teachers = [load_model(t, data=data, unsafe_pickle=args.unsafe_pickle) for t in sources]
+    task = resolve_task(args, teachers[0])
+    for src, teacher in zip(sources, teachers, strict=True):
+        check_model_fits(teacher, data, task, what=f"teacher {src!r}")
     import torch
 
     torch.manual_seed(args.seed)  # the same student initialisation in every process and run
-    student: Any = args.student
-    if student is not None and args.weights:
+    student: Any = from_teacher
+    if args.student is not None:
         student = load_model(
-            student,
+            args.student,
             data=data,
             weights=args.weights,
             unsafe_pickle=args.unsafe_pickle,
             **parse_kv(args.kw),
         )
-    student = make_student(teachers, data, student, parse_kv(args.kw), from_teacher)
-    check_model_fits(student, data, task, what="the student")
-    hints = parse_kv(args.hint) if args.hint else {}
-    dc = DistillConfig(
-        loss=args.loss,
-        temperature=args.temperature,
-        alpha=args.alpha,
-        hints={str(k): str(v) for k, v in hints.items()},
-        hint_weight=args.hint_weight,
-        hint_metric=args.hint_metric,
-        ensemble_space=args.ensemble_space,
-        cache=not args.no_cache,
-    )
-    tc = train_config_arg(args)
+        check_model_fits(student, data, task, what="the student")
     out = Path(args.out)
     run = distill_run(
         student,
-        teachers if len(teachers) > 1 else teachers[0],
+        teachers,
+        cfg,
         data,
-        args.task,
-        dc,
-        train_config=tc,
+        train=train,
+        task=task,
         checkpoint_dir=Path(f"{out}.ckpt"),
         resume=args.resume,
     )
     if not is_main_process():
         return 0
     rows = measure(
-        run.student, data, args.task, stage="distill", engines=["torch"], threads=args.threads
+        run.student, data, task, stage="distill", engines=["torch"], threads=args.threads
     )
-    save(run.student, out, metrics={"task": args.task, "metric": rows[0]["metric"], "stages": rows})
+    save(run.student, out, metrics={"task": task, "metric": rows[0]["metric"], "stages": rows})
     best = run.train.best_metric
     print(
         f"distilled {len(teachers)} teacher(s) into {rows[0]['params']:,} parameters in "
@@ -98,10 +119,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    from slimfuse.cli.common import add_common, add_data_args, add_training_args
-
     p = sub.add_parser(
-        "distill", help="distil one or several teachers (an ensemble) into a smaller student"
+        "distill",
+        help="distil one or several teachers (an ensemble) into a smaller student",
+        description="Distil teachers into a student. Each loss flag says which losses read it; "
+        "a flag the loss does not read is an error.",
     )
     p.add_argument(
         "--teacher",
@@ -109,44 +131,55 @@ def add_commands(sub: Any) -> None:
         nargs="+",
         metavar="MODEL",
         help="teacher bundle / model; several (--teacher A B, or repeated) are an ensemble, "
-        "their probabilities averaged",
+        "averaged as --ensemble-space says (required)",
     )
     p.add_argument(
-        "--student", help="student: zoo name, file.py:fn, module:fn, bundle or HF folder"
+        "--student",
+        help="student: zoo name, file.py:fn, module:fn, bundle or HF folder (default: none; "
+        "give it or --student-from-teacher)",
     )
     p.add_argument(
         "--student-from-teacher",
         action="append",
         metavar="KEY=VALUE",
-        help="build the student from the first teacher: depth=3, keep=[0,2,4] or width=0.5",
+        help="build the student from the first teacher: depth=3, keep=[0,2,4] and/or width=0.5 "
+        "(with importance=l1, blocks_path=NAME) (default: none)",
     )
     p.add_argument(
-        "--kw", action="append", metavar="KEY=VALUE", help="keyword argument for the student"
+        "--kw",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument for the --student builder (default: none)",
     )
-    p.add_argument("--weights", help="initial weights for --student (.safetensors or state dict)")
+    p.add_argument(
+        "--weights",
+        help="initial weights for --student, .safetensors or a state dict (default: its own)",
+    )
     p.add_argument(
         "--unsafe-pickle",
         action="store_true",
-        help="allow .pt files that need full pickle (only for files you trust)",
+        help="allow .pt files that need full pickle (only for files you trust) (default: off)",
     )
     add_data_args(p)
-    p.add_argument("--loss", default="kd", help="kd, mse, hint or cosine (default kd)")
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument(
-        "--alpha", type=float, default=0.9, help="weight of the teacher term vs the labels"
+    group = p.add_argument_group("loss settings")
+    group.add_argument(
+        "--loss",
+        choices=DistillConfig.names(),
+        default=None,
+        help="kd (soft targets), mse (output matching), cosine (embeddings) or hint (FitNets "
+        f"features) (default: {DistillConfig.default})",
     )
-    p.add_argument(
+    fields = {n: f for n, f in DistillConfig.fields().items() if n != "loss"}
+    add_flags(group, fields, readers=DistillConfig.readers, skip=("hints",))
+    group.add_argument(
         "--hint",
-        action="append",
+        dest="hints",
+        action=_Hints,
+        nargs="+",
+        default=None,
         metavar="STUDENT_LAYER=TEACHER_LAYER",
-        help="feature hint between named layers (repeatable)",
+        help=help_text(fields["hints"], DistillConfig.readers("hints")),
     )
-    p.add_argument("--hint-weight", type=float, default=1.0)
-    p.add_argument(
-        "--hint-metric", choices=["mse", "cosine"], default="mse", help="feature distance"
-    )
-    p.add_argument("--ensemble-space", choices=["probs", "logits"], default="probs")
-    p.add_argument("--no-cache", action="store_true", help="run the teachers on every batch")
     add_training_args(p)
     p.add_argument("--out", required=True, help="student bundle folder to write")
     add_common(p)

@@ -1,48 +1,37 @@
-"""The ``distill`` verb: train a student to match one or several frozen teachers.
+"""The ``distill`` verb: train a copy of a student to match one or several teachers.
 
 All training goes through :func:`slimfuse.training.train` with the distillation
 :func:`~slimfuse.distillation.objectives.objective`, so resume, signals, progress, early stopping
 and DDP under ``torchrun`` are the loop's::
 
-    student = slimfuse.distill(student, [t1, t2, t3], data, train_config=TrainConfig(epochs=60))
+    student = slimfuse.distill(student, [t1, t2, t3], KD(temperature=4), data,
+                               train=TrainConfig(epochs=60))
+
+The caller's models are not changed: the student trained is a copy (or a new model built from
+the first teacher, :class:`~slimfuse.distillation.config.StudentFromTeacher`), the teachers run
+as frozen copies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
+from slimfuse.config import TrainConfig
 from slimfuse.data import Data, load_data
+from slimfuse.distillation.config import AnyDistillConfig, DistillConfig, StudentFromTeacher
 from slimfuse.distillation.objectives import objective
+from slimfuse.distillation.students import Shrink, build_student
+from slimfuse.errors import ConfigError
 from slimfuse.models.source import record, task_of
 from slimfuse.tasks import Task, get_task
-from slimfuse.training import Callback, TrainConfig, TrainResult, train
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """How to distil: the loss, its temperature and mix, hints, the ensemble and the cache."""
-
-    loss: str = "kd"
-    temperature: float = 4.0
-    alpha: float = 0.9
-    hints: Mapping[str, str] = field(default_factory=dict)
-    hint_weight: float = 1.0
-    hint_metric: Literal["mse", "cosine"] = "mse"
-    ensemble_space: Literal["probs", "logits"] = "probs"
-    ensemble_weights: Sequence[float] | None = None
-    cache: bool = True
-    max_cache_mb: float = 1024.0
-    mixup: float = 0.0  # > 0: the teacher labels mixup blends of the inputs (function matching)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hints"] = dict(self.hints)
-        return d
+from slimfuse.training import Callback, TrainResult
+from slimfuse.training import train as train_loop  # ``train`` is the verb's keyword
 
 
 @dataclass
@@ -55,51 +44,74 @@ class DistillResult:
     cache_misses: int = 0
 
 
-def _task_of(student: nn.Module, task: str | Task | None) -> Task:
-    if task is not None:
-        return get_task(task)
-    return get_task(task_of(student))
+def _teacher_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    if isinstance(teachers, nn.Module):
+        return [teachers]
+    out = list(teachers or [])
+    if not out:
+        raise ConfigError("the teacher list is empty; expected at least one teacher model")
+    return out
+
+
+def _student(
+    student: nn.Module | StudentFromTeacher | dict[str, Any],
+    teachers: list[nn.Module],
+    data: Data,
+    shrink: Shrink | None,
+) -> nn.Module:
+    """The model to train: a copy of ``student``, or one built from the first teacher."""
+    if isinstance(student, dict):
+        student = StudentFromTeacher.from_dict(student, "student_from_teacher")
+    if isinstance(student, StudentFromTeacher):
+        first = teachers[0]
+        if isinstance(first, tuple):  # a (name, model) pair
+            first = first[1]
+        return build_student(
+            first,
+            data.example_input(2, split="train"),
+            **student.model_dump(exclude_unset=True),
+            shrink=shrink,
+        )
+    if not isinstance(student, nn.Module):
+        raise ConfigError(
+            f"student is {type(student).__name__}; expected an nn.Module or a "
+            "StudentFromTeacher (depth=, keep=, width=)"
+        )
+    return copy.deepcopy(student)
 
 
 def distill_run(
-    student: nn.Module,
-    teacher: nn.Module | Sequence[nn.Module],
+    student: nn.Module | StudentFromTeacher | dict[str, Any],
+    teachers: nn.Module | Sequence[nn.Module],
+    config: AnyDistillConfig | dict[str, Any] | None,
     data: Data | str,
-    task: str | Task | None = None,
-    config: DistillConfig | None = None,
     *,
-    train_config: TrainConfig | None = None,
+    train: TrainConfig | None = None,
+    task: str | Task | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     evaluate_fn: Callable[[nn.Module], float] | None = None,
+    shrink: Shrink | None = None,
     description: str = "distill",
 ) -> DistillResult:
     """Like :func:`distill`, returning the loop's summary and the cache statistics too."""
-    cfg = config or DistillConfig()
+    cfg = DistillConfig.parse({} if config is None else config)
+    teacher_list = _teacher_list(teachers)
     data = load_data(data)
-    task_ = _task_of(student, task)
+    model = _student(student, teacher_list, data, shrink)
+    task_ = get_task(task if task is not None else task_of(model))
     obj = objective(
-        teacher,
+        teacher_list,
         task_,
-        loss=cfg.loss,
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
-        hints=cfg.hints,
-        hint_weight=cfg.hint_weight,
-        hint_metric=cfg.hint_metric,
-        ensemble_space=cfg.ensemble_space,
-        ensemble_weights=cfg.ensemble_weights,
-        cache=cfg.cache,
-        max_cache_mb=cfg.max_cache_mb,
-        mixup=cfg.mixup,
-        student=student,
+        cfg,
+        student=model,
         example_inputs=data.example_input(2, split="train"),
     )
-    module = obj.trainable(student)
-    tc = train_config or TrainConfig()
+    module = obj.trainable(model)
+    tc = train or TrainConfig()
     try:
-        result = train(
+        result = train_loop(
             module,
             data,
             task_,
@@ -113,13 +125,12 @@ def distill_run(
         )
     finally:
         obj.close()
-    student.eval()
-    n_teachers = 1 if isinstance(teacher, nn.Module) else len(list(teacher))
+    model.eval()
     record(
-        student,
+        model,
         lineage={
             "stage": "distill",
-            "teachers": n_teachers,
+            "teachers": len(teacher_list),
             "config": cfg.to_dict(),
             "train": tc.to_dict(),
             "best_val": result.best_metric,
@@ -128,32 +139,49 @@ def distill_run(
     )
     hits = obj.cache.hits if obj.cache is not None else 0
     misses = obj.cache.misses if obj.cache is not None else 0
-    return DistillResult(student, result, hits, misses)
+    return DistillResult(model, result, hits, misses)
 
 
 def distill(
-    student: nn.Module,
-    teacher: nn.Module | Sequence[nn.Module],
+    student: nn.Module | StudentFromTeacher | dict[str, Any],
+    teachers: nn.Module | Sequence[nn.Module],
+    config: AnyDistillConfig | dict[str, Any] | None,
     data: Data | str,
-    task: str | Task | None = None,
-    config: DistillConfig | None = None,
     *,
-    train_config: TrainConfig | None = None,
+    train: TrainConfig | None = None,
+    task: str | Task | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     evaluate_fn: Callable[[nn.Module], float] | None = None,
+    shrink: Shrink | None = None,
 ) -> nn.Module:
-    """Train ``student`` in place to match ``teacher`` (a model or a list: an ensemble); returns it."""
+    """Train a copy of ``student`` to match ``teachers``; returns the trained copy (eval mode).
+
+    - ``student``: a model (it is copied: the caller's keeps its weights and mode), or a
+      :class:`~slimfuse.distillation.config.StudentFromTeacher` (or its dict: ``{"depth": 3}``)
+      to build one from the first teacher; ``width`` needs ``shrink`` (``slimfuse.distill``
+      passes structured pruning's).
+    - ``teachers``: a model or a list of models (an ensemble, averaged as ``config`` says); they
+      run as frozen copies, the caller's keep their mode and ``requires_grad``.
+    - ``config``: a :data:`~slimfuse.distillation.config.DistillConfig` (``KD(...)``, a dict
+      with ``loss``; ``None``: ``KD()``).
+    - ``data``: a :class:`~slimfuse.data.Data` or its name; ``train``: the one loop's
+      :class:`~slimfuse.config.TrainConfig` (default ``TrainConfig()``); ``task`` defaults to
+      the one the student records.
+    - ``checkpoint_dir`` / ``resume`` / ``callbacks`` / ``evaluate_fn``: as
+      :func:`slimfuse.train`.
+    """
     return distill_run(
         student,
-        teacher,
-        data,
-        task,
+        teachers,
         config,
-        train_config=train_config,
+        data,
+        train=train,
+        task=task,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         callbacks=callbacks,
         evaluate_fn=evaluate_fn,
+        shrink=shrink,
     ).student

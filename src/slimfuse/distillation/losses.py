@@ -13,6 +13,10 @@ captured hint features with their adapters).
 - ``hint``: FitNets (Romero et al., 2015): the task's output loss (``kd`` for classification,
   ``cosine`` for embeddings, ``mse`` otherwise) plus ``hint_weight`` times the mean squared
   error between each adapted student feature and its teacher feature.
+
+Each built-in loss has its config (:mod:`slimfuse.distillation.config`: ``KD``, ``MSE``,
+``Cosine``, ``Hint``, with the settings it reads); a loss added with ``@LOSSES.register("name")``
+gets one with every setting, so ``DistillConfig(loss="name", temperature=2)`` works.
 """
 
 from __future__ import annotations

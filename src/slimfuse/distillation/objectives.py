@@ -2,24 +2,25 @@
 
 ::
 
-    obj = slimfuse.distillation.objectives(teacher, "classification", loss="kd", temperature=4.0)
+    obj = slimfuse.distillation.objective(teacher, "classification", KD(temperature=4.0))
     slimfuse.train(student, data, "classification", cfg, objective=obj)
 
-``teacher`` is a model or a list of models (averaged by ``MeanFusion``). The teacher is frozen
-and in eval mode. With ``hints={"student.layer": "teacher.layer"}`` the objective also matches
-intermediate features (FitNets); give ``student=`` and ``example_inputs=`` so that the adapters
-are sized before training, and train ``obj.trainable(student)`` so that the optimizer sees them.
+``teacher`` is a model or a list of models (a :class:`~slimfuse.distillation.teachers.TeacherEnsemble`);
+the objective runs frozen copies in eval mode, so the caller's teachers are left as they are.
+With ``hints={"student.layer": "teacher.layer"}`` the objective also matches intermediate
+features (FitNets); give ``student=`` and ``example_inputs=`` so that the adapters are sized
+before training, and train ``obj.trainable(student)`` so that the optimizer sees them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from slimfuse.distillation.config import AnyDistillConfig, DistillConfig, check_teachers
 from slimfuse.distillation.hints import FeatureTap, make_adapter
 from slimfuse.distillation.losses import LOSSES, LossContext, hint_term, output_loss_for
 from slimfuse.distillation.teachers import (
@@ -82,88 +83,44 @@ def trim_padding(inputs: Any) -> tuple[Any, torch.Tensor | None]:
     return inputs, inputs["attention_mask"]
 
 
-def check_options_apply(
-    loss: str,
-    task: Task | None,
-    temperature: float,
-    hints: Mapping[str, str] | None,
-    hint_weight: float,
-    hint_metric: str,
-) -> None:
-    """Refuse a setting changed from its default that the built-in losses would not read.
-
-    ``task`` None (a recipe being parsed): ``hint``'s output loss is not known yet, not checked.
-    """
-    output = loss if loss != "hint" else output_loss_for(task) if task is not None else None
-    if temperature != 4.0 and output in ("mse", "cosine"):
-        via = f" (hint's output loss for {task.name})" if loss == "hint" and task else ""
-        raise ConfigError(
-            f"temperature={temperature!r} does not apply to loss {output!r}{via}; "
-            "it is for kd (and hint on classification)"
-        )
-    if not hints:
-        for name, value, default in (
-            ("hint_weight", hint_weight, 1.0),
-            ("hint_metric", hint_metric, "mse"),
-        ):
-            if value != default:
-                raise ConfigError(
-                    f"{name}={value!r} does not apply without hints; give hints "
-                    "(student layer -> teacher layer) or leave it out"
-                )
-
-
 class DistillObjective:
-    """Callable ``(model, batch) -> loss``; see :func:`objective`."""
+    """Callable ``(model, batch) -> loss`` for one validated ``config``; build it with
+    :func:`objective`, which also takes the settings as keywords."""
 
     def __init__(
         self,
         teacher: nn.Module | Sequence[nn.Module],
         task: str | Task,
+        config: AnyDistillConfig | dict[str, Any],
         *,
-        loss: str = "kd",
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        hints: Mapping[str, str] | None = None,
-        hint_weight: float = 1.0,
-        hint_metric: Literal["mse", "cosine"] = "mse",
-        ensemble_space: Literal["probs", "logits"] = "probs",
-        ensemble_weights: Sequence[float] | None = None,
-        cache: bool = True,
-        max_cache_mb: float = 1024.0,
-        mixup: float = 0.0,
         student: nn.Module | None = None,
         example_inputs: Any = None,
     ) -> None:
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
-            raise ConfigError(f"temperature {temperature!r}: expected a number > 0")
-        if temperature <= 0:
-            raise ConfigError(f"temperature {temperature}: expected a number > 0")
-        if not (isinstance(mixup, (int, float)) and 0.0 <= mixup < math.inf):
-            raise ConfigError(f"mixup {mixup!r}: expected a number >= 0 (0: off)")
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha {alpha}: expected a number in [0, 1]")
-        if hint_metric not in ("mse", "cosine"):
-            raise ConfigError(f"hint_metric {hint_metric!r}: expected mse or cosine")
-        if hint_weight < 0:
-            raise ConfigError(f"hint_weight {hint_weight}: expected >= 0")
+        cfg = DistillConfig.parse(config)
+        self.config = cfg
         self.task = get_task(task)
-        self.loss_name = loss
-        self.loss_fn = LOSSES.get(loss)
+        self.loss_name = cfg.loss
+        self.loss_fn = LOSSES.get(cfg.loss)
+        temperature = getattr(cfg, "temperature", 4.0)
+        if cfg.loss == "hint" and "temperature" in cfg.model_fields_set:
+            output = output_loss_for(self.task)
+            if output != "kd":
+                raise ConfigError(
+                    f"temperature does not apply to loss 'hint' on task {self.task.name!r} (its "
+                    f"output loss is {output}); it is for kd, and hint on classification"
+                )
         self.temperature = float(temperature)
-        self.alpha = float(alpha)
-        self.hints = dict(hints or {})
-        self.hint_weight = float(hint_weight)
-        self.hint_metric = hint_metric
-        if loss == "hint" and not self.hints:
-            raise ConfigError(
-                "loss 'hint' needs hints: expected a mapping of student layer -> teacher layer"
-            )
-        check_options_apply(loss, self.task, temperature, hints, hint_weight, hint_metric)
-        self.teacher = make_teacher(teacher, space=ensemble_space, weights=ensemble_weights)
-        self.mixup = float(mixup)
+        self.alpha = float(cfg.alpha)
+        self.hints = dict(cfg.hints)
+        self.hint_weight = float(cfg.hint_weight)
+        self.hint_metric = cfg.hint_metric
+        members = [teacher] if isinstance(teacher, nn.Module) else list(teacher or [])
+        if members:  # (none: make_teacher says the list is empty)
+            check_teachers(cfg, len(members))
+        self.teacher = make_teacher(members, space=cfg.ensemble_space, weights=cfg.ensemble_weights)
+        self.mixup = float(cfg.mixup)
         # mixed inputs are new every step: nothing to cache
-        self.cache = TeacherCache(max_cache_mb) if cache and not self.mixup else None
+        self.cache = TeacherCache(cfg.max_cache_mb) if cfg.cache and not self.mixup else None
         self.adapters = nn.ModuleDict()
         self._s_tap: FeatureTap | None = None
         self._t_tap: FeatureTap | None = None
@@ -298,44 +255,32 @@ class DistillObjective:
 def objective(
     teacher: nn.Module | Sequence[nn.Module],
     task: str | Task = "classification",
+    config: AnyDistillConfig | dict[str, Any] | None = None,
     *,
-    loss: str = "kd",
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    hints: Mapping[str, str] | None = None,
-    hint_weight: float = 1.0,
-    hint_metric: Literal["mse", "cosine"] = "mse",
-    ensemble_space: Literal["probs", "logits"] = "probs",
-    ensemble_weights: Sequence[float] | None = None,
-    cache: bool = True,
-    max_cache_mb: float = 1024.0,
-    mixup: float = 0.0,
     student: nn.Module | None = None,
     example_inputs: Any = None,
+    **settings: Any,
 ) -> DistillObjective:
-    """A distillation loss for ``slimfuse.train(student, data, task, cfg, objective=...)``.
+    """The distillation loss for ``slimfuse.train(student, data, task, cfg, objective=...)``.
 
-    ``loss`` is a name in :data:`slimfuse.distillation.losses.LOSSES` (``kd``, ``mse``,
-    ``cosine``, ``hint``). ``alpha`` weighs the soft (teacher) term against the hard-label task
-    loss. With ``student`` and ``example_inputs`` the output shapes are checked up front.
-    ``mixup > 0`` feeds both models blends ``lam * x + (1 - lam) * x[perm]`` with
-    ``lam ~ Beta(mixup, mixup)`` (function matching, Beyer et al. 2022): the teacher labels
-    inputs between the training samples, where its soft outputs carry the most information.
+    ``config`` is a :data:`~slimfuse.distillation.config.DistillConfig` (``KD(...)``, a dict with
+    ``loss``; default ``KD()``), or its settings as keywords (``loss="mse", alpha=0.5``). The
+    loss is a name in :data:`slimfuse.distillation.losses.LOSSES`; ``alpha`` weighs the soft
+    (teacher) term against the hard-label task loss. With ``student`` and ``example_inputs``
+    the output shapes are checked (and hint adapters sized) up front. ``mixup > 0`` feeds both
+    models blends ``lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(mixup, mixup)`` (function
+    matching, Beyer et al. 2022): the teacher labels inputs between the training samples, where
+    its soft outputs carry the most information. ``teacher`` is not changed (a frozen copy runs).
     """
+    if config is not None and settings:
+        raise ConfigError(
+            f"give a config or its settings ({', '.join(settings)}), not both; expected "
+            "config.replace(...) to change a config"
+        )
     return DistillObjective(
         teacher,
         task,
-        loss=loss,
-        temperature=temperature,
-        alpha=alpha,
-        hints=hints,
-        hint_weight=hint_weight,
-        hint_metric=hint_metric,
-        ensemble_space=ensemble_space,
-        ensemble_weights=ensemble_weights,
-        cache=cache,
-        max_cache_mb=max_cache_mb,
-        mixup=mixup,
+        config if config is not None else settings,
         student=student,
         example_inputs=example_inputs,
     )

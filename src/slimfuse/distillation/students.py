@@ -5,23 +5,29 @@
   transformer layers of Hugging Face encoders (``minilm``: ``encoder.encoder.layer``) and the
   residual blocks of ``resnet1d`` (``layers``). The change is recorded as a ``keep_blocks`` edit,
   so ``slimfuse.load`` rebuilds the shallower model from its bundle.
-- :func:`width_student`: a copy with ``ratio`` of its channels removed by structured pruning
-  (:func:`slimfuse.pruning.structured.prune_structured`), keeping the most important ones.
-- :func:`build_student`: one entry point: ``depth=3``, ``keep=[0, 3, 5]`` or ``width=0.5``.
+- :func:`width_student`: a copy with ``ratio`` of its channels removed by the ``shrink`` the
+  caller passes (``slimfuse.distill`` passes structured pruning's, keeping the most important
+  channels).
+- :func:`build_student`: one entry point: ``depth=3``, ``keep=[0, 3, 5]`` or ``width=0.5``
+  (the keys of :class:`~slimfuse.distillation.config.StudentFromTeacher`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from slimfuse.errors import ConfigError, ModelError
-from slimfuse.models.source import record
+from slimfuse.models.source import check_float_model, record
 from slimfuse.tasks import forward
 from slimfuse.training import trainable_copy
+
+# (model, example_inputs, *, ratio, importance) -> the model with ``ratio`` of its channels
+# removed (in place or a new model); slimfuse.distill passes structured pruning's
+Shrink = Callable[..., nn.Module]
 
 # where the block list lives, tried in order
 BLOCK_PATHS = ("encoder.encoder.layer", "encoder.layer", "layers", "blocks", "layer")
@@ -142,15 +148,21 @@ def depth_student(
 
 
 def width_student(
-    teacher: nn.Module, example_inputs: Any, *, ratio: float, importance: str = "l1"
+    teacher: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float,
+    importance: str = "l1",
+    shrink: Shrink | None = None,
 ) -> nn.Module:
-    """A copy of ``teacher`` with ``ratio`` of the channels removed by structured pruning."""
-    from slimfuse.pruning.structured import prune_structured
-
+    """A copy of ``teacher`` with ``ratio`` of the channels removed by ``shrink``."""
+    if shrink is None:
+        raise ConfigError(
+            "a width-reduced student needs shrink= (a function that removes channels); "
+            "slimfuse.distill passes structured pruning's"
+        )
     student = trainable_copy(teacher)  # a frozen teacher's copy must train (and be prunable)
-    student = prune_structured(
-        student, example_inputs, ratio=ratio, importance=importance, inplace=True
-    )
+    student = shrink(student, example_inputs, ratio=ratio, importance=importance)
     record(student, lineage={"stage": "student", "kind": "width", "ratio": ratio})
     return student.train()
 
@@ -164,16 +176,16 @@ def build_student(
     width: float | None = None,
     importance: str = "l1",
     blocks_path: str | None = None,
+    shrink: Shrink | None = None,
 ) -> nn.Module:
-    """A student from its teacher: ``depth``/``keep`` blocks and/or ``width`` (a channel ratio)."""
+    """A student from its teacher: ``depth``/``keep`` blocks and/or ``width`` (a channel ratio,
+    removed by ``shrink``). The teacher is not changed."""
     if isinstance(teacher, (list, tuple)):
         raise ModelError(
             "a student is built from one teacher model; expected one model, not a list"
         )
     if depth is None and keep is None and width is None:
         raise ConfigError("build_student needs depth=, keep= or width=; expected at least one")
-    from slimfuse.models.source import check_float_model
-
     check_float_model(
         teacher, "a student built from the teacher", "build it from the float teacher's bundle"
     )
@@ -185,31 +197,7 @@ def build_student(
     if width is not None:
         if example_inputs is None:
             raise ConfigError("a width-reduced student needs example_inputs for pruning")
-        student = width_student(student, example_inputs, ratio=width, importance=importance)
-    return student
-
-
-def make_student(
-    teachers: list[nn.Module],
-    data: Any,
-    student: str | nn.Module | None,
-    student_kwargs: dict[str, Any],
-    from_teacher: dict[str, Any] | None,
-) -> nn.Module:
-    """The student: a model source, or a depth/width-reduced copy of the first teacher."""
-    if (student is None) == (from_teacher is None):
-        raise ConfigError(
-            "give either a student model or student_from_teacher (depth=, keep=, width=); "
-            f"got {'both' if student is not None else 'neither'}"
+        student = width_student(
+            student, example_inputs, ratio=width, importance=importance, shrink=shrink
         )
-    if from_teacher is not None:
-        allowed = {"depth", "keep", "width", "importance", "blocks_path"}
-        unknown = sorted(set(from_teacher) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"student_from_teacher keys {unknown}: expected some of {sorted(allowed)}"
-            )
-        return build_student(teachers[0], data.example_input(2, split="train"), **from_teacher)
-    from slimfuse.models.source import load_model
-
-    return load_model(student, data=data, **student_kwargs)
+    return student

@@ -1,8 +1,9 @@
-"""Teachers: one model or several (an ensemble), frozen and in eval mode, with an output cache.
+"""Teachers: one model or several (an ensemble), frozen copies in eval mode, with an output cache.
 
-Several teachers are combined with :class:`slimfuse.fusion.ensemble.MeanFusion` (the average of
-their probabilities by default, or of their logits). A teacher never trains: its parameters get
-``requires_grad=False``, it stays in eval mode and runs under ``torch.no_grad()``.
+A teacher never trains and the caller's model is never changed: the objective works on a copy
+(:func:`~slimfuse.training.freeze`: ``requires_grad=False``, eval mode) that runs under
+``torch.no_grad()``. Several teachers are one :class:`TeacherEnsemble`: the (weighted) average
+of their probabilities (returned as its log) or of their logits.
 
 :class:`TeacherCache` keeps the teacher's outputs (and hint features) per sample, keyed by a
 hash of the sample's input bytes. A deterministic data pipeline (tensors without random
@@ -13,33 +14,66 @@ so the cache can never serve a stale output.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slimfuse.errors import ConfigError
+from slimfuse.training import freeze
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: the teacher's weights cannot change."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+class TeacherEnsemble(nn.Module):
+    """The weighted mean of several teachers' probabilities (``space="probs"``: returns
+    ``log sum_i w_i softmax(z_i)``, so ``softmax`` of it is the mean probability) or of their
+    raw outputs (``"logits"``: regression and embeddings too). ``weights`` are normalised to sum
+    to 1 (``None``: equal); a teacher with weight 0 is not run. Members stay in eval mode.
+    Hint layers are named ``members.<name>.<layer>`` (``members.teacher0.conv2``)."""
 
+    def __init__(
+        self,
+        members: Sequence[tuple[str, nn.Module]],
+        *,
+        space: Literal["probs", "logits"] = "probs",
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.names = [n for n, _ in members]
+        self.members = nn.ModuleDict(dict(members))
+        self.space = space
+        n = len(self.names)
+        if weights is None:
+            w = torch.full((n,), 1.0 / n)
+        else:
+            w64 = torch.as_tensor(list(weights), dtype=torch.float64)
+            w = (w64 / w64.sum()).float()
+        self.register_buffer("weights", w)
+        self._active = [i for i in range(n) if float(w[i]) > 0]
 
-def check_ensemble_options(
-    n_teachers: int, space: str = "probs", weights: Sequence[float] | None = None
-) -> None:
-    """Refuse ensemble settings for one teacher (they would be dropped)."""
-    if n_teachers == 1 and (space != "probs" or weights):
-        option = f"ensemble_space={space!r}" if space != "probs" else "ensemble_weights"
-        raise ConfigError(
-            f"{option} does not apply to one teacher; it is for an ensemble of teachers"
-        )
+    def train(self, mode: bool = True) -> TeacherEnsemble:
+        super().train(mode)
+        for m in self.members.values():
+            m.eval()  # teachers stay frozen: no BatchNorm updates, no dropout
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        outs = [self.members[self.names[i]](*args, **kwargs) for i in self._active]
+        shapes = {self.names[i]: tuple(o.shape) for i, o in zip(self._active, outs, strict=True)}
+        if len(set(shapes.values())) > 1:
+            seen = ", ".join(f"{k}: {v}" for k, v in shapes.items())
+            raise ConfigError(
+                f"the teachers give different output shapes ({seen}); expected equal shapes"
+            )
+        w = self.weights[self._active]
+        if self.space == "logits":
+            return sum(o * w[k] for k, o in enumerate(outs))  # type: ignore[return-value]
+        logp = torch.stack([F.log_softmax(o, dim=-1) + torch.log(w[k]) for k, o in enumerate(outs)])
+        top = logp.max(dim=0).values.detach()  # log-sum-exp over the teachers, stably
+        return top + torch.log(torch.exp(logp - top).sum(dim=0))
 
 
 def make_teacher(
@@ -48,7 +82,8 @@ def make_teacher(
     space: Literal["probs", "logits"] = "probs",
     weights: Sequence[float] | None = None,
 ) -> nn.Module:
-    """One frozen teacher module from a model, a list of models or ``(name, model)`` pairs."""
+    """One frozen teacher module from a model, a list of models or ``(name, model)`` pairs:
+    frozen copies, so the caller's models keep their mode, gradients and hooks' targets."""
     members = [teacher] if isinstance(teacher, nn.Module) else list(teacher or [])
     if not members:
         raise ConfigError("the teacher list is empty; expected at least one teacher model")
@@ -62,16 +97,14 @@ def make_teacher(
             raise ConfigError(
                 f"teacher {i} is {type(m).__name__}; expected an nn.Module or a (name, module) pair"
             )
-    check_ensemble_options(len(pairs), space, weights)
-    if len(pairs) == 1:
-        return freeze(pairs[0][1])
-    if space not in ("probs", "logits"):
-        raise ConfigError(f"ensemble space {space!r}: expected probs or logits")
-    from slimfuse.fusion.ensemble import MeanFusion
-
-    for _, m in pairs:
-        freeze(m)
-    return freeze(MeanFusion(pairs, space=space, weights=list(weights) if weights else None))
+    names = [n for n, _ in pairs]
+    bad = sorted({n for n in names if not n or "." in n or names.count(n) > 1})
+    if bad:
+        raise ConfigError(f"teacher names {bad}: expected unique, non-empty names without dots")
+    frozen = [(name, freeze(copy.deepcopy(m))) for name, m in pairs]
+    if len(frozen) == 1:
+        return frozen[0][1]
+    return freeze(TeacherEnsemble(frozen, space=space, weights=weights))
 
 
 def sample_keys(inputs: Any) -> list[bytes]:

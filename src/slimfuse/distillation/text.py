@@ -15,7 +15,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from slimfuse.data import Data
+from slimfuse.distillation.objectives import trim_padding
 from slimfuse.errors import DataError
+from slimfuse.models.hf import tokenize
 
 
 class TokenDataset(Dataset):
@@ -43,8 +45,6 @@ class TokenDataset(Dataset):
 @torch.no_grad()
 def embed(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
     """``model``'s embeddings of tokenized inputs, batch by batch, padding trimmed per batch."""
-    from slimfuse.distillation.objectives import trim_padding
-
     model.eval()
     outs = []
     n = len(inputs["input_ids"])
@@ -71,8 +71,6 @@ def embedding_data(
     (shape ``(N, 0)``): distillation asks the teacher itself (and caches its answers), so the
     teacher does not need a separate pass over the training texts.
     """
-    from slimfuse.models.hf import tokenize
-
     missing = [s for s in ("train", "val", "test") if not texts.get(s)]
     if missing:
         raise DataError(

@@ -1,6 +1,6 @@
-"""The ``distill`` recipe stage.
-
-::
+"""The ``distill`` recipe stage: its keys are a :data:`~slimfuse.distillation.config.DistillConfig`'s
+(``loss`` and the settings that loss reads), the training keys, and the stage's own (the
+teachers and the student)::
 
     - stage: train                      # teachers first (or a fuse stage: an ensemble teacher)
       name: teacher
@@ -14,43 +14,66 @@
       teachers: [assistant]
       student: mnist1d_cnn
       student_kwargs: {channels: 8}
+      loss: kd                          # kd | mse | cosine | hint
+      temperature: 4                    # kd, hint
+      epochs: 150                       # training keys
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 from torch import nn
 
-from slimfuse.distillation.students import make_student
-from slimfuse.pipeline.stages import Context, TrainingStageConfig, stage
+from slimfuse.api import distill_run
+from slimfuse.config import Family, TrainConfig
+from slimfuse.distillation.config import (
+    DistillConfig,
+    StudentFromTeacher,
+    check_student,
+    check_teachers,
+)
+from slimfuse.errors import ConfigError
+from slimfuse.models.source import check_model_fits, load_model
+from slimfuse.pipeline.stages import Context, FamilyStage, stage
 
 
-class DistillStage(TrainingStageConfig):
-    teachers: list[str] | None = None  # stage names or bundle folders; default: the current model
-    student: str | None = None  # a model source (zoo name, file.py:fn, bundle folder)
-    student_kwargs: dict[str, Any] = Field(default_factory=dict)
-    student_from_teacher: dict[str, Any] | None = None  # {depth: 3} | {keep: [0, 2]} | {width: 0.5}
-    loss: str = "kd"
-    temperature: float = 4.0
-    alpha: float = 0.9
-    hints: dict[str, str] = Field(default_factory=dict)
-    hint_weight: float = 1.0
-    hint_metric: Literal["mse", "cosine"] = "mse"
-    ensemble_space: Literal["probs", "logits"] = "probs"
-    cache: bool = True
-    mixup: float = Field(default=0.0, ge=0)  # > 0: the teacher labels mixup blends of inputs
+class DistillStage(FamilyStage):
+    family: ClassVar[Family] = DistillConfig
+    teachers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="earlier stages' names or bundle folders; several are an ensemble "
+        "(default: the current model)",
+    )
+    student: str | None = Field(
+        None, description="the student: zoo name, file.py:fn, module:fn or bundle folder"
+    )
+    student_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the student's builder"
+    )
+    student_from_teacher: StudentFromTeacher | None = Field(
+        None,
+        description="build the student from the first teacher: {depth: 3}, {keep: [0, 2]} or "
+        "{width: 0.5}",
+    )
+    seed: int | None = Field(None, description="training seed (default: the recipe's seed)")
 
     def check(self) -> None:
-        from slimfuse.distillation.objectives import check_options_apply
-        from slimfuse.distillation.teachers import check_ensemble_options
+        check_student(self.student, self.student_from_teacher)
+        if self.student_kwargs and self.student is None:
+            raise ConfigError(
+                "student_kwargs does not apply to student_from_teacher; it is for student"
+            )
+        check_teachers(self.method, len(self.teachers or [None]))
 
-        check_options_apply(
-            self.loss, None, self.temperature, self.hints, self.hint_weight, self.hint_metric
-        )
-        check_ensemble_options(len(self.teachers or [None]), self.ensemble_space)
+    def train_config(self, ctx: Context) -> TrainConfig:
+        seed = ctx.seed if self.seed is None else self.seed
+        tc = self.family.training(self.method, self._train, seed=seed, quiet=ctx.quiet)
+        assert tc is not None  # every loss trains
+        return tc
 
 
 def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
@@ -61,8 +84,6 @@ def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
         if name in ctx.models:
             out.append(ctx.models[name])
         elif Path(name).is_dir():
-            from slimfuse.models.source import check_model_fits, load_model
-
             out.append(load_model(name, data=ctx.data))
             check_model_fits(out[-1], ctx.data, ctx.task.name, what=f"teacher {name!r}")
         else:
@@ -73,33 +94,19 @@ def _teachers(ctx: Context, names: list[str] | None) -> list[nn.Module]:
 @stage(DistillStage)
 def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
     """Distil one or several teachers (an ensemble) into a student with the one training loop."""
-    from slimfuse.distillation.api import DistillConfig, distill_run
-
     teachers = _teachers(ctx, cfg.teachers)
-    student = make_student(
-        teachers, ctx.data, cfg.student, cfg.student_kwargs, cfg.student_from_teacher
-    )
-    tc = cfg.train_config(ctx)
-    dc = DistillConfig(
-        loss=cfg.loss,
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
-        hints=cfg.hints,
-        hint_weight=cfg.hint_weight,
-        hint_metric=cfg.hint_metric,
-        ensemble_space=cfg.ensemble_space,
-        cache=cfg.cache,
-        mixup=cfg.mixup,
-    )
-    ckpt = ctx.checkpoint_dir
+    student: nn.Module | StudentFromTeacher | None = cfg.student_from_teacher
+    if cfg.student is not None:
+        student = load_model(cfg.student, data=ctx.data, **cfg.student_kwargs)
+    assert student is not None  # check(): one of them
     run = distill_run(
         student,
-        teachers if len(teachers) > 1 else teachers[0],
+        teachers,
+        cfg.method,
         ctx.data,
-        ctx.task,
-        dc,
-        train_config=tc,
-        checkpoint_dir=ckpt,
+        train=cfg.train_config(ctx),
+        task=ctx.task,
+        checkpoint_dir=ctx.checkpoint_dir,
         resume=ctx.resuming,
         description=ctx.stage_name,
     )
