@@ -35,10 +35,10 @@ def interleaved(
 
 def ort_fn(path: Path, inputs: Any, threads: int) -> Callable[[], Any]:
     """A zero-argument call of an ONNX Runtime session on fixed inputs."""
-    from slimfuse.exporting import OrtRunner, _as_tuple
+    from slimfuse.exporting import OrtRunner, as_tuple
 
     runner = OrtRunner(path, threads=threads)
-    args, kwargs, _ = _as_tuple(inputs)
+    args, kwargs, _ = as_tuple(inputs)
     feeds = runner.feeds(*args, **kwargs)
     return lambda: runner.run_numpy(feeds)
 

@@ -60,7 +60,7 @@ def test_a_failed_save_leaves_the_old_bundle_intact(trained_cnn, tmp_path, monke
     def boom(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("safetensors.torch.save", boom)
+    monkeypatch.setattr("slimfuse.models.bundle.serialize", boom)
     with pytest.raises(OSError, match="No space left"):
         slimfuse.save(trained_cnn, folder)
     assert (folder / "model.safetensors").read_bytes() == before

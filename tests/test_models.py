@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 import slimfuse
 from slimfuse.errors import ConfigError, ModelError, UnsafeFileError, UntrustedCodeError
-from slimfuse.models.source import load_model, load_weights
+from slimfuse.models.resolve import load_model
+from slimfuse.models.weights import load_weights
 from slimfuse.models.zoo import MODELS
 from tests.helpers import run_cli
 

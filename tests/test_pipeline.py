@@ -86,7 +86,7 @@ def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):
         # options the stage's kind would not read, found before the first stage runs
         (
             "stages: [{stage: train}, {stage: quantize, mode: dynamic, calibration: entropy}]",
-            r"stage 'quantize' \(quantize\): calibration='entropy' does not apply to mode 'dynamic'",
+            r"stage 'quantize' \(quantize\): calibration does not apply to mode 'dynamic'; it is for static, qat",
         ),
         (
             "stages: [{stage: train}, {stage: prune, sparsity: 0.5, importance: taylor}]",
@@ -104,11 +104,11 @@ def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):
         ),
         (
             "stages: [{stage: distill, student: mlp, loss: mse, temperature: 2}]",
-            r"stage 'distill' \(distill\): temperature=2.0 does not apply to loss 'mse'",
+            r"stage 'distill' \(distill\): temperature does not apply to loss 'mse'; it is for kd, hint",
         ),
         (
             "stages: [{stage: distill, student: mlp, teachers: [t], ensemble_space: logits}]",
-            r"ensemble_space='logits' does not apply to one teacher",
+            r"ensemble_space does not apply to one teacher; it is for an ensemble of teachers",
         ),
     ],
 )

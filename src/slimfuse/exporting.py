@@ -22,6 +22,9 @@ from torch import nn
 
 from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError
+from slimfuse.graph_passes import optimize_for_cpu
+from slimfuse.models.source import int8_graphs
+from slimfuse.tasks import forward
 
 OPSET = 18
 TORCHSCRIPT_MAX_OPSET = 20
@@ -32,7 +35,7 @@ PARITY_ATOL = 1e-4
 SCOPES = "pkg.torch.onnx.name_scopes"
 
 
-def _as_tuple(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+def as_tuple(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
     """Split example inputs into (args, kwargs, input names)."""
     if isinstance(inputs, Mapping):
         return (), dict(inputs), list(inputs)
@@ -42,11 +45,11 @@ def _as_tuple(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
 
 
 def _tensors(inputs: Any) -> list[torch.Tensor]:
-    args, kwargs, _ = _as_tuple(inputs)
+    args, kwargs, _ = as_tuple(inputs)
     return [*args, *kwargs.values()]
 
 
-def _repeat_batch(inputs: Any, batch: int) -> Any:
+def repeat_batch(inputs: Any, batch: int) -> Any:
     def rep(t: torch.Tensor) -> torch.Tensor:
         idx = torch.arange(batch) % t.shape[0]
         return t[idx]
@@ -128,7 +131,7 @@ def _keep_unfolded(model: nn.Module) -> Any:
 def _export(
     model: nn.Module, inputs: Any, path: Path, opset: int, dynamo: bool, keep_scopes: bool
 ) -> None:
-    args, kwargs, names = _as_tuple(inputs)
+    args, kwargs, names = as_tuple(inputs)
     tensors = _tensors(inputs)
     axes = _dynamic(names, tensors)
     common = dict(
@@ -206,8 +209,6 @@ def export_onnx(
         model, "export_onnx"
     ):  # modules with their own graph (e.g. int8 QDQ) export themselves
         return model.export_onnx(path, example_inputs, opset=opset, atol=atol)
-    from slimfuse.models.source import int8_graphs
-
     inner = [name for name in int8_graphs(model) if name]  # the root exports itself (above)
     if inner:
         raise ExportError(
@@ -243,8 +244,6 @@ def export_onnx(
 def _optimize_file(path: Path) -> None:
     import onnx
 
-    from slimfuse.graph_passes import optimize_for_cpu
-
     graph = onnx.load(str(path))
     if any(optimize_for_cpu(graph).values()):
         onnx.save(graph, str(path))
@@ -260,8 +259,6 @@ def check_parity(
     batches: Sequence[int] = (1, 64),
 ) -> float:
     """Max abs difference between eager PyTorch and ONNX Runtime; raises past ``atol``."""
-    from slimfuse.tasks import forward
-
     runner = OrtRunner(onnx_path)
     n_given = len(_tensors(example_inputs))
     if len(runner.input_names) != n_given:
@@ -271,9 +268,9 @@ def check_parity(
         )
     worst = 0.0
     for b in batches:
-        x = _repeat_batch(example_inputs, b)
+        x = repeat_batch(example_inputs, b)
         ref = forward(model, x)
-        args, kwargs, _ = _as_tuple(x)
+        args, kwargs, _ = as_tuple(x)
         got = runner(*args, **kwargs)
         if got.shape != ref.shape:
             raise ExportError(

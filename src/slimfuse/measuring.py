@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
+from slimfuse.atomic import atomic_file
 from slimfuse.data import Data
-from slimfuse.exporting import OrtRunner, _as_tuple, _repeat_batch, export_onnx
+from slimfuse.exporting import OrtRunner, as_tuple, export_onnx, repeat_batch
+from slimfuse.models.bundle import state_tensors
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 ENGINES = ("torch", "onnxruntime")
@@ -60,11 +63,7 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def state_bytes(model: nn.Module) -> int:
     """Bytes of the model's weights as a safetensors file."""
-    from safetensors.torch import save
-
-    from slimfuse.models.bundle import _state
-
-    return len(save(_state(model)))
+    return len(save(state_tensors(model)))
 
 
 @torch.no_grad()
@@ -123,9 +122,9 @@ class _Threads:
 def latency(
     runner: Any, example_inputs: Any, batch: int, threads: int = 1, budget_s: float = 1.0
 ) -> tuple[float, float]:
-    x = _repeat_batch(example_inputs, batch)
+    x = repeat_batch(example_inputs, batch)
     if isinstance(runner, OrtRunner):
-        args, kwargs, _ = _as_tuple(x)
+        args, kwargs, _ = as_tuple(x)
         feeds = runner.feeds(*args, **kwargs)
         return time_calls(lambda: runner.run_numpy(feeds), budget_s=budget_s)
     with _Threads(threads), torch.inference_mode():
@@ -205,8 +204,6 @@ def measure(
 def write_metrics(path: str | Path, rows: list[dict[str, Any]], task: str, metric: str) -> Path:
     """Write ``metrics.json`` (the schema of the module docstring) atomically: a run killed
     mid-write leaves the previous file, which ``--resume`` reads."""
-    from slimfuse.atomic import atomic_file
-
     path = Path(path)
     with atomic_file(path) as tmp:
         tmp.write_text(

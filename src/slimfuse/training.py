@@ -42,6 +42,7 @@ from slimfuse.atomic import atomic_file
 from slimfuse.config import TrainConfig
 from slimfuse.data import Data, check_val_size
 from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
+from slimfuse.models.source import check_float_model
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -360,8 +361,6 @@ def train(
         net = nn.parallel.DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        from slimfuse.models.source import check_float_model
-
         check_float_model(model, "training", "train the float model (or quantize with mode 'qat')")
     opt = _optimizer(params, cfg)
     objective = objective or (lambda m, batch: _task_objective(task, m, batch))

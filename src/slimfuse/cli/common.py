@@ -155,7 +155,8 @@ def check_out_is_a_file(args: argparse.Namespace, expected: str) -> None:
 def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> Any:
     import torch
 
-    from slimfuse.models.source import check_model_fits, load_model
+    from slimfuse.models.resolve import load_model
+    from slimfuse.models.source import check_model_fits
 
     check_out_is_not_an_input(args, getattr(args, flag))
     torch.manual_seed(args.seed)  # a fresh model's initialisation follows the seed too

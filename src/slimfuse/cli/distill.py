@@ -52,7 +52,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from slimfuse.api import distill_run
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
-    from slimfuse.models.source import check_model_fits, load_model
+    from slimfuse.models.resolve import load_model
+    from slimfuse.models.source import check_model_fits
     from slimfuse.training import is_main_process
 
     # the settings first: a flag the loss does not read stops before anything loads

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import save as serialize
 from torch import nn
 
-from slimfuse import trust
+from slimfuse import __version__, trust
 from slimfuse.atomic import atomic_dir
 from slimfuse.errors import ModelError, validation_error
 from slimfuse.models.edits import apply_edits
@@ -32,8 +33,6 @@ META = "slimfuse.json"
 
 
 def versions() -> dict[str, str]:
-    from slimfuse import __version__
-
     return {
         "slimfuse": __version__,
         "torch": torch.__version__,
@@ -41,8 +40,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage; clone what aliases and make everything contiguous.
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a bundle stores for ``model``: its state dict, CPU, contiguous, no shared
+    storage (safetensors refuses it)."""
     seen: set[int] = set()
     out = {}
     for k, v in model.state_dict().items():
@@ -70,8 +70,6 @@ def save(
     that later load the bundle default to it. Code the model was built from (``file.py:fn``,
     also a fused model's members') is copied into the bundle's ``code/`` folder with its hash.
     """
-    from safetensors.torch import save as serialize
-
     spec = spec_of(model)
     if spec is None:
         raise ModelError(
@@ -81,7 +79,7 @@ def save(
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         # bytes first, then a plain write: an OS error (a full disk) surfaces as one
-        (tmp / WEIGHTS).write_bytes(serialize(_state(model), metadata={"format": "pt"}))
+        (tmp / WEIGHTS).write_bytes(serialize(state_tensors(model), metadata={"format": "pt"}))
         recorded = spec.to_dict()
         for entry in specs_in(recorded):
             trust.copy_into(entry, tmp)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slimfuse.errors import ModelError
+from slimfuse.models.source import ModelSpec, set_spec
 
 MINILM = "minilm"
 
@@ -90,8 +91,6 @@ def hf_encoder(config: dict[str, Any], normalize: bool = True) -> nn.Module:
 
 def load_hf(path: str | Path, *, normalize: bool = True) -> nn.Module:
     """Load a Hugging Face folder (with its weights) as a :class:`SentenceEncoder`."""
-    from slimfuse.models.source import ModelSpec, set_spec
-
     tf = _transformers()
     path = Path(path)
     try:

@@ -11,7 +11,6 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import torch
@@ -19,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from torch import nn
 
 from slimfuse import trust
+from slimfuse.data import check_fits
 from slimfuse.errors import ModelError, validation_error
-from slimfuse.models.weights import check_fits, load_weights
+from slimfuse.models.zoo import MODELS
 
 SPEC_ATTR = "slimfuse_spec"
 
@@ -90,8 +90,6 @@ def check_model_fits(model: nn.Module, data: Any, task: str, what: str = "the mo
     not checked."""
     if data is None or task == "embedding":
         return
-    from slimfuse.data import check_fits
-
     spec = spec_of(model)
     check_fits(model, data, spec.input_shape if spec and spec.input_shape else None, what)
 
@@ -218,8 +216,6 @@ def _builder(
     source: str, expected_sha256: str | None = None
 ) -> tuple[Callable[..., Any], str, str | None]:
     """The builder of a source: ``(fn, resolved source, sha256 of a code file)``."""
-    from slimfuse.models.zoo import MODELS
-
     if source in MODELS:
         return MODELS.get(source), source, None
     if trust.is_code(source):
@@ -280,61 +276,3 @@ def rebuild(spec: ModelSpec) -> nn.Module:
     """
     fn, _, _ = _builder(spec.source, spec.code_sha256)
     return _call(fn, spec.source, dict(spec.kwargs))
-
-
-def load_model(
-    spec: str | Path | nn.Module,
-    *,
-    data: Any = None,
-    weights: str | Path | None = None,
-    unsafe_pickle: bool = False,
-    trust_code: bool | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Resolve any model argument: a module, bundle folder, HF folder, weights file, zoo name or
-    factory. Code (``file.py:fn``, ``module:fn``, a bundle made from code) runs only with
-    ``trust_code=True``."""
-    with trust.trusting(trust_code):
-        model = _resolve(spec, data, unsafe_pickle, kwargs)
-    if weights is not None:
-        state = load_weights(weights, unsafe_pickle=unsafe_pickle)
-        if isinstance(state, nn.Module):
-            state = state.state_dict()
-        check_fits(model, state, f"weights {Path(weights).name}")
-        model.load_state_dict(state, strict=True)
-    return model
-
-
-def _resolve(
-    spec: str | Path | nn.Module, data: Any, unsafe_pickle: bool, kwargs: dict[str, Any]
-) -> nn.Module:
-    if isinstance(spec, nn.Module):
-        return spec
-    text = str(spec)
-    path = Path(text)
-    if path.is_dir() and (path / "slimfuse.json").is_file():
-        from slimfuse.models.bundle import load
-
-        return load(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        from slimfuse.models.hf import load_hf
-
-        return load_hf(path, **kwargs)
-    if path.suffix in (".pt", ".pth", ".safetensors") and ":" not in text:
-        obj = load_weights(path, unsafe_pickle=unsafe_pickle)
-        if not isinstance(obj, nn.Module):
-            raise ModelError(
-                f"{path.name} holds only weights; pass the architecture as --model and this file as --weights"
-            )
-        return obj
-    if path.is_dir():
-        raise ModelError(
-            f"{text!r} is a folder without slimfuse.json or config.json; expected a bundle"
-        )
-    pathlike = len(path.parts) > 1 or text.startswith((".", "~")) or bool(path.suffix)
-    if pathlike and not trust.is_code(text) and not path.exists():
-        raise ModelError(
-            f"model {text!r} not found: no such bundle folder or file (a model is a bundle or "
-            "Hugging Face folder, a zoo name, file.py:fn or module:fn)"
-        )
-    return build_model(text, data=data, **kwargs)

@@ -36,7 +36,8 @@ from slimfuse.distillation.config import (
     check_teachers,
 )
 from slimfuse.errors import ConfigError
-from slimfuse.models.source import check_model_fits, load_model
+from slimfuse.models.resolve import load_model
+from slimfuse.models.source import check_model_fits
 from slimfuse.pipeline.stages import Context, FamilyStage, stage
 
 

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slimfuse import trust
 from slimfuse.errors import ConfigError, validation_error
+from slimfuse.pipeline.stages import STAGES
+from slimfuse.tasks import TASKS
 
 
 class StageEntry(BaseModel):
@@ -86,9 +88,6 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
 
 def check_recipe(recipe: Recipe, source: str = "recipe") -> None:
     """The task and every stage's keys (and their checks across keys), before anything runs."""
-    from slimfuse.pipeline.stages import STAGES
-    from slimfuse.tasks import TASKS
-
     TASKS.get(recipe.task)
     _check_sources(recipe, source)
     for entry in recipe.stages:

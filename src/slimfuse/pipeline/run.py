@@ -16,9 +16,11 @@ from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
-from slimfuse.models.source import check_model_fits, load_model, record
+from slimfuse.models.resolve import load_model
+from slimfuse.models.source import check_model_fits, record
 from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
+from slimfuse.report import write_report
 from slimfuse.tasks import get_task
 from slimfuse.trust import trusting
 
@@ -156,8 +158,6 @@ def _run(
         )
     result = {"task": task.name, "metric": task.metric, "stages": rows}
     write_metrics(metrics_path, rows, task.name, task.metric)
-    from slimfuse.report import write_report
-
     write_report(out, result)
     if last_bundle is not None:  # the final bundle carries the whole pipeline's metrics and report
         write_metrics(last_bundle / "metrics.json", rows, task.name, task.metric)

@@ -18,6 +18,7 @@ from torch import nn
 
 from slimfuse.config import Config, Family, TrainConfig, validate
 from slimfuse.data import Data
+from slimfuse.errors import ConfigError
 from slimfuse.registry import Registry
 from slimfuse.tasks import Task
 
@@ -112,8 +113,6 @@ class Context:
 
     def model_named(self, name: str | None) -> nn.Module:
         """An earlier stage's model by its stage name (``None``: the current model)."""
-        from slimfuse.errors import ConfigError
-
         if name is None:
             if self.model is None:
                 raise ConfigError(

@@ -25,6 +25,7 @@ import numpy as np
 from torch import nn
 
 from slimfuse.errors import ExportError, UnsupportedLayerError
+from slimfuse.exporting import export_onnx
 from slimfuse.quantization.calibration import feed_reader, to_feeds
 from slimfuse.quantization.config import Dynamic, Static
 from slimfuse.quantization.graph import layer_report, plan_nodes, supported_types
@@ -35,8 +36,6 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 def export_fp32(model: nn.Module, example_inputs: Any, path: Path) -> Path:
     """The float graph that ONNX Runtime quantizes; an export failure names the op."""
-    from slimfuse.exporting import export_onnx
-
     try:
         return export_onnx(model, example_inputs, path, keep_scopes=True)  # node -> module
     except ExportError as exc:

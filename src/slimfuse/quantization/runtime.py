@@ -19,6 +19,8 @@ from torch import nn
 
 from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError, ModelError
+from slimfuse.exporting import as_tuple
+from slimfuse.measuring import count_macs, count_params
 from slimfuse.models.source import ModelSpec, record, set_spec, spec_of
 
 EDIT_KIND = "quantized_graph"
@@ -96,8 +98,6 @@ class QuantizedModel(nn.Module):
         """Write the int8 graph to ``path`` (atomically), check it and run it once at batch 1."""
         import onnx
 
-        from slimfuse.exporting import _as_tuple
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
@@ -108,7 +108,7 @@ class QuantizedModel(nn.Module):
                 raise ExportError(
                     f"the quantized graph fails the ONNX checker: {str(exc).splitlines()[0]}"
                 ) from exc
-            args, kwargs, _ = _as_tuple(example_inputs)
+            args, kwargs, _ = as_tuple(example_inputs)
             out = self(*args, **kwargs)
             if not torch.isfinite(out).all():
                 raise ExportError("the quantized graph gives NaN/Inf on the example input")
@@ -122,8 +122,6 @@ def wrap_graph(
     float_model: nn.Module, graph: bytes, info: dict[str, Any], example_inputs: Any = None
 ) -> QuantizedModel:
     """A :class:`QuantizedModel` that inherits (a copy of) the float model's spec plus the edit."""
-    from slimfuse.measuring import count_macs, count_params
-
     q = QuantizedModel(graph, info)
     if "params" not in q.info:
         params, nonzero = count_params(float_model)
