@@ -34,25 +34,34 @@ def parse_kv(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument(
-        "--debug", action="store_true", help="show tracebacks instead of one-line errors"
+        "--quiet", action="store_true", help="no progress bars or per-epoch lines (default: off)"
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks (with their causes) instead of one-line errors (default: off)",
     )
     p.add_argument(
         "--trust-code",
         action="store_true",
         help="allow model and data sources that are code (file.py:fn, module:fn, also inside "
-        "bundles and recipes): they run. Only for code you trust",
+        "bundles and recipes): they run. Only for code you trust (default: off)",
     )
     p.add_argument(
         "--strict",
         action="store_true",
         help="a warning (nothing pruned, a tiny validation split, ...) stops the command with "
-        "exit code 1",
+        "exit code 1 (default: off)",
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="threads for latency measurement (default 1)"
+        "--threads", type=int, default=1, help="threads for latency measurement (default: 1)"
     )
+
+
+def add_out(p: argparse.ArgumentParser, what: str = "bundle folder to write") -> None:
+    """``--out``: where the command writes its bundle (required)."""
+    p.add_argument("--out", required=True, help=f"{what} (required)")
 
 
 def add_model_args(
@@ -62,22 +71,32 @@ def add_model_args(
         flag,
         required=required,
         help="zoo name (mnist1d_cnn, mlp, lenet300, resnet1d, gru, minilm), file.py:fn, module:fn, "
-        "a bundle folder or a Hugging Face folder",
+        "a bundle folder or a Hugging Face folder"
+        + (" (required)" if required else " (default: none)"),
     )
     p.add_argument(
-        "--kw", action="append", metavar="KEY=VALUE", help="keyword argument for the model builder"
+        "--kw",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument for the model builder, repeatable (default: none)",
     )
-    p.add_argument("--weights", help="weights for the model: .safetensors, or a state-dict .pt")
+    p.add_argument(
+        "--weights", help="weights for the model: .safetensors, or a state-dict .pt (default: none)"
+    )
     p.add_argument(
         "--unsafe-pickle",
         action="store_true",
-        help="allow .pt files that need full pickle (runs code from the file: only for files you trust)",
+        help="allow .pt files that need full pickle (runs code from the file: only for files you "
+        "trust) (default: off)",
     )
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
-        "--data", required=required, help="mnist1d, digits, path.npz, path.csv or file.py:fn"
+        "--data",
+        required=required,
+        help="mnist1d, digits, path.npz, path.csv or file.py:fn"
+        + (" (required)" if required else " (default: none)"),
     )
     p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
     p.add_argument(
@@ -87,7 +106,10 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         "the model records, embedding for an encoder; else classification)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed for splits, initialisation and shuffling"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for splits, initialisation and shuffling (default: 0)",
     )
 
 
@@ -111,7 +133,11 @@ def add_training_args(
     title = f"training ({what})" if what else "training"
     add_flags(p, TrainConfig.model_fields, skip=("seed", "quiet"), group=title, defaults=defaults)
     if resume:
-        p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt/checkpoint.pt")
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue from OUT.ckpt/checkpoint.pt (default: off)",
+        )
 
 
 def train_config_arg(

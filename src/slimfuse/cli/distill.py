@@ -19,6 +19,7 @@ from typing import Any
 from slimfuse.cli.common import (
     add_common,
     add_data_args,
+    add_out,
     add_training_args,
     check_out_is_not_an_input,
     load_data_arg,
@@ -174,6 +175,7 @@ def add_commands(sub: Any) -> None:
     add_flags(group, fields, readers=DistillConfig.readers, skip=("hints",))
     group.add_argument(
         "--hint",
+        "--hints",
         dest="hints",
         action=_Hints,
         nargs="+",
@@ -182,6 +184,6 @@ def add_commands(sub: Any) -> None:
         help=help_text(fields["hints"], DistillConfig.readers("hints")),
     )
     add_training_args(p)
-    p.add_argument("--out", required=True, help="student bundle folder to write")
+    add_out(p, "student bundle folder to write")
     add_common(p)
     p.set_defaults(func=cmd_distill)

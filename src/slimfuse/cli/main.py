@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_training_args(p)
     p.add_argument(
-        "--out", required=True, help="bundle folder to write (checkpoints go to OUT.ckpt/)"
+        "--out", required=True, help="bundle folder to write, checkpoints in OUT.ckpt/ (required)"
     )
     add_common(p)
     p.set_defaults(func=cmd_train)
@@ -206,22 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default="test",
+        help="the split the metric is measured on (default: test)",
+    )
     p.add_argument(
         "--engine",
         choices=["torch", "onnxruntime", "both"],
         default="both",
-        help="both (default): ONNX Runtime too where the model exports, else torch with a warning",
+        help="both: ONNX Runtime too where the model exports, else torch with a warning "
+        "(default: both)",
     )
-    p.add_argument("--out", help="write metrics.json here")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--out", help="write metrics.json here (default: none)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
     add_common(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export to ONNX with a checker pass and a parity check")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--out", required=True, help="the .onnx file to write (required)")
     p.add_argument(
         "--opset",
         type=int,
@@ -230,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Attention op; 18 otherwise)",
     )
     p.add_argument(
-        "--atol", type=float, default=1e-4, help="parity tolerance vs PyTorch (default 1e-4)"
+        "--atol", type=float, default=1e-4, help="parity tolerance vs PyTorch (default: 1e-4)"
     )
     add_common(p)
     p.set_defaults(func=cmd_export)
@@ -240,17 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument(
-        "--out", required=True, help="run folder: one bundle per stage, metrics.json, report"
+        "--out",
+        required=True,
+        help="run folder: one bundle per stage, metrics.json, report (required)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="skip finished stages, resume the interrupted one"
+        "--resume",
+        action="store_true",
+        help="skip finished stages, resume the interrupted one (default: off)",
     )
     add_common(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted demo (default: off)"
+    )
     add_common(p)
     p.set_defaults(func=cmd_demo)
 

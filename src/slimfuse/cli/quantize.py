@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slimfuse.cli.common import add_common, add_data_args, add_model_args
+from slimfuse.cli.common import add_common, add_data_args, add_model_args, add_out
 from slimfuse.quantization.config import QuantConfig
 
 
@@ -22,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="dynamic or static int8 (an ONNX Runtime graph), weight-only int8/int4 (packed "
         "weights, float compute) or qat (fake-quant training, then int8)",
     )
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    add_out(p)
     add_common(p)
     p.set_defaults(func=cmd_quantize)
 
