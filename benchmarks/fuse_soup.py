@@ -21,6 +21,7 @@ import torch
 
 import slimfuse
 from fuse_common import cpu_line, mean_std, verdict, write
+from slimfuse.fusion import Greedy, Ties, Uniform
 from slimfuse.fusion.ensemble import MeanFusion
 from slimfuse.tasks import evaluate
 from slimfuse.training import TrainConfig
@@ -54,15 +55,16 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
         "best variant (oracle, by test)": max(test_acc.values()),
         "mean variant": statistics.mean(test_acc.values()),
     }
-    for name, method, kw in [
-        ("uniform soup", "uniform", {}),
-        ("greedy soup", "greedy", {}),
-        ("TIES (density 0.2)", "ties", {"parent": parent, "density": 0.2}),
-        ("TIES (density 0.5)", "ties", {"parent": parent, "density": 0.5}),
+    for name, config in [
+        ("uniform soup", Uniform()),
+        ("greedy soup", Greedy()),
+        ("TIES (density 0.2)", Ties(density=0.2)),
+        ("TIES (density 0.5)", Ties(density=0.5)),
     ]:
-        merged = slimfuse.merge(variants, method, data=data, **kw)
+        base = parent if config.method == "ties" else None
+        merged = slimfuse.merge(variants, config, data, parent=base)
         out[name] = evaluate(merged, test)
-        if method == "greedy":
+        if config.method == "greedy":
             info = merged.merge_info  # type: ignore[attr-defined]
             out["greedy size"] = len(info["ingredients"])
             out["greedy val"] = info["val"]
@@ -77,10 +79,10 @@ ROWS = [
     ("mean variant", "average accuracy of the fine-tuned variants"),
     ("best variant (by val)", "the variant with the best validation accuracy"),
     ("best variant (oracle, by test)", "the variant with the best test accuracy"),
-    ("uniform soup", "slimfuse.merge(method='uniform'): mean of all variants' weights"),
-    ("greedy soup", "slimfuse.merge(method='greedy'): add a variant only if val does not drop"),
-    ("TIES (density 0.2)", "slimfuse.merge(method='ties', density=0.2)"),
-    ("TIES (density 0.5)", "slimfuse.merge(method='ties', density=0.5)"),
+    ("uniform soup", "slimfuse.merge(variants, Uniform()): mean of all variants' weights"),
+    ("greedy soup", "slimfuse.merge(variants, Greedy()): add a variant only if val does not drop"),
+    ("TIES (density 0.2)", "slimfuse.merge(variants, Ties(density=0.2), parent=parent)"),
+    ("TIES (density 0.5)", "slimfuse.merge(variants, Ties(density=0.5), parent=parent)"),
     ("ensemble of variants (5x cost)", "MeanFusion of the variants, for reference"),
 ]
 

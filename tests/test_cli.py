@@ -105,7 +105,7 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
         ),
         (
             ["merge", "--member", "a", "b", "--data", "digits", "--out", "x", "--density", "0.5"],
-            "option density does not apply to method 'greedy'; it is for ties",
+            "--density does not apply to --method 'greedy'; it is for ties",
         ),
         (
             ["eval", "--model", "mlp", "--data", "digits", "--out", "."],
@@ -149,16 +149,19 @@ def test_training_flags_build_the_config_a_recipe_would(command):
 
 
 def test_fuse_training_defaults_are_the_fuse_stage_defaults():
+    from types import SimpleNamespace
+
     from slimfuse.cli import build_parser
-    from slimfuse.cli.common import train_config_arg
-    from slimfuse.cli.fuse import FUSE_TRAINING
+    from slimfuse.cli.fuse import fuse_config_from_flags
     from slimfuse.pipeline.fuse import FuseStage
 
     argv = ["fuse", "--member", "a", "--data", "digits", "--out", "x", "--quiet"]
+    argv += ["--method", "head"]
     args = build_parser().parse_args(argv)
-    expect = FuseStage().to_train_config(seed=args.seed, quiet=True)
-    got = train_config_arg(args, FUSE_TRAINING)
-    assert got == expect and (expect.epochs, expect.lr) == (10, 1e-3)
+    stage = FuseStage.parse({"method": "head"})
+    expect = stage.train_config(SimpleNamespace(seed=args.seed, quiet=True))
+    cfg, got = fuse_config_from_flags(args)
+    assert cfg == stage.method and got == expect and (expect.epochs, expect.lr) == (10, 1e-3)
 
 
 def test_debug_shows_the_traceback():

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _VERBS: dict[str, str] = {
     "load": "slimfuse.models.bundle:load",
     "save": "slimfuse.models.bundle:save",
-    "load_model": "slimfuse.models.resolve:load_model",
+    "load_model": "slimfuse.models.source:load_model",
     "build_model": "slimfuse.models.source:build_model",
     "load_data": "slimfuse.data:load_data",
     "train": "slimfuse.training:train",
@@ -29,8 +29,7 @@ _VERBS: dict[str, str] = {
     "measure": "slimfuse.measuring:measure",
     "export": "slimfuse.exporting:export_onnx",
     "run": "slimfuse.pipeline.run:run_recipe",
-    "prune": "slimfuse.api:prune",
-    "PruneConfig": "slimfuse.pruning.config:PruneConfig",
+    "prune": "slimfuse.pruning:prune",
     "fuse": "slimfuse.fusion.api:fuse",
     "FuseConfig": "slimfuse.fusion.config:FuseConfig",
     "merge": "slimfuse.fusion.merge:merge",

@@ -114,7 +114,7 @@ def test_sklearn_classifiers_as_members(members, mnist1d, tmp_path):
 
 def test_a_pruned_member_reloads_inside_the_fused_bundle(members, mnist1d, tmp_path):
     trainable = copy.deepcopy(members[1][1]).requires_grad_(True)  # fusion froze the original
-    pruned = slimfuse.prune(trainable, mnist1d, channels=0.5, schedule="oneshot")
+    pruned = slimfuse.prune(trainable, {"channels": 0.5}, mnist1d)
     assert pruned.conv1.weight.shape[0] < members[1][1].conv1.weight.shape[0]
     fused = MeanFusion([members[0], ("pruned", pruned)])
     assert fused.slimfuse_spec.edits == [{"kind": "fusion_members"}]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import slimfuse
-from slimfuse.errors import FusionError
-from slimfuse.fusion.merge import MERGE_METHODS
+from slimfuse.errors import ConfigError, FusionError
+from slimfuse.fusion import Greedy, Ties, Uniform
+from slimfuse.fusion.merge import HANDLERS
 from slimfuse.fusion.merge.common import recalibrate_bn, val_score
-from slimfuse.fusion.merge.soups import greedy_soup
 from slimfuse.fusion.merge.ties import ties_states, trim
 from slimfuse.training import TrainConfig
 
@@ -33,23 +33,23 @@ def variants(mnist1d):
 
 def test_uniform_soup_is_the_mean_of_the_weights(variants, mnist1d):
     _, pairs = variants
-    soup = slimfuse.merge(pairs, "uniform", data=mnist1d)
+    soup = slimfuse.merge(pairs, Uniform(), mnist1d)
     for k, v in soup.state_dict().items():
         mean = torch.stack([m.state_dict()[k] for _, m in pairs]).mean(0)
         torch.testing.assert_close(v, mean)
     assert soup.slimfuse_spec.lineage[-1]["method"] == "uniform"
-    assert MERGE_METHODS.names() == ["greedy", "ties", "uniform"]
+    assert HANDLERS.names() == ["greedy", "ties", "uniform"]
 
 
 def test_a_uniform_soup_of_unrelated_models_warns(variants, members, mnist1d):
     """Averaging independently trained models gives a poor model: said, not silent."""
     with pytest.warns(UserWarning, match=r"worse than every ingredient .*fine-tuned from one"):
-        soup = slimfuse.merge(members, "uniform", data=mnist1d)
+        soup = slimfuse.merge(members, Uniform(), mnist1d)
     info = soup.merge_info
     assert info["val"] < min(info["ingredient_val"].values())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # variants of one parent: no warning
-        slimfuse.merge(variants[1], "uniform", data=mnist1d)
+        slimfuse.merge(variants[1], Uniform(), mnist1d)
 
 
 def test_greedy_soup_is_never_worse_than_its_best_ingredient(variants, mnist1d):
@@ -60,7 +60,8 @@ def test_greedy_soup_is_never_worse_than_its_best_ingredient(variants, mnist1d):
         for p in noisy.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     ingredients = [*pairs, ("noisy", noisy)]
-    model, info = greedy_soup(ingredients, data=mnist1d)
+    model = slimfuse.merge(ingredients, Greedy(), mnist1d)
+    info = model.merge_info
     best = max(val_score(m, mnist1d) for _, m in ingredients)
     assert val_score(model, mnist1d) >= best
     assert info["val"] == pytest.approx(val_score(model, mnist1d))
@@ -76,11 +77,11 @@ def test_ties_trims_elects_and_merges(variants, mnist1d):
     # elected signs: +, -, 0 -> disjoint means 2.0, -2.0, 0.0
     torch.testing.assert_close(merged, torch.tensor([2.0, -2.0, 0.0]))
     par, pairs = variants
-    one = slimfuse.merge(pairs[:1], "ties", parent=par, density=1.0, data=mnist1d)
+    one = slimfuse.merge(pairs[:1], Ties(density=1.0), mnist1d, parent=par)
     for k, v in one.state_dict().items():
         torch.testing.assert_close(v, pairs[0][1].state_dict()[k])
     with pytest.raises(FusionError, match="needs the parent"):
-        slimfuse.merge(pairs, "ties")
+        slimfuse.merge(pairs, Ties())
 
 
 @pytest.mark.filterwarnings("ignore:the uniform soup")  # two unrelated models
@@ -92,7 +93,7 @@ def test_batchnorm_statistics_are_re_estimated(mnist1d):
     ]
     for i, n in enumerate(nets):
         slimfuse.train(n, mnist1d, config=TrainConfig(epochs=1, seed=i, quiet=True))
-    soup = slimfuse.merge([("a", nets[0]), ("b", nets[1])], "uniform", data=mnist1d)
+    soup = slimfuse.merge([("a", nets[0]), ("b", nets[1])], Uniform(), mnist1d)
     mean_stats = (nets[0].stem[1].running_mean + nets[1].stem[1].running_mean) / 2
     assert not torch.allclose(soup.stem[1].running_mean, mean_stats)
     # the same statistics as a fresh pass over the training data
@@ -111,11 +112,13 @@ def test_mismatched_models_and_empty_lists(variants, mnist1d):
         match=r"^'wide' does not match 'ft0': conv1.weight has shape \(16, 1, 5\), expected "
         r"\(12, 1, 5\)$",
     ):
-        slimfuse.merge([pairs[0], ("wide", wide)], "uniform")
+        slimfuse.merge([pairs[0], ("wide", wide)], Uniform())
     mlp = slimfuse.build_model("mlp", data=mnist1d)
     with pytest.raises(FusionError, match=r"^'mlp' does not match 'ft0': missing keys \["):
-        slimfuse.merge([pairs[0], ("mlp", mlp)], "uniform")
+        slimfuse.merge([pairs[0], ("mlp", mlp)], Uniform())
     with pytest.raises(FusionError, match=r"^no members given"):
-        slimfuse.merge([], "greedy", data=mnist1d)
-    with pytest.raises(Exception, match=r"unknown merge method 'soup'"):
-        slimfuse.merge(pairs, "soup")
+        slimfuse.merge([], Greedy(), mnist1d)
+    with pytest.raises(
+        ConfigError, match=r"^method 'soup': expected one of uniform, greedy, ties$"
+    ):
+        slimfuse.merge(pairs, {"method": "soup"})

@@ -112,8 +112,7 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     ]
     assert main([*fuse, *given]) == 2
     assert capsys.readouterr().err.strip() == (
-        "slimfuse fuse: error: option cv applies to learned weights, but weights were given: "
-        "expected one of them"
+        "slimfuse fuse: error: cv 2 learns the weights, but weights were given: expected one of them"
     )
     assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
     assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
@@ -122,7 +121,7 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
         capsys.readouterr().out,
     )
     assert main([*fuse, "--method", "stack", "--with-val", "--out", str(tmp_path / "v")]) == 2
-    assert "with_val=True adds validation predictions" in capsys.readouterr().err
+    assert "with_val adds the validation predictions" in capsys.readouterr().err
     merge = ["merge", "--member", *bundles, *args]  # one --member with a list works too
     assert main([*merge, "--method", "uniform", "--out", str(tmp_path / "m")]) == 0
     shown = capsys.readouterr()
@@ -159,15 +158,24 @@ def test_a_member_that_does_not_fit_the_data_is_named(command, bundles, tmp_path
     [
         (
             ["--method", "mean", "--cv", "5"],
-            "option cv does not apply to method 'mean'; it is for weighted, stack",
+            "--cv does not apply to --method 'mean'; it is for weighted, stack",
         ),
         (
             ["--method", "stack", "--weights", "1", "2"],
-            "option weights does not apply to method 'stack'; it is for mean, weighted, vote, soft-vote",
+            "--weights does not apply to --method 'stack'; it is for mean, weighted, vote, soft-vote",
         ),
         (
             ["--method", "weighted", "--on", "features"],
-            "option on does not apply to method 'weighted'; it is for head",
+            "--on does not apply to --method 'weighted'; it is for head",
+        ),
+        (
+            ["--method", "vote", "--epochs", "3"],
+            "--epochs does not apply to --method 'vote'; it is for weighted, stack, head",
+        ),
+        (
+            ["--method", "weighted", "--epochs", "3"],
+            "--epochs applies to the methods that train: weighted and stack with --cv K (every "
+            "member retrained per fold), head; got --method 'weighted' with --cv prefit",
         ),
         (
             ["--method", "head", "--hidden", "-1"],
@@ -187,7 +195,7 @@ def test_a_recipe_key_the_method_does_not_read_is_an_error(tmp_path):
     )
     with pytest.raises(
         ConfigError,
-        match=r"^recipe: stage 'fuse' \(fuse\): option hidden does not apply to method 'mean'; "
+        match=r"^recipe: stage 'fuse' \(fuse\): hidden does not apply to method 'mean'; "
         r"it is for head$",
     ):
         slimfuse.run(text, tmp_path / "run", quiet=True)
@@ -198,7 +206,7 @@ INPUT_IS_OUT = {
     "merge": ["--member", "B1", "B"],
     "distill": ["--teacher", "B", "--student", "mlp"],
     "train": ["--model", "B"],
-    "prune": ["--model", "B", "--sparsity", "0.5"],
+    "prune": ["--model", "B", "--channels", "0.5"],
     "quantize": ["--model", "B"],
 }
 
@@ -240,10 +248,10 @@ def test_every_fused_model_exports_with_parity(members, mnist1d, tmp_path):
 
 
 def test_a_fused_model_is_a_distillation_teacher(members, mnist1d):
-    from slimfuse.distillation.api import distill
-
     teacher = StackingFusion(members).fit(mnist1d)
     student = slimfuse.build_model("mnist1d_cnn", data=mnist1d, channels=4)
     before = student.conv1.weight.clone()
-    distill(student, teacher, mnist1d, train_config=TrainConfig(epochs=1, quiet=True))
-    assert not torch.equal(before, student.conv1.weight)
+    trained = slimfuse.distill(
+        student, teacher, None, mnist1d, train=TrainConfig(epochs=1, quiet=True)
+    )
+    assert not torch.equal(before, trained.conv1.weight)

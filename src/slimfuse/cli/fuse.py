@@ -1,10 +1,47 @@
-"""``slimfuse fuse`` and ``slimfuse merge``: members are bundle folders (or any model argument)."""
+"""``slimfuse fuse`` and ``slimfuse merge``: members are bundle folders (or any model argument).
+
+The flags are the methods' config fields (:data:`~slimfuse.fusion.config.FuseConfig`,
+:data:`~slimfuse.fusion.config.MergeConfig`): each says which methods read it, and a flag the
+method does not read is an error. Heavy imports stay inside the handlers (``--help`` is fast).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
+
+from slimfuse.cli.common import add_common, add_data_args
+from slimfuse.config import TRAIN_KEYS, TrainConfig, given
+from slimfuse.errors import ConfigError
+from slimfuse.fusion.config import (
+    AnyFuseConfig,
+    AnyMergeConfig,
+    FuseConfig,
+    MergeConfig,
+    fuse_training,
+)
+
+
+def fuse_config_from_flags(args: argparse.Namespace) -> tuple[AnyFuseConfig, TrainConfig | None]:
+    """The fuse method's config and, for a method that trains, its training config (the fuse
+    defaults, then the training flags set)."""
+    values = given(args, [FuseConfig.key, *FuseConfig.fields(), *TRAIN_KEYS])
+    values.setdefault(FuseConfig.key, FuseConfig.default)
+    cfg, train = FuseConfig.split(values, flags=True)
+    return cfg, fuse_training(cfg, train, flags=True, seed=args.seed, quiet=args.quiet)  # type: ignore[arg-type]
+
+
+def merge_config_from_flags(args: argparse.Namespace) -> AnyMergeConfig:
+    """The merge method's config; ``--parent`` is for ties, and ties needs it."""
+    cfg, _ = MergeConfig.from_flags(args)
+    if cfg.method == "ties" and not args.parent:
+        raise ConfigError(
+            "--method ties needs --parent MODEL: the model the ingredients were fine-tuned from"
+        )
+    if args.parent and cfg.method != "ties":
+        raise ConfigError(f"--parent does not apply to --method {cfg.method!r}; it is for ties")
+    return cfg  # type: ignore[return-value]
 
 
 def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
@@ -40,18 +77,13 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from slimfuse.cli.common import load_data_arg, train_config_arg
-    from slimfuse.config import validate
-    from slimfuse.fusion.api import OPTIONS, fuse, method_options
-    from slimfuse.pipeline.fuse import FuseStage
+    from slimfuse.cli.common import load_data_arg
+    from slimfuse.fusion.api import fuse
 
-    given = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
-    # the flags are a fuse stage's keys: the same defaults and checks as a recipe's
-    settings = validate(FuseStage, {"method": args.method, **given}, flags=True)
-    opts = method_options(args.method, settings, train_config_arg(args, FUSE_TRAINING), given)
+    cfg, train = fuse_config_from_flags(args)  # before loading anything
     data = load_data_arg(args)
     pairs = _members(args, data)
-    model = fuse(pairs, args.method, data=data, task=args.task, **opts)
+    model = fuse(pairs, cfg, data, train=train, task=args.task)
     if hasattr(model, "weights_"):  # learned weights: what the user will want to see first
         shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
         shrink = getattr(model, "shrink_", None)
@@ -68,66 +100,38 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             + ("" if c is None else f", C {c:g}")
             + f"; held-out accuracy {model.cv_score_:.4f}"
         )
-    return _finish(args, model, data, f"fuse-{args.method}")
+    return _finish(args, model, data, f"fuse-{cfg.method}")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from slimfuse.cli.common import load_data_arg
-    from slimfuse.errors import ConfigError
-    from slimfuse.fusion.merge import check_merge_options, merge
+    from slimfuse.fusion.merge import merge
     from slimfuse.models.source import check_model_fits, load_model
 
-    check_merge_options(args.method, parent=args.parent, density=args.density, scale=args.scale)
+    cfg = merge_config_from_flags(args)  # before loading anything
     data = load_data_arg(args)
     pairs = _members(args, data)
-    opts: dict[str, Any] = {}
-    if args.method == "ties":
-        if not args.parent:
-            raise ConfigError(
-                "--method ties needs --parent MODEL: the model the ingredients were fine-tuned from"
-            )
+    parent = None
+    if args.parent:
         parent = load_model(args.parent, data=data)
         check_model_fits(parent, data, args.task, what=f"parent {args.parent!r}")
-        opts = {"parent": parent, "density": args.density, "scale": args.scale}
-    model = merge(pairs, args.method, data=data, task=args.task, **opts)
+    model = merge(pairs, cfg, data, parent=parent, task=args.task)
     info = getattr(model, "merge_info", {})
     kept = info.get("ingredients", [])
-    line = f"merged {', '.join(kept)} ({args.method}, {len(kept)} of {len(pairs)})"
+    line = f"merged {', '.join(kept)} ({cfg.method}, {len(kept)} of {len(pairs)})"
     if "val" in info:
         line += f"; val {info['val']:.4f}"
     print(line)
-    return _finish(args, model, data, f"merge-{args.method}")
-
-
-# a head over frozen members needs fewer epochs and a smaller learning rate (the fuse stage's)
-FUSE_TRAINING = {"epochs": 10, "lr": 1e-3}
-
-
-def _cv(text: str) -> str | int:
-    if text != "prefit" and not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected prefit or a number of folds")
-    return text if text == "prefit" else int(text)
-
-
-def _cv_or(test: Any, expected: str) -> Any:
-    """An argparse type: ``cv``, or a number that passes ``test``."""
-
-    def parse(text: str) -> str | float:
-        try:
-            ok = text == "cv" or bool(test(float(text)))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected cv or {expected}")
-        return text if text == "cv" else float(text)
-
-    return parse
+    return _finish(args, model, data, f"merge-{cfg.method}")
 
 
 def add_commands(sub: Any) -> None:
-    from slimfuse.cli.common import add_common, add_data_args, add_training_args
-
-    p = sub.add_parser("fuse", help="fuse trained members into one model (mean, stack, head, ...)")
+    p = sub.add_parser(
+        "fuse",
+        help="fuse trained members into one model (mean, stack, head, ...)",
+        description="Fuse trained members into one model. Each flag says which methods read "
+        "it; a flag the method does not read is an error.",
+    )
     p.add_argument(
         "--member",
         action="extend",
@@ -135,71 +139,24 @@ def add_commands(sub: Any) -> None:
         metavar="MODEL",
         help="members: bundle folders or model arguments (--member A B C, or repeated)",
     )
-    p.add_argument(
-        "--method",
-        choices=["mean", "weighted", "vote", "soft-vote", "stack", "head"],
-        default="mean",
-        help="mean (default): the members' average; weighted: weights learned on held-out "
-        "predictions (see --cv); "
-        "vote / soft-vote: majority of labels / of probabilities; stack: a meta-learner on the "
-        "members' predictions; head: a trained layer over the frozen members",
-    )
     add_data_args(p)
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument(
-        "--space",
-        choices=["probs", "logits"],
-        help="mean / weighted: average probabilities (default) or logits",
+    FuseConfig.add_flags(
+        p,
+        help="mean: the members' average; weighted: weights learned on held-out predictions "
+        "(see --cv); vote / soft-vote: majority of labels / of probabilities; stack: a "
+        "meta-learner on the members' predictions; head: a trained layer over the frozen "
+        "members. The training flags train the head and, with --cv K, the members per fold",
     )
-    p.add_argument(
-        "--weights",
-        type=float,
-        nargs="+",
-        help="mean / weighted / vote: one weight per member, given instead of uniform or learned",
-    )
-    p.add_argument(
-        "--shrink",
-        type=_cv_or(lambda a: 0.0 <= a <= 1.0, "a number in [0, 1]"),
-        help="weighted: how far the fitted weights are pulled toward uniform (0: none, 1: "
-        "uniform), or cv to choose it by cross-validated errors (default)",
-    )
-    p.add_argument(
-        "--cv",
-        type=_cv,
-        help="stack / weighted: fit on the val split (prefit, the default) or on out-of-fold "
-        "predictions of K folds of train (every member retrained K times with the training "
-        "flags below: give the members' own --epochs and --lr)",
-    )
-    p.add_argument(
-        "--features",
-        choices=["probs", "log_probs", "logits"],
-        help="stack: the meta-learner's inputs, default probs (it starts from the members' mean "
-        "logits)",
-    )
-    p.add_argument(
-        "--meta-c",
-        type=_cv_or(lambda c: c > 0, "a number > 0"),
-        help="stack: the meta-learner's inverse L2 penalty, or cv to choose it by held-out "
-        "log-loss (default)",
-    )
-    p.add_argument(
-        "--with-val",
-        action="store_true",
-        default=None,
-        help="stack with --cv K: also fit the meta-learner on the members' validation predictions",
-    )
-    p.add_argument(
-        "--on",
-        choices=["logits", "features", "both"],
-        help="head: over the members' logits (default), penultimate features, or both",
-    )
-    p.add_argument("--hidden", type=int, help="head: hidden width (default 0: linear)")
-    # the fuse stage's defaults: a head over frozen members needs fewer epochs, a smaller lr
-    add_training_args(p, defaults=FUSE_TRAINING, what="the head, the folds of --cv K", resume=False)
     add_common(p)
     p.set_defaults(func=cmd_fuse)
 
-    p = sub.add_parser("merge", help="merge same-architecture models' weights (soups, TIES)")
+    p = sub.add_parser(
+        "merge",
+        help="merge same-architecture models' weights (soups, TIES)",
+        description="Merge same-architecture models' weights. Each flag says which methods read "
+        "it; a flag the method does not read is an error.",
+    )
     p.add_argument(
         "--member",
         action="extend",
@@ -207,16 +164,14 @@ def add_commands(sub: Any) -> None:
         metavar="BUNDLE",
         help="ingredients: bundle folders (--member A B C, or repeated)",
     )
-    p.add_argument(
-        "--method",
-        choices=["uniform", "greedy", "ties"],
-        default="greedy",
-        help="greedy (default): add an ingredient only if val improves; uniform: average all; "
+    MergeConfig.add_flags(
+        p,
+        help="greedy: add an ingredient only if val does not drop; uniform: average all; "
         "ties: TIES merging of fine-tuned variants of --parent",
     )
-    p.add_argument("--parent", help="ties: the model the ingredients were fine-tuned from")
-    p.add_argument("--density", type=float, default=0.2, help="ties: fraction of each delta kept")
-    p.add_argument("--scale", type=float, default=1.0, help="ties: scale of the merged delta")
+    p.add_argument(
+        "--parent", help="the model the ingredients were fine-tuned from [ties] (default: none)"
+    )
     add_data_args(p)
     p.add_argument("--out", required=True, help="bundle folder to write")
     add_common(p)

@@ -1,160 +1,93 @@
-"""The ``fuse`` verb: one call from trained members to a fused model.
+"""``slimfuse.fuse(members, Weighted(cv=5), data)``: config in, fused model out; one handler
+per method.
 
-Methods (registry :data:`FUSE_METHODS`): ``mean``, ``weighted``, ``vote``, ``soft-vote``,
-``stack``, ``head``. Options go to the method's class (``space``, ``weights``, ``cv``, ``meta``,
-``features``, ``on``, ``hidden``, ``config``)::
+Methods (:data:`~slimfuse.fusion.config.FuseConfig`): ``mean``, ``weighted``, ``vote``,
+``soft-vote``, ``stack``, ``head``; each method's settings are its config's fields::
 
-    fused = slimfuse.fuse([("a", m1), ("b", m2), ("c", m3)], method="weighted", data=data)
+    fused = slimfuse.fuse([("a", m1), ("b", m2), ("c", m3)], Weighted(), data)
+    fused = slimfuse.fuse(members, {"method": "head", "on": "features"}, data,
+                          train=TrainConfig(epochs=20, lr=1e-3))
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from slimfuse.errors import ConfigError, FusionError
-from slimfuse.fusion.common import Members, as_pairs
+from slimfuse.config import TrainConfig
+from slimfuse.errors import ConfigError
+from slimfuse.fusion.common import FuseJob, Members, as_pairs
+from slimfuse.fusion.config import FUSE_TRAINING, AnyFuseConfig, FuseConfig, not_training
+from slimfuse.models.source import record, task_of
 from slimfuse.registry import Registry
+from slimfuse.tasks import Task
 
-FUSE_METHODS: Registry[Any] = Registry(
+Handler = Callable[[list[tuple[str, nn.Module]], Any, FuseJob], nn.Module]
+
+# method -> "module:function(members, config, job) -> fused model"; add one with
+# HANDLERS.register (and its config to the family)
+HANDLERS: Registry[Handler] = Registry(
     "fusion method",
     lazy={
-        "mean": "slimfuse.fusion.api:_mean",
-        "weighted": "slimfuse.fusion.api:_weighted",
-        "vote": "slimfuse.fusion.api:_vote",
-        "soft-vote": "slimfuse.fusion.api:_soft_vote",
-        "stack": "slimfuse.fusion.api:_stack",
-        "head": "slimfuse.fusion.api:_head",
+        "mean": "slimfuse.fusion.ensemble:fuse_mean",
+        "weighted": "slimfuse.fusion.weighted:fuse_weighted",
+        "vote": "slimfuse.fusion.vote:fuse_vote",
+        "soft-vote": "slimfuse.fusion.vote:fuse_soft_vote",
+        "stack": "slimfuse.fusion.stacking:fuse_stack",
+        "head": "slimfuse.fusion.head:fuse_head",
     },
 )
 
 
-def _need(data: Any, method: str) -> Any:
-    if data is None:
-        raise FusionError(f"method {method!r} learns from data: expected data=")
-    return data
-
-
-def _mean(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
-    from slimfuse.fusion.ensemble import MeanFusion
-
-    return MeanFusion(pairs, **kw)
-
-
-def _weighted(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
-    from slimfuse.fusion.weighted import WeightedFusion
-
-    return WeightedFusion(pairs, **kw).fit(_need(data, "weighted"), task=task)
-
-
-def _vote(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
-    from slimfuse.fusion.vote import VoteFusion
-
-    return VoteFusion(pairs, voting="hard", **kw)
-
-
-def _soft_vote(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
-    from slimfuse.fusion.vote import VoteFusion
-
-    return VoteFusion(pairs, voting="soft", **kw)
-
-
-def _stack(pairs: list, data: Any, task: Any, **kw: Any) -> nn.Module:
-    from slimfuse.fusion.stacking import StackingFusion
-
-    return StackingFusion(pairs, **kw).fit(_need(data, "stack"), task=task)
-
-
-def _head(pairs: list, data: Any, task: Any, *, config: Any = None, **kw: Any) -> nn.Module:
-    from slimfuse.fusion.head import HeadFusion
-
-    return HeadFusion(pairs, **kw).fit(_need(data, "head"), config=config, task=task)
-
-
-# the options (a ``fuse`` stage's keys, ``slimfuse fuse``'s flags) that each method reads
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "mean": ("space", "weights"),
-    "weighted": ("space", "weights", "shrink", "cv"),
-    "vote": ("weights",),
-    "soft-vote": ("weights",),
-    "stack": ("cv", "features", "meta_c", "with_val"),
-    "head": ("on", "hidden"),
-}
-OPTIONS: tuple[str, ...] = tuple(sorted({k for keys in METHOD_OPTIONS.values() for k in keys}))
-
-
-def check_options_apply(method: str, given: Iterable[str]) -> None:
-    """Refuse an option the user set (``given``) that ``method`` does not read."""
-    unused = sorted(set(given) - set(METHOD_OPTIONS.get(method, ())))
-    if unused:
-        users = [m for m, keys in METHOD_OPTIONS.items() if unused[0] in keys]
-        raise ConfigError(
-            f"option {unused[0]} does not apply to method {method!r}; it is for {', '.join(users)}"
-        )
-    learning = sorted({"shrink", "cv"} & set(given))
-    if method == "weighted" and "weights" in given and learning:
-        raise ConfigError(
-            f"option {learning[0]} applies to learned weights, but weights were given: expected "
-            "one of them"
-        )
-
-
-def method_options(
-    method: str, settings: Any, train_config: Any, given: Iterable[str] = ()
-) -> dict[str, Any]:
-    """``fuse``'s options for ``method``, read off a ``fuse`` stage (the CLI builds one too).
-
-    ``given`` names the options the user set: one that ``method`` does not read is an error,
-    not silently dropped. ``train_config`` trains the folds of stacking and of weighted
-    fusion with ``cv=K``, and the head.
-    """
-    check_options_apply(method, given)
-    s = settings
-    if method == "mean":
-        return {"space": s.space, "weights": s.weights}
-    if method == "weighted":
-        return {
-            "space": s.space,
-            "weights": s.weights,
-            "shrink": s.shrink,
-            "cv": s.cv,
-            "train_config": train_config,
-        }
-    if method in ("vote", "soft-vote"):
-        return {"weights": s.weights}
-    if method == "stack":
-        return {
-            "cv": s.cv,
-            "features": s.features,
-            "train_config": train_config,
-            "C": s.meta_c,
-            "with_val": s.with_val,
-        }
-    if method == "head":
-        return {"on": s.on, "hidden": s.hidden, "config": train_config}
-    return {}
-
-
 def fuse(
     members: Members,
-    method: str = "mean",
-    *,
+    config: AnyFuseConfig | dict[str, Any] | None = None,
     data: Any = None,
-    task: Any = "classification",
-    **options: Any,
+    *,
+    train: TrainConfig | None = None,
+    task: str | Task | None = None,
 ) -> nn.Module:
-    """Fuse trained ``(name, model)`` members into one module with ``method``."""
-    from slimfuse.models.source import record
+    """Fuse trained members into one module as ``config`` says; the members are not changed.
 
-    fn = FUSE_METHODS.get(method)
+    - ``members``: ``(name, model)`` pairs (or models, named ``m0``, ``m1``, ...).
+    - ``config``: a :data:`~slimfuse.fusion.config.FuseConfig` (``Weighted(cv=5)``, a dict with
+      ``method``; ``None``: ``Mean()``), dispatched to the handler registered for its method
+      (:data:`HANDLERS`).
+    - ``data``: what the learning methods (``weighted``, ``stack``, ``head``) fit on.
+    - ``train``: the one loop's settings for a method that trains (``weighted`` and ``stack``
+      with ``cv=K`` retrain every member per fold; ``head``); default 10 epochs at lr 1e-3.
+      Its seed also seeds the fold splits.
+    - ``task``: defaults to the one the first member records, else classification.
+
+    The fused model holds copies of the members (frozen: no gradients, eval mode), so the
+    caller's models keep their mode, ``requires_grad`` and weights; the copies cost one more
+    copy of every member's weights.
+    """
+    cfg = FuseConfig.parse({} if config is None else config)
+    handler = HANDLERS.get(cfg.method)
     pairs = as_pairs(members)
-    try:
-        fused = fn(pairs, data, task, **options)
-    except TypeError as exc:
-        if "unexpected keyword" not in str(exc):
-            raise
-        raise FusionError(f"method {method!r}: {exc}") from exc
-    record(fused, lineage={"stage": "fuse", "method": method, "members": [n for n, _ in pairs]})
+    if train is not None and not cfg.trains:
+        raise ConfigError(not_training(cfg, "train="))
+    if cfg.trains and train is None:
+        train = TrainConfig(**FUSE_TRAINING, quiet=True)
+    job = FuseJob(
+        data=data,
+        task=task or task_of(pairs[0][1]),
+        train=train,
+        seed=train.seed if train is not None else 0,
+    )
+    copies = [(name, copy.deepcopy(model)) for name, model in pairs]
+    fused = handler(copies, cfg, job)
+    lineage: dict[str, Any] = {
+        "stage": "fuse",
+        "method": cfg.method,
+        "members": [n for n, _ in pairs],
+        "config": cfg.to_dict(),
+    }
+    if train is not None:
+        lineage["train"] = train.to_dict()
+    record(fused, lineage=lineage)
     return fused

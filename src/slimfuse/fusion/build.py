@@ -16,14 +16,18 @@ import torch
 from torch import nn
 
 from slimfuse.errors import ModelError
+from slimfuse.fusion.ensemble import MeanFusion
+from slimfuse.models.edits import apply_edits
 from slimfuse.models.source import (
     ModelSpec,
     check_build_size,
     check_kwargs,
     rebuild,
     set_spec,
+    spec_of,
 )
 from slimfuse.registry import Registry
+from slimfuse.training import freeze
 
 # method -> "module:function(members, **kwargs) -> nn.Module"
 BUILDERS: Registry[Callable[..., nn.Module]] = Registry(
@@ -39,8 +43,6 @@ BUILDERS: Registry[Callable[..., nn.Module]] = Registry(
 
 
 def _mean(members: list[tuple[str, nn.Module]], **kw: Any) -> nn.Module:
-    from slimfuse.fusion.ensemble import MeanFusion
-
     return MeanFusion(members, **kw)
 
 
@@ -68,9 +70,6 @@ def fusion_members_edit(
     model: nn.Module, edit: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> nn.Module:
     """Edit handler: apply each member's own structural edits with its part of the state."""
-    from slimfuse.models.edits import apply_edits
-    from slimfuse.models.source import spec_of
-
     members: nn.ModuleDict = model.members  # type: ignore[assignment]
     for name in list(members.keys()):
         sub = members[name]
@@ -81,6 +80,6 @@ def fusion_members_edit(
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         new = apply_edits(sub, spec.edits, part)
         set_spec(new, spec)
-        new.requires_grad_(False).eval()
+        freeze(new)
         members[name] = new
     return model

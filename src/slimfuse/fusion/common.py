@@ -1,4 +1,4 @@
-"""What every fusion method shares: member lists, weight checks, freezing and the bundle spec.
+"""What every fusion method shares: member lists, weight checks, the handlers' job, the bundle spec.
 
 Members are given in scikit-learn's manner, as ``(name, model)`` pairs (a plain list of modules
 is named ``m0``, ``m1``, ...). A fused model records a :class:`~slimfuse.models.source.ModelSpec`
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from slimfuse.config import TrainConfig
 from slimfuse.errors import FusionError
 from slimfuse.models.source import ModelSpec, set_spec, spec_of
+from slimfuse.tasks import Task, forward
 
 Members = Sequence[tuple[str, nn.Module]] | Sequence[nn.Module]
 
@@ -71,11 +74,19 @@ def check_weights(weights: Any, n: int, *, normalise: bool = True) -> torch.Tens
     return w.float()
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Stop gradients into ``model`` and put it in eval mode (BatchNorm/Dropout fixed)."""
-    model.requires_grad_(False)
-    model.eval()
-    return model
+@dataclass(frozen=True)
+class FuseJob:
+    """What a fusion method's handler gets besides the members (copies) and its config."""
+
+    data: Any  # the data it learns from (None: a method that learns nothing)
+    task: str | Task
+    train: TrainConfig | None  # the one loop's settings, for a method that trains
+    seed: int = 0  # fold splits (the training seed when it trains)
+
+    def needs_data(self, method: str) -> Any:
+        if self.data is None:
+            raise FusionError(f"method {method!r} learns from data: expected data")
+        return self.data
 
 
 def declared_outputs(model: nn.Module) -> int | None:
@@ -112,8 +123,6 @@ def check_outputs(names: Sequence[str], outputs: Sequence[torch.Tensor]) -> None
 
 def probe_outputs(members: Sequence[tuple[str, nn.Module]], example: torch.Tensor) -> int:
     """Run each member once on ``example`` and check their output sizes agree."""
-    from slimfuse.tasks import forward
-
     sizes: dict[str, int | None] = {}
     with torch.no_grad():
         for name, m in members:

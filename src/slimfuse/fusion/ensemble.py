@@ -20,6 +20,7 @@ from torch import nn
 
 from slimfuse.errors import FusionError
 from slimfuse.fusion.common import (
+    FuseJob,
     Members,
     as_pairs,
     attach_spec,
@@ -27,8 +28,9 @@ from slimfuse.fusion.common import (
     check_outputs,
     check_weights,
     declared_outputs,
-    freeze,
 )
+from slimfuse.fusion.config import Mean
+from slimfuse.training import freeze
 
 SPACES = ("probs", "logits")
 
@@ -48,8 +50,9 @@ def log_mean_prob(outs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor
 class FusionModule(nn.Module):
     """Base of fused models: frozen members in a ``ModuleDict`` that stay in eval mode.
 
-    Members are frozen in place (``requires_grad=False``, eval mode), as distillation teachers
-    are; pass copies to keep training a member on its own.
+    The members given are frozen in place (``requires_grad=False``, eval mode), as
+    distillation teachers are; pass copies to keep training a member on its own
+    (:func:`slimfuse.fuse` does: it leaves the caller's models as they were).
     """
 
     def __init__(self, members: Members) -> None:
@@ -122,3 +125,8 @@ class MeanFusion(FusionModule):
     def extra_repr(self) -> str:
         w = ", ".join(f"{n}={float(v):.3f}" for n, v in zip(self.names, self.weights, strict=True))
         return f"space={self.space!r}, weights=({w})"
+
+
+def fuse_mean(pairs: list[tuple[str, nn.Module]], config: Mean, job: FuseJob) -> MeanFusion:
+    """The ``mean`` handler of :func:`slimfuse.fuse`."""
+    return MeanFusion(pairs, space=config.space, weights=config.weights)

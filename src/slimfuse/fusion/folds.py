@@ -9,11 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
+from slimfuse.fusion.predict import as_loader, collect
+from slimfuse.models.source import rebuild, spec_of
+from slimfuse.training import train
 
 
 def check_cv(cv: Any, *, prefit: bool = True) -> None:
@@ -41,8 +45,6 @@ def check_folds(y: np.ndarray, k: int, what: str) -> None:
 
 def kfold(y: np.ndarray, k: int, seed: int = 0, what: str = "training data") -> list:
     """Stratified ``[(train_idx, test_idx)] * k`` over labels ``y`` (shuffled with ``seed``)."""
-    from sklearn.model_selection import StratifiedKFold
-
     y = np.asarray(y)
     check_folds(y, k, what)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -77,10 +79,6 @@ def out_of_fold(
     Returns ``(outputs, labels, folds)``: raw outputs ``(members, samples, classes)`` in the
     training split's order, and the ``[(train_idx, test_idx)]``.
     """
-    from slimfuse.fusion.predict import collect
-    from slimfuse.models.source import rebuild, spec_of
-    from slimfuse.training import train
-
     configs = list(train_config) if isinstance(train_config, Sequence) else None
     if configs is not None and len(configs) != len(members):
         raise FusionError(
@@ -126,8 +124,6 @@ def held_out_predictions(
     with the fusion's ``train_config`` and ``seed``), kept as ``fused.oof_outputs_`` and
     ``fused.fold_indices_``.
     """
-    from slimfuse.fusion.predict import as_loader, collect
-
     if fused.cv == "prefit":
         outputs, y = collect(fused.pairs, as_loader(data, split), task)
         return outputs, y, "validation data" if split == "val" else f"{split} data"

@@ -17,7 +17,8 @@ from torch import nn
 
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
-from slimfuse.fusion.common import Members, attach_spec
+from slimfuse.fusion.common import FuseJob, Members, attach_spec
+from slimfuse.fusion.config import FUSE_TRAINING, Head
 from slimfuse.fusion.ensemble import FusionModule
 from slimfuse.tasks import forward
 from slimfuse.training import TrainConfig, train
@@ -145,7 +146,7 @@ class HeadFusion(FusionModule):
             outs = forward(self.members[self.names[0]], x)
         if self.head is None:
             self._make_head(int(probe.shape[-1]), int(outs.shape[-1]))
-        cfg = config or TrainConfig(epochs=10, lr=1e-3, quiet=True)
+        cfg = config or TrainConfig(**FUSE_TRAINING, quiet=True)
         self.result_ = train(self, data, task, cfg, description="fusion head")
         self.best_val_ = self.result_.best_metric
         return self
@@ -158,3 +159,11 @@ class HeadFusion(FusionModule):
 
 def _build(members: list[tuple[str, nn.Module]], **kw: Any) -> nn.Module:
     return HeadFusion(members, **kw)
+
+
+def fuse_head(pairs: list[tuple[str, nn.Module]], config: Head, job: FuseJob) -> HeadFusion:
+    """The ``head`` handler of :func:`slimfuse.fuse`: the head trained on ``job.data``."""
+    fused = HeadFusion(
+        pairs, on=config.on, layer=config.layer, hidden=config.hidden, dropout=config.dropout
+    )
+    return fused.fit(job.needs_data("head"), config=job.train, task=job.task)

@@ -27,11 +27,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from torch import nn
 
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
-from slimfuse.fusion.common import Members, attach_spec
+from slimfuse.fusion.common import FuseJob, Members, attach_spec
+from slimfuse.fusion.config import Stack
 from slimfuse.fusion.ensemble import FusionModule
 from slimfuse.fusion.folds import check_cv, held_out_predictions, kfold
 from slimfuse.fusion.meta import C_GRID, choose_c, fit_anchored
@@ -168,8 +170,6 @@ class StackingFusion(FusionModule):
         object.__setattr__(self, "meta_", layer)  # the same layer, not a second submodule
 
     def _fit_sklearn(self, x: np.ndarray, y: np.ndarray, folds: list) -> None:
-        from sklearn.base import clone
-
         hits = []
         for tr, te in folds:
             m = clone(self.meta).fit(x[tr], y[tr])
@@ -203,3 +203,19 @@ def _build(
     fused.anchored = anchored
     fused.meta_layer = LinearClassifier(meta_in, n_classes, binary)
     return fused
+
+
+def fuse_stack(pairs: list[tuple[str, nn.Module]], config: Stack, job: FuseJob) -> StackingFusion:
+    """The ``stack`` handler of :func:`slimfuse.fuse`: the default (anchored) meta-learner
+    fitted on ``job.data`` (another scikit-learn meta-learner: :class:`StackingFusion`)."""
+    fused = StackingFusion(
+        pairs,
+        cv=config.cv,
+        features=config.features,
+        train_config=job.train,
+        meta_cv=config.meta_cv,
+        C=config.meta_c,
+        with_val=config.with_val,
+        seed=job.seed,
+    )
+    return fused.fit(job.needs_data("stack"), task=job.task)

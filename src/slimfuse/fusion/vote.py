@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from slimfuse.errors import FusionError
-from slimfuse.fusion.common import Members, attach_spec, check_outputs, check_weights
+from slimfuse.fusion.common import FuseJob, Members, attach_spec, check_outputs, check_weights
+from slimfuse.fusion.config import SoftVote, Vote
 from slimfuse.fusion.ensemble import FusionModule, call, log_mean_prob
 
 VOTING = ("hard", "soft")
@@ -54,3 +55,15 @@ class VoteFusion(FusionModule):
 
 def _build(members: list[tuple[str, nn.Module]], **kw: Any) -> nn.Module:
     return VoteFusion(members, **kw)
+
+
+def fuse_vote(pairs: list[tuple[str, nn.Module]], config: Vote, job: FuseJob) -> VoteFusion:
+    """The ``vote`` handler of :func:`slimfuse.fuse`."""
+    return VoteFusion(pairs, voting="hard", weights=config.weights)
+
+
+def fuse_soft_vote(
+    pairs: list[tuple[str, nn.Module]], config: SoftVote, job: FuseJob
+) -> VoteFusion:
+    """The ``soft-vote`` handler of :func:`slimfuse.fuse`."""
+    return VoteFusion(pairs, voting="soft", weights=config.weights)

@@ -24,10 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize
+from torch import nn
 
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
-from slimfuse.fusion.common import Members
+from slimfuse.fusion.common import FuseJob, Members
+from slimfuse.fusion.config import Weighted
 from slimfuse.fusion.ensemble import MeanFusion
 from slimfuse.fusion.folds import check_cv, held_out_predictions, kfold
 from slimfuse.training import TrainConfig
@@ -54,8 +57,6 @@ def simplex_log_loss_weights(
     outputs: torch.Tensor, y: torch.Tensor, space: str = "probs"
 ) -> tuple[np.ndarray, float]:
     """Weights on the simplex minimising the log-loss; ``outputs`` are raw member logits."""
-    from scipy.optimize import minimize
-
     n = outputs.shape[0]
     feats = outputs.double().softmax(-1) if space == "probs" else outputs.double()
     y = y.long()
@@ -207,3 +208,20 @@ class WeightedFusion(MeanFusion):
         self.weights_ = np.asarray(self.weights.double().numpy())
         self.log_loss_ = float(loss)
         return self
+
+
+def fuse_weighted(
+    pairs: list[tuple[str, nn.Module]], config: Weighted, job: FuseJob
+) -> WeightedFusion:
+    """The ``weighted`` handler of :func:`slimfuse.fuse`: the weights fitted on ``job.data``."""
+    fused = WeightedFusion(
+        pairs,
+        space=config.space,
+        weights=config.weights,
+        shrink=config.shrink,
+        cv=config.cv,
+        train_config=job.train,
+        shrink_folds=config.shrink_folds,
+        seed=job.seed,
+    )
+    return fused.fit(job.needs_data("weighted"), task=job.task)

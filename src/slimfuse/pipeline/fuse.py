@@ -1,8 +1,11 @@
 """Recipe stages: ``train-members``, ``fuse``, ``merge`` and ``mutual``.
 
-Members are named by stage: ``members: null`` takes the current model's members (the model of a
-``train-members`` or ``mutual`` stage is their mean ensemble), ``members: cnns`` an earlier
-stage's members, ``members: [a, b, c]`` the models of earlier stages ``a``, ``b`` and ``c``::
+A ``fuse`` stage's keys are a :data:`~slimfuse.fusion.config.FuseConfig`'s (and the training
+keys, for a method that trains), a ``merge`` stage's a
+:data:`~slimfuse.fusion.config.MergeConfig`'s. Members are named by stage: ``members: null``
+takes the current model's members (the model of a ``train-members`` or ``mutual`` stage is their
+mean ensemble), ``members: cnns`` an earlier stage's members, ``members: [a, b, c]`` the models
+of earlier stages ``a``, ``b`` and ``c``::
 
     - stage: train-members
       name: members
@@ -11,24 +14,39 @@ stage's members, ``members: [a, b, c]`` the models of earlier stages ``a``, ``b`
       epochs: 60
     - stage: fuse
       method: weighted
+      cv: 5          # members retrained per fold: the training keys apply
+      epochs: 60
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from slimfuse.config import Family, TrainConfig
 from slimfuse.errors import ConfigError
-from slimfuse.pipeline.stages import Context, StageConfig, TrainingStageConfig, stage
+from slimfuse.fusion.api import fuse
+from slimfuse.fusion.config import FuseConfig, MergeConfig, fuse_training
+from slimfuse.fusion.ensemble import FusionModule, MeanFusion
+from slimfuse.fusion.members import train_members
+from slimfuse.fusion.merge import merge
+from slimfuse.fusion.mutual import MutualLearning
+from slimfuse.models.source import build_model
+from slimfuse.pipeline.stages import Context, FamilyStage, TrainingStageConfig, stage
+
+
+def _members_key() -> Any:
+    return Field(
+        None,
+        description="an earlier stage whose ensemble's members to take, a list of earlier "
+        "stages (one member each), or none: the current model's members",
+    )
 
 
 def _members_of(name: str, model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from slimfuse.fusion.ensemble import FusionModule
-    from slimfuse.fusion.mutual import MutualLearning
-
     if isinstance(model, (FusionModule, MutualLearning)):
         return [(n, model.members[n]) for n in model.names]
     return [(name, model)]
@@ -52,18 +70,21 @@ def resolve_members(ctx: Context, members: str | list[str] | None) -> list[tuple
 
 
 class TrainMembersStage(TrainingStageConfig):
-    model: str
-    model_kwargs: dict = Field(default_factory=dict)
-    n: int = Field(5, ge=1)
-    kfold: int | None = Field(None, ge=2)
+    model: str = Field(description="the members' model: a zoo name, file.py:fn or module:fn")
+    model_kwargs: dict = Field(
+        default_factory=dict, description="keyword arguments of the model's builder"
+    )
+    n: int = Field(5, ge=1, description="members, trained from seeds seed .. seed + n - 1")
+    kfold: int | None = Field(
+        None,
+        ge=2,
+        description="K members instead, member k trained without fold k of the training split",
+    )
 
 
 @stage(TrainMembersStage)
 def train_members_stage(ctx: Context, cfg: TrainMembersStage) -> nn.Module:
     """Train N members (seeds) or K fold-members; the stage's model is their mean ensemble."""
-    from slimfuse.fusion.ensemble import MeanFusion
-    from slimfuse.fusion.members import train_members
-
     trained = train_members(
         cfg.model,
         ctx.data,
@@ -76,80 +97,68 @@ def train_members_stage(ctx: Context, cfg: TrainMembersStage) -> nn.Module:
     return MeanFusion(trained.pairs, space="probs")
 
 
-class FuseStage(TrainingStageConfig):
-    members: str | list[str] | None = None
-    method: Literal["mean", "weighted", "vote", "soft-vote", "stack", "head"] = "mean"
-    space: Literal["probs", "logits"] = "probs"
-    weights: list[float] | None = None
-    shrink: float | Literal["cv"] = "cv"
-    cv: int | Literal["prefit"] = "prefit"
-    features: Literal["probs", "log_probs", "logits"] = "probs"
-    meta_c: float | Literal["cv"] = "cv"
-    with_val: bool = False
-    on: Literal["logits", "features", "both"] = "logits"
-    hidden: int = Field(0, ge=0)
-    lr: float = 1e-3
-    epochs: int = 10
+class FuseStage(FamilyStage):
+    family: ClassVar[Family] = FuseConfig
+    members: str | list[str] | None = _members_key()
 
     def check(self) -> None:
-        from slimfuse.fusion.api import OPTIONS, check_options_apply
+        fuse_training(self.method, self._train)  # training keys only where the method trains
 
-        check_options_apply(self.method, self.model_fields_set & set(OPTIONS))
+    def train_config(self, ctx: Context) -> TrainConfig | None:
+        return fuse_training(self.method, self._train, seed=ctx.seed, quiet=ctx.quiet)
 
 
 @stage(FuseStage)
 def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
     """Fuse members (mean, weighted, vote, soft-vote, stack, head) into one model."""
-    from slimfuse.fusion.api import OPTIONS, fuse, method_options
-
     pairs = resolve_members(ctx, cfg.members)
-    given = cfg.model_fields_set & set(OPTIONS)
-    opts = method_options(cfg.method, cfg, cfg.train_config(ctx), given)
-    return fuse(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
+    return fuse(pairs, cfg.method, ctx.data, train=cfg.train_config(ctx), task=ctx.task)
 
 
-class MergeStage(StageConfig):
-    members: str | list[str] | None = None
-    method: Literal["uniform", "greedy", "ties"] = "greedy"
-    parent: str | None = None
-    density: float = Field(0.2, gt=0, le=1)
-    scale: float = Field(1.0, gt=0)
+class MergeStage(FamilyStage):
+    family: ClassVar[Family] = MergeConfig
+    members: str | list[str] | None = _members_key()
+    parent: str | None = Field(
+        None, description="ties: the earlier stage whose model the members were fine-tuned from"
+    )
 
     def check(self) -> None:
-        from slimfuse.fusion.merge import check_merge_options
-
-        if self.method == "ties" and self.parent is None:
+        if self.method.method == "ties" and self.parent is None:
             raise ConfigError("ties needs parent: <stage name>, the model the members came from")
-        check_merge_options(self.method, parent=self.parent, density=self.density, scale=self.scale)
+        if self.parent is not None and self.method.method != "ties":
+            raise ConfigError(
+                f"parent does not apply to method {self.method.method!r}; it is for ties"
+            )
 
 
 @stage(MergeStage)
 def merge_stage(ctx: Context, cfg: MergeStage) -> nn.Module:
     """Merge same-architecture members' weights (uniform soup, greedy soup, TIES)."""
-    from slimfuse.fusion.merge import merge
-
     pairs = resolve_members(ctx, cfg.members)
-    opts: dict = {}
-    if cfg.method == "ties":  # with a parent: checked when the recipe was parsed
-        opts = {"parent": ctx.model_named(cfg.parent), "density": cfg.density, "scale": cfg.scale}
-    return merge(pairs, cfg.method, data=ctx.data, task=ctx.task, **opts)
+    parent = None if cfg.parent is None else ctx.model_named(cfg.parent)
+    return merge(pairs, cfg.method, ctx.data, parent=parent, task=ctx.task)
 
 
 class MutualStage(TrainingStageConfig):
-    model: str
-    model_kwargs: dict = Field(default_factory=dict)
-    n: int = Field(2, ge=2)
-    kl_weight: float = Field(1.0, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    output: Literal["fused", "first"] = "fused"
+    model: str = Field(description="the peers' model: a zoo name, file.py:fn or module:fn")
+    model_kwargs: dict = Field(
+        default_factory=dict, description="keyword arguments of the model's builder"
+    )
+    n: int = Field(2, ge=2, description="peers trained together")
+    kl_weight: float = Field(
+        1.0, ge=0, description="weight of the KL divergence to the other peers' predictions"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="temperature of the peers' softened predictions"
+    )
+    output: Literal["fused", "first"] = Field(
+        "fused", description="the stage's model: the peers' mean ensemble, or the first peer"
+    )
 
 
 @stage(MutualStage)
 def mutual_stage(ctx: Context, cfg: MutualStage) -> nn.Module:
     """Deep Mutual Learning: N peers trained together; the output is their ensemble or peer 0."""
-    from slimfuse.fusion.mutual import MutualLearning
-    from slimfuse.models.source import build_model
-
     tc = cfg.train_config(ctx)
     torch.manual_seed(tc.seed)
     peers = [

@@ -1,22 +1,33 @@
 """Weight-space merging of same-architecture models: uniform soup, greedy soup, TIES.
 
-Methods live in :data:`MERGE_METHODS` (``fn(pairs, *, data, task, parent, **options) ->
-(model, info)``); add one with ``@MERGE_METHODS.register("name")``. :func:`merge` is the verb::
+``slimfuse.merge(models, Greedy(), data)``: config in, merged model out. Each method
+(:data:`~slimfuse.fusion.config.MergeConfig`) has a handler in :data:`HANDLERS`
+(``fn(pairs, config, job) -> (model, info)``); add one with ``@HANDLERS.register("name")`` and
+its config to the family::
 
-    soup = slimfuse.merge([("ft0", m0), ("ft1", m1), ("ft2", m2)], method="greedy", data=data)
+    soup = slimfuse.merge([("ft0", m0), ("ft1", m1), ("ft2", m2)], Greedy(), data)
+    ties = slimfuse.merge(variants, Ties(density=0.3), data, parent=base)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from slimfuse.errors import ConfigError
 from slimfuse.fusion.common import Members, as_pairs
+from slimfuse.fusion.config import AnyMergeConfig, MergeConfig
+from slimfuse.fusion.merge.common import MergeJob
+from slimfuse.models.source import check_float_model, record, task_of
 from slimfuse.registry import Registry
+from slimfuse.tasks import Task
 
-MERGE_METHODS: Registry[Any] = Registry(
+Handler = Callable[[list[tuple[str, nn.Module]], Any, MergeJob], tuple[nn.Module, dict[str, Any]]]
+
+# method -> "module:function(pairs, config, job) -> (model, info)"
+HANDLERS: Registry[Handler] = Registry(
     "merge method",
     lazy={
         "uniform": "slimfuse.fusion.merge.soups:uniform_soup",
@@ -26,41 +37,38 @@ MERGE_METHODS: Registry[Any] = Registry(
 )
 
 
-# the options only TIES reads, at their defaults
-TIES_OPTIONS: dict[str, Any] = {"parent": None, "density": 0.2, "scale": 1.0}
-
-
-def check_merge_options(method: str, **options: Any) -> None:
-    """Refuse a TIES option set away from its default with another method (not dropped)."""
-    if method == "ties":
-        return
-    for name, value in options.items():
-        if value != TIES_OPTIONS[name]:
-            raise ConfigError(f"option {name} does not apply to method {method!r}; it is for ties")
-
-
 def merge(
-    members: Members,
-    method: str = "uniform",
-    *,
+    models: Members,
+    config: AnyMergeConfig | dict[str, Any] | None = None,
     data: Any = None,
-    task: Any = "classification",
+    *,
     parent: nn.Module | None = None,
-    **options: Any,
+    task: str | Task | None = None,
 ) -> nn.Module:
-    """Merge the weights of same-architecture models; returns a model of that architecture.
+    """Merge the weights of same-architecture models into a new model of that architecture.
 
-    ``data`` gives validation data (greedy soup) and training batches to re-estimate BatchNorm
-    statistics. The method's details (chosen ingredients, scores) go to the model's lineage and
-    to ``model.merge_info``.
+    - ``config``: a :data:`~slimfuse.fusion.config.MergeConfig` (``Greedy()``, ``Ties(...)``, a
+      dict with ``method``; ``None``: ``Greedy()``).
+    - ``data``: validation data (greedy soup; a uniform soup's scores) and training batches to
+      re-estimate BatchNorm statistics.
+    - ``parent``: TIES only: the model the variants were fine-tuned from.
+    - ``task``: defaults to the one the first model records, else classification.
+
+    The models given are not changed. The method's details (chosen ingredients, scores) go to
+    the model's lineage and to ``model.merge_info``.
     """
-    from slimfuse.models.source import check_float_model, record
-
-    fn = MERGE_METHODS.get(method)
-    pairs = as_pairs(members)
+    cfg = MergeConfig.parse({} if config is None else config)
+    handler = HANDLERS.get(cfg.method)
+    pairs = as_pairs(models)
+    if parent is not None and cfg.method != "ties":
+        raise ConfigError(
+            f"parent= applies to method 'ties' (the model its variants were fine-tuned from); "
+            f"got method {cfg.method!r}"
+        )
     for name, m in [*pairs, *([("parent", parent)] if parent is not None else [])]:
         check_float_model(m, f"merging member {name!r}", "merge the float models, then quantize")
-    model, info = fn(pairs, data=data, task=task, parent=parent, **options)
+    job = MergeJob(data=data, task=task or task_of(pairs[0][1]), parent=parent)
+    model, info = handler(pairs, cfg, job)
     record(model, lineage={"stage": "merge", **info})
     object.__setattr__(model, "merge_info", info)
     return model

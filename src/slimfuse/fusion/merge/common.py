@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +15,15 @@ from slimfuse.errors import FusionError
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    """What a merge method's handler gets besides the ingredients and its config."""
+
+    data: Data | None  # validation scores, BatchNorm re-estimation
+    task: str | Task
+    parent: nn.Module | None = None  # TIES: the model the variants were fine-tuned from
 
 
 def states(pairs: Sequence[tuple[str, nn.Module]]) -> list[State]:

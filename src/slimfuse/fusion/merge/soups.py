@@ -17,19 +17,18 @@ from typing import Any
 
 from torch import nn
 
-from slimfuse.data import Data
 from slimfuse.errors import FusionError, SlimfuseWarning
-from slimfuse.fusion.merge.common import average, build, states, val_score
-from slimfuse.tasks import Task, get_task
+from slimfuse.fusion.config import Greedy, Uniform
+from slimfuse.fusion.merge.common import MergeJob, average, build, states, val_score
+from slimfuse.tasks import get_task
 
 
 def uniform_soup(
-    pairs: Sequence[tuple[str, nn.Module]],
-    *,
-    data: Data | None = None,
-    task: str | Task = "classification",
-    **_: Any,
+    pairs: Sequence[tuple[str, nn.Module]], config: Uniform, job: MergeJob
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The mean of all ingredients' weights; with data, their validation scores and the soup's
+    (a warning when the soup scores below every ingredient)."""
+    data, task = job.data, job.task
     sts = states(pairs)
     model = build(pairs[0][1], average(sts), data, task)
     info: dict[str, Any] = {"method": "uniform", "ingredients": [n for n, _ in pairs]}
@@ -51,15 +50,13 @@ def uniform_soup(
 
 
 def greedy_soup(
-    pairs: Sequence[tuple[str, nn.Module]],
-    *,
-    data: Data | None = None,
-    task: str | Task = "classification",
-    **_: Any,
+    pairs: Sequence[tuple[str, nn.Module]], config: Greedy, job: MergeJob
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Ingredients best first by validation score, each kept only if the soup's does not drop."""
+    data = job.data
     if data is None:
-        raise FusionError("greedy soup needs validation data: expected data=")
-    task = get_task(task)
+        raise FusionError("greedy soup needs validation data: expected data")
+    task = get_task(job.task)
     sts = states(pairs)
     scores = {n: val_score(m, data, task) for n, m in pairs}
     order = sorted(range(len(pairs)), key=lambda i: scores[pairs[i][0]], reverse=True)

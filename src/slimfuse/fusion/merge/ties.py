@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimfuse.data import Data
 from slimfuse.errors import FusionError
-from slimfuse.fusion.merge.common import build, check_same, states
-from slimfuse.tasks import Task
+from slimfuse.fusion.config import Ties
+from slimfuse.fusion.merge.common import MergeJob, build, check_same, states
 
 
 def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
@@ -51,27 +50,18 @@ def ties_states(
 
 
 def ties_merge(
-    pairs: Sequence[tuple[str, nn.Module]],
-    *,
-    data: Data | None = None,
-    task: str | Task = "classification",
-    parent: nn.Module | None = None,
-    density: float = 0.2,
-    scale: float = 1.0,
-    **_: Any,
+    pairs: Sequence[tuple[str, nn.Module]], config: Ties, job: MergeJob
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """TIES of the variants' changes from ``job.parent`` (trim, elect sign, disjoint mean)."""
+    parent, density, scale = job.parent, config.density, config.scale
     if parent is None:
         raise FusionError(
             "TIES merging needs the parent the variants were fine-tuned from: pass parent=MODEL"
         )
-    if not (0.0 < density <= 1.0) or not scale > 0:
-        raise FusionError(
-            f"density={density}, scale={scale}: expected density in (0, 1], scale > 0"
-        )
     sts = states(pairs)
     base = {k: v.detach() for k, v in parent.state_dict().items()}
     check_same(pairs[0][0], sts[0], "parent", base)
-    model = build(pairs[0][1], ties_states(base, sts, density, scale), data, task)
+    model = build(pairs[0][1], ties_states(base, sts, density, scale), job.data, job.task)
     info = {
         "method": "ties",
         "ingredients": [n for n, _ in pairs],
