@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from slimfuse.cli.common import add_common, add_data_args
+from slimfuse.cli.common import add_common, add_data_args, add_out
 from slimfuse.config import TRAIN_KEYS, TrainConfig, given
 from slimfuse.errors import ConfigError
 from slimfuse.fusion.config import (
@@ -137,10 +137,10 @@ def add_commands(sub: Any) -> None:
         action="extend",
         nargs="+",
         metavar="MODEL",
-        help="members: bundle folders or model arguments (--member A B C, or repeated)",
+        help="members: bundle folders or model arguments (--member A B C, or repeated) (required)",
     )
     add_data_args(p)
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    add_out(p)
     FuseConfig.add_flags(
         p,
         help="mean: the members' average; weighted: weights learned on held-out predictions "
@@ -162,7 +162,7 @@ def add_commands(sub: Any) -> None:
         action="extend",
         nargs="+",
         metavar="BUNDLE",
-        help="ingredients: bundle folders (--member A B C, or repeated)",
+        help="ingredients: bundle folders (--member A B C, or repeated) (required)",
     )
     MergeConfig.add_flags(
         p,
@@ -173,6 +173,6 @@ def add_commands(sub: Any) -> None:
         "--parent", help="the model the ingredients were fine-tuned from [ties] (default: none)"
     )
     add_data_args(p)
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    add_out(p)
     add_common(p)
     p.set_defaults(func=cmd_merge)
