@@ -95,12 +95,12 @@ def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):
         ("stages: [{stage: prune}]", r"stage 'prune' \(prune\): give exactly one of sparsity"),
         (
             "stages: [{stage: fuse, method: mean, cv: 5}]",
-            r"stage 'fuse' \(fuse\): option cv does not apply to method 'mean'; it is for weighted, stack",
+            r"stage 'fuse' \(fuse\): cv does not apply to method 'mean'; it is for weighted, stack",
         ),
         ("stages: [{stage: merge, method: ties}]", r"stage 'merge' \(merge\): ties needs parent"),
         (
             "stages: [{stage: merge, density: 0.5}]",
-            r"option density does not apply to method 'greedy'; it is for ties",
+            r"density does not apply to method 'greedy'; it is for ties",
         ),
         (
             "stages: [{stage: distill, student: mlp, loss: mse, temperature: 2}]",

@@ -48,7 +48,9 @@ def test_bundle_reloads_and_runs_in_fresh_process(tmp_path, trained_cnn, mnist1d
     assert float(total) == pytest.approx(expected, rel=1e-5)
     assert kind == ("QuantizedModel" if mode == "static" else type(trained_cnn).__name__)
     meta = json.loads((folder / "slimfuse.json").read_text())
-    assert meta["model"]["edits"][-1]["kind"] == ("quantized_graph" if mode == "static" else "weight_only")
+    assert meta["model"]["edits"][-1]["kind"] == (
+        "quantized_graph" if mode == "static" else "weight_only"
+    )
 
 
 def test_export_of_quantized_model_writes_the_int8_graph(tmp_path, trained_cnn, mnist1d) -> None:

@@ -47,7 +47,8 @@ def merge_config_from_flags(args: argparse.Namespace) -> AnyMergeConfig:
 def _members(args: argparse.Namespace, data: Any) -> list[tuple[str, Any]]:
     from slimfuse.cli.common import check_out_is_not_an_input, resolve_task
     from slimfuse.errors import FusionError
-    from slimfuse.models.source import check_model_fits, load_model
+    from slimfuse.models.resolve import load_model
+    from slimfuse.models.source import check_model_fits
 
     if not args.member:
         raise FusionError("no members given: expected --member BUNDLE at least once")
@@ -106,7 +107,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from slimfuse.cli.common import load_data_arg
     from slimfuse.fusion.merge import merge
-    from slimfuse.models.source import check_model_fits, load_model
+    from slimfuse.models.resolve import load_model
+    from slimfuse.models.source import check_model_fits
 
     cfg = merge_config_from_flags(args)  # before loading anything
     data = load_data_arg(args)
