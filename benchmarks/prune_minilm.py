@@ -20,9 +20,11 @@ import torch
 
 import slimfuse
 from prune_common import cpu_line, interleaved, ort_fn, verdict, write
+from slimfuse.config import TrainConfig
 from slimfuse.data import text_corpus
 from slimfuse.measuring import count_params
 from slimfuse.models.hf import minilm, tokenize, tokenizer
+from slimfuse.pruning.config import Transformer
 from slimfuse.pruning.transformer import heads_per_layer
 
 
@@ -53,23 +55,16 @@ def main() -> None:
     test = data.loader("test", batch_size=32)
 
     t0 = time.perf_counter()
-    small = slimfuse.prune(
-        teacher, data, ffn=args.ffn, heads=args.heads, importance=args.importance, task="embedding"
-    )
+    cfg = Transformer(ffn=args.ffn, heads=args.heads, importance=args.importance)
+    small = slimfuse.prune(teacher, cfg, data, task="embedding")
     t_prune = time.perf_counter() - t0
     fid_before = slimfuse.evaluate(small, test, "embedding")
     t0 = time.perf_counter()
+    recovery = TrainConfig(
+        epochs=args.recovery_epochs, lr=args.lr, batch_size=16, quiet=True, restore_best=False
+    )
     recovered = slimfuse.prune(
-        teacher,
-        data,
-        ffn=args.ffn,
-        heads=args.heads,
-        importance=args.importance,
-        task="embedding",
-        finetune_epochs=args.recovery_epochs,
-        lr=args.lr,
-        batch_size=16,
-        recovery="distill",
+        teacher, cfg.replace(recovery="distill"), data, train=recovery, task="embedding"
     )
     t_recover = time.perf_counter() - t0
     fid_after = slimfuse.evaluate(recovered, test, "embedding")

@@ -2,7 +2,7 @@
 
 The zoo's ``resnet1d`` (widths 64/128/128, BatchNorm, residual adds) is trained, then
 
-- slimfuse: ``slimfuse.prune(model, data, channels=0.5, importance="l1", finetune_epochs=N)``
+- slimfuse: ``slimfuse.prune(model, Channels(channels=0.5, importance="l1"), data, train=...)``
   (Torch-Pruning dependency graph underneath, then recovery through the one training loop);
 - peer: Torch-Pruning used directly as its README shows (``MagnitudeImportance(p=2)``,
   ``BasePruner``, classifier ignored), no recovery.
@@ -27,6 +27,7 @@ import torch_pruning as tp
 import slimfuse
 from prune_common import cpu_line, interleaved, ort_fn, verdict, write
 from slimfuse.measuring import count_macs, count_params
+from slimfuse.pruning.config import Channels
 from slimfuse.training import TrainConfig
 
 
@@ -58,13 +59,9 @@ def main() -> None:
     slimfuse.train(dense, data, config=TrainConfig(epochs=args.epochs, lr=1e-2, quiet=True))
     t_dense = time.perf_counter() - t0
     t0 = time.perf_counter()
+    recovery = TrainConfig(epochs=args.finetune_epochs, lr=1e-2, quiet=True, restore_best=False)
     ours = slimfuse.prune(
-        dense,
-        data,
-        channels=args.ratio,
-        importance="l1",
-        finetune_epochs=args.finetune_epochs,
-        lr=1e-2,
+        dense, Channels(channels=args.ratio, importance="l1"), data, train=recovery
     )
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from torch.nn.utils import prune as tprune
 import slimfuse
 from prune_common import cpu_line, verdict, write
 from slimfuse.measuring import count_params, state_bytes
+from slimfuse.pruning.config import Magnitude
 from slimfuse.pruning.sparse import storage_report
 from slimfuse.training import TrainConfig
 
@@ -65,16 +66,8 @@ def main() -> None:
         t_dense = time.perf_counter() - t0
         acc_dense = slimfuse.evaluate(dense, test)
         t0 = time.perf_counter()
-        ours = slimfuse.prune(
-            dense,
-            data,
-            sparsity=args.sparsity,
-            schedule="agp",
-            finetune_epochs=args.finetune_epochs,
-            lr=args.lr,
-            seed=seed,
-            recovery=args.recovery,
-        )
+        agp = Magnitude(sparsity=args.sparsity, sparsity_schedule="agp", recovery=args.recovery)
+        ours = slimfuse.prune(dense, agp, data, train=ft)
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
         peer = peer_torch_prune(dense, data, args.sparsity, ft)

@@ -17,8 +17,10 @@ from slimfuse.distillation.api import DistillResult
 from slimfuse.distillation.api import distill as _distill
 from slimfuse.distillation.api import distill_run as _distill_run
 from slimfuse.distillation.objectives import objective
+from slimfuse.pruning.api import prune as _prune
 from slimfuse.pruning.structured import prune_structured
 from slimfuse.quantization.api import quantize as _quantize
+from slimfuse.tasks import Task, get_task
 
 
 def teacher_objective(teacher: nn.Module, task: str) -> Any:
@@ -33,6 +35,23 @@ def quantize(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> 
 
 
 quantize.__doc__ = (quantize.__doc__ or "") + "\n\n" + (_quantize.__doc__ or "")
+
+
+def recovery_objective(teacher: nn.Module, task: str | Task) -> Any:
+    """Pruning's ``recovery: distill``: distillation from the unpruned ``teacher`` with the
+    output loss that goes with the task (kd; embedding: cosine; otherwise mse)."""
+    task = get_task(task)
+    loss = {"classification": "kd", "embedding": "cosine"}.get(task.name, "mse")
+    return objective(teacher, task, loss=loss)
+
+
+def prune(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> nn.Module:
+    """:func:`slimfuse.pruning.api.prune` with recovery's distillation objective wired in."""
+    kwargs.setdefault("teacher_objective", recovery_objective)
+    return _prune(model, config, data, **kwargs)
+
+
+prune.__doc__ = (prune.__doc__ or "") + "\n\n" + (_prune.__doc__ or "")
 
 
 def shrink_width(

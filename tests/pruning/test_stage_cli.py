@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import slimfuse
+from slimfuse.config import TrainConfig
 from slimfuse.errors import ConfigError
+from slimfuse.pruning.config import Channels
 from tests.helpers import run_cli
 from tests.pruning.nets import tiny_data
 
@@ -24,12 +26,12 @@ stages:
     name: slim
     model: dense
     channels: 0.5
-    finetune_epochs: 1
+    epochs: 1
   - stage: prune
     name: sparse
     model: dense
     sparsity: 0.8
-    finetune_epochs: 2
+    epochs: 2
 """
 
 
@@ -87,7 +89,7 @@ def test_cli_prune(npz, tmp_path) -> None:
         "0.5",
         "--importance",
         "l2",
-        "--finetune-epochs",
+        "--epochs",
         "1",
         "--out",
         str(tmp_path / "p"),
@@ -104,20 +106,22 @@ def test_cli_prune(npz, tmp_path) -> None:
         str(npz),
         "--sparsity",
         "1.2",
-        "--schedule",
+        "--sparsity-schedule",
         "oneshot",
         "--out",
         str(tmp_path / "q"),
     )
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "slimfuse prune: error: sparsity 1.2: expected a number in [0, 1)"
+    assert (
+        bad.stderr.strip() == "slimfuse prune: error: --sparsity 1.2: Input should be less than 1"
+    )
 
 
 def test_prune_needs_data_to_fine_tune() -> None:
     with pytest.raises(ConfigError, match="fine-tuning after pruning needs data"):
         slimfuse.prune(
             slimfuse.build_model("mlp", in_features=4, num_classes=2),
+            Channels(channels=0.5),
             None,
-            channels=0.5,
-            finetune_epochs=1,
+            train=TrainConfig(epochs=1),
         )

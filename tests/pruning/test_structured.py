@@ -14,6 +14,7 @@ import slimfuse
 from slimfuse.errors import ConfigError, ModelError, UnsupportedLayerError
 from slimfuse.measuring import count_macs, count_params
 from slimfuse.models.source import ModelSpec, set_spec
+from slimfuse.pruning.config import Channels
 from slimfuse.pruning.structured import prune_structured
 from slimfuse.training import TrainConfig
 from tests.helpers import ROOT
@@ -90,9 +91,11 @@ def test_iterative_prune_recover_and_recovery(data) -> None:
         recover=lambda m, s: steps.append(s),
     )
     assert steps == [0, 1] and small.stem[0].out_channels == 8
-    tuned = slimfuse.prune(model, data, channels=0.5, finetune_epochs=1, lr=1e-2)
+    one_epoch = TrainConfig(epochs=1, lr=1e-2, quiet=True)
+    tuned = slimfuse.prune(model, Channels(channels=0.5), data, train=one_epoch)
     assert tuned.stem[0].out_channels == 8
-    distilled = slimfuse.prune(model, data, channels=0.5, finetune_epochs=1, recovery="distill")
+    distil = Channels(channels=0.5, recovery="distill")
+    distilled = slimfuse.prune(model, distil, data, train=one_epoch.replace(lr=1e-3))
     assert distilled.stem[0].out_channels == 8 and model.stem[0].out_channels == 16
 
 

@@ -7,6 +7,7 @@ import torch
 
 import slimfuse
 from slimfuse.errors import ConfigError, SlimfuseWarning
+from slimfuse.pruning.config import Magnitude, Threshold
 from slimfuse.pruning.schedule import AGPCallback, cubic_sparsity
 from slimfuse.pruning.sparse import storage_report
 from slimfuse.pruning.unstructured import (
@@ -49,7 +50,8 @@ def test_threshold_drops_exactly_the_small_weights(data) -> None:
     assert torch.equal(model.net[0].weight != 0, w.abs() > 0.1)
     assert int((model.net[2].weight == 0).sum()) == 0  # not targeted
     dense = _mlp(data)
-    tau = slimfuse.prune(dense, data, threshold=0.1, finetune_epochs=1)  # one-shot, then masks kept
+    one_epoch = TrainConfig(epochs=1, lr=1e-3, quiet=True)
+    tau = slimfuse.prune(dense, Threshold(threshold=0.1), data, train=one_epoch)  # masks kept
     for k in (0, 2, 4):
         small = dense.net[k].weight.abs() <= 0.1
         assert bool((tau.net[k].weight[small] == 0).all()) and bool(small.any())
@@ -72,7 +74,7 @@ def test_zero_sparsity_is_lossless(data) -> None:
     x = data.example_input(16)
     ref = model(x)
     with pytest.warns(SlimfuseWarning, match="pruning removed nothing"):
-        pruned = slimfuse.prune(model, data, sparsity=0.0, schedule="oneshot")
+        pruned = slimfuse.prune(model, Magnitude(sparsity=0.0, sparsity_schedule="oneshot"), data)
     assert torch.equal(pruned(x), ref)
 
 
@@ -106,7 +108,8 @@ def test_agp_reaches_target_and_keeps_it(data) -> None:
 
 def test_sparse_bundle_is_compact_and_reloads(data, tmp_path) -> None:
     big = slimfuse.build_model("mlp", data=data, hidden=[128, 128])
-    model = slimfuse.prune(big, data, sparsity=0.9, schedule="oneshot", finetune_epochs=1)
+    oneshot = Magnitude(sparsity=0.9, sparsity_schedule="oneshot")
+    model = slimfuse.prune(big, oneshot, data, train=TrainConfig(epochs=1, lr=1e-3, quiet=True))
     rep = storage_report(model)
     assert rep["nonzero_params"] < 0.2 * rep["params"]
     assert rep["encoded_bytes"] < 0.2 * rep["dense_bytes"]  # 4 B per non-zero + 1 bit per weight
@@ -133,9 +136,9 @@ def test_bad_requests_are_refused(data) -> None:
     with pytest.raises(ConfigError, match="pruning target selector 'fc9' matches no module"):
         prune_unstructured(model, sparsity=0.5, targets=["fc9"])
     with pytest.raises(ConfigError, match="schedule 'agp' prunes gradually during fine-tuning"):
-        slimfuse.prune(model, data, sparsity=0.5)
+        slimfuse.prune(model, {"sparsity": 0.5}, data)
     with pytest.raises(
         ConfigError,
         match="give exactly one of sparsity, threshold, channels or ffn/heads; got sparsity, channels",
     ):
-        slimfuse.prune(model, data, sparsity=0.5, channels=0.5)
+        slimfuse.prune(model, {"sparsity": 0.5, "channels": 0.5}, data)

@@ -1,86 +1,118 @@
-"""``slimfuse prune``: unstructured, structured or transformer pruning, then recovery and a bundle."""
+"""``slimfuse prune``: the flags are :data:`~slimfuse.pruning.config.PruneConfig`'s fields and
+recovery's training flags; the amount given (``--sparsity``, ``--threshold``, ``--channels``,
+``--ffn`` / ``--heads``) picks the method."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
+
+from pydantic.fields import FieldInfo
+
+from slimfuse.cli.common import add_common, add_data_args, add_model_args, add_out
+from slimfuse.config import TrainConfig, _default_text, add_flags, flag_name, help_text
+from slimfuse.errors import ConfigError
+from slimfuse.pruning.config import AMOUNTS, PRUNE_TRAINING, PruneConfig, check_recovery
+
+
+def _settings() -> tuple[dict[str, FieldInfo], dict[str, str]]:
+    """Every method's settings but the amounts, for their flags: where methods define a setting
+    differently (``importance``, ``global_pruning``), the help gives each method's description
+    and default."""
+    fields: dict[str, FieldInfo] = {}
+    defaults: dict[str, str] = {}
+    for name, info in PruneConfig.fields().items():
+        if name in AMOUNTS or name == PruneConfig.key:
+            continue
+        per = {m: PruneConfig.variants[m].model_fields[name] for m in PruneConfig.readers(name)}
+        texts = {m: f.description for m, f in per.items()}
+        if len(set(texts.values())) > 1:
+            info = copy.copy(info)
+            info.description = "; ".join(f"{m}: {t}" for m, t in texts.items())
+        shown = {m: _default_text(f) for m, f in per.items()}
+        if len(set(shown.values())) > 1:
+            defaults[name] = ", ".join(f"{d} for {m}" for m, d in shown.items())
+        fields[name] = info
+    return fields, defaults
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from slimfuse.cli.common import add_common, add_data_args, add_model_args
-
     p = sub.add_parser(
         "prune",
         help="prune a model (unstructured sparsity, channels, or transformer FFN/heads) and recover",
+        description="Prune a model, then recover (--epochs). The amount given picks the method: "
+        "--sparsity (magnitude), --threshold, --channels, --ffn/--heads (transformer). Each flag "
+        "says which methods read it; a flag the method does not read is an error.",
     )
     add_model_args(p)
     add_data_args(p, required=False)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--sparsity", type=float, help="unstructured: fraction of weights to zero")
-    what.add_argument("--channels", type=float, help="structured: fraction of channels to remove")
-    what.add_argument("--ffn", type=float, help="transformer: fraction of FFN neurons to remove")
-    p.add_argument("--heads", type=float, help="transformer: fraction of attention heads to remove")
-    p.add_argument("--schedule", choices=["agp", "oneshot"], default="agp")
-    p.add_argument(
-        "--importance", default="l1", help="l1, l2, bn, taylor (channels); l1, l2, activation (ffn)"
+    fields = PruneConfig.fields()
+    what = p.add_argument_group("what to prune (one of; it picks the method)")
+    what.add_argument(
+        flag_name(PruneConfig.key),
+        choices=PruneConfig.names(),
+        default=None,
+        help="the pruning method (default: the one the amount given names)",
     )
-    p.add_argument("--targets", action="append", help="layer selector (name, re:regex, type:Class)")
-    p.add_argument("--ignore", action="append", help="layer selector to leave alone")
-    p.add_argument("--global", dest="global_pruning", action="store_true", default=None)
-    p.add_argument("--iterative-steps", type=int, default=1)
-    p.add_argument(
-        "--skip-unsupported",
-        action="store_true",
-        help="leave layers structured pruning cannot resize alone (warning) instead of failing",
+    amounts = what.add_mutually_exclusive_group()
+    add_flags(
+        amounts,
+        {k: fields[k] for k in AMOUNTS if k != "heads"},
+        readers=PruneConfig.readers,
+        defaults={"sparsity": None, "threshold": None, "channels": None},  # not required: one of
     )
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--recovery", choices=["finetune", "distill"], default="finetune")
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    add_flags(what, {"heads": fields["heads"]}, readers=PruneConfig.readers)
+    settings, defaults = _settings()
+    lists = ("targets", "ignore")
+    add_flags(
+        p,
+        {k: f for k, f in settings.items() if k not in lists},
+        readers=PruneConfig.readers,
+        group="method settings",
+        defaults=defaults,
+    )
+    layers = p.add_argument_group("layers (magnitude, threshold, channels)")
+    for name in lists:  # a list: --ignore a b, or repeated: --ignore a --ignore b
+        layers.add_argument(
+            f"--{name}",
+            dest=name,
+            default=None,
+            nargs="+",
+            action="extend",
+            metavar=name.upper(),
+            help=help_text(settings[name], PruneConfig.readers(name)),
+        )
+    add_flags(
+        p,
+        TrainConfig.model_fields,
+        skip=("seed", "quiet"),
+        readers=lambda _: [],
+        group="recovery training (--epochs 0: none)",
+        defaults=PRUNE_TRAINING,
+    )
+    add_out(p)
     add_common(p)
     p.set_defaults(func=cmd_prune)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from slimfuse.api import prune
     from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows
-    from slimfuse.errors import ConfigError
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import record
-    from slimfuse.pruning.api import prune
     from slimfuse.pruning.sparse import storage_report
 
-    if args.heads is not None and args.ffn is None:
-        args.ffn = 0.0
+    cfg, train = PruneConfig.from_flags(args, seed=args.seed, quiet=args.quiet)  # before loading
+    assert train is not None  # every method recovers with the one loop
+    check_recovery(cfg, train)
     data = load_data_arg(args) if args.data else None
-    if data is None and (
-        args.finetune_epochs or args.channels is not None or args.sparsity is not None
-    ):
+    if data is None and (train.epochs or cfg.method != "transformer"):
         raise ConfigError("prune needs --data (example inputs and fine-tuning data)")
     model = load_model_arg(args, data)
     pruned = prune(
-        model,
-        data,
-        sparsity=args.sparsity,
-        channels=args.channels,
-        ffn=args.ffn,
-        heads=args.heads,
-        schedule=args.schedule,
-        importance=args.importance,
-        targets=args.targets,
-        ignore=args.ignore,
-        global_pruning=args.global_pruning,
-        iterative_steps=args.iterative_steps,
-        unsupported="skip" if args.skip_unsupported else "error",
-        finetune_epochs=args.finetune_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        recovery=args.recovery,
-        task=args.task,
-        seed=args.seed,
-        quiet=args.quiet,
-        checkpoint_dir=Path(f"{args.out}.ckpt"),
+        model, cfg, data, train=train, task=args.task, checkpoint_dir=Path(f"{args.out}.ckpt")
     )
     settings = {k: v for k, v in vars(args).items() if k not in ("func",)}
     record(pruned, lineage={"stage": "prune", "config": settings})

@@ -1,79 +1,49 @@
-"""The ``prune`` recipe stage.
-
-Unstructured (``sparsity``, schedule ``agp`` or ``oneshot``), structured (``channels``, with an
-``importance`` criterion) or transformer (``ffn`` / ``heads``) pruning of the current model (or
-an earlier stage's, by ``model: <stage name>``), followed by ``finetune_epochs`` of recovery::
+"""The ``prune`` recipe stage: its keys are a :data:`~slimfuse.pruning.config.PruneConfig`'s and
+recovery's training keys. The amount given picks the method (or ``method: magnitude |
+threshold | channels | transformer``); ``model: <stage name>`` prunes an earlier stage's model::
 
     - stage: prune
       name: pruned
-      channels: 0.5
+      channels: 0.5           # or sparsity: 0.9 | threshold: 0.02 | ffn: 0.5, heads: 0.25
       importance: l1
-      finetune_epochs: 10
+      epochs: 10              # recovery (default 0: none)
+      lr: 0.003
+      recovery: distill       # from the unpruned model (default: finetune)
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar
 
 from pydantic import Field
 from torch import nn
 
-from slimfuse.pipeline.stages import Context, StageConfig, stage
+from slimfuse.api import prune
+from slimfuse.config import Family
+from slimfuse.pipeline.stages import Context, FamilyStage, stage
+from slimfuse.pruning.config import PruneConfig, check_recovery
 
 
-class PruneStage(StageConfig):
-    model: str | None = None  # an earlier stage's name; default: the current model
-    sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
-    threshold: float | None = Field(default=None, ge=0.0)  # one-shot: drop |w| <= threshold
-    channels: float | None = Field(default=None, ge=0.0, lt=1.0)
-    ffn: float | None = Field(default=None, ge=0.0, lt=1.0)
-    heads: float | None = Field(default=None, ge=0.0, lt=1.0)
-    schedule: Literal["agp", "oneshot"] = "agp"
-    importance: Literal["l1", "l2", "bn", "taylor", "activation"] = "l1"
-    targets: list[str] | None = None
-    ignore: list[str] = Field(default_factory=list)
-    global_pruning: bool | None = None
-    iterative_steps: int = Field(default=1, ge=1)
-    unsupported: Literal["error", "skip"] = "error"
-    finetune_epochs: int = Field(default=5, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
-    batch_size: int = Field(default=100, ge=1)
-    recovery: Literal["finetune", "distill"] = "finetune"
+class PruneStage(FamilyStage):
+    family: ClassVar[Family] = PruneConfig
+    model: str | None = Field(
+        None, description="an earlier stage's name (default: the current model)"
+    )
 
     def check(self) -> None:
-        from slimfuse.pruning.api import check_request
-
-        keys = ("sparsity", "threshold", "channels", "ffn", "heads", "schedule", "importance")
-        keys += ("targets", "ignore", "global_pruning", "iterative_steps", "unsupported")
-        check_request(**{k: getattr(self, k) for k in keys}, finetune_epochs=self.finetune_epochs)
+        train = self.family.training(self.method, self._train)
+        assert train is not None  # every method recovers with the one loop
+        check_recovery(self.method, train)
 
 
 @stage(PruneStage)
 def prune_stage(ctx: Context, cfg: PruneStage) -> nn.Module:
-    """Prune (unstructured, channels or transformer heads/FFN), then recover by fine-tuning."""
-    from slimfuse.pruning.api import prune
-
+    """Prune (magnitude, threshold, channels or transformer FFN/heads), then recover."""
     return prune(
         ctx.model_named(cfg.model),
+        cfg.method,
         ctx.data,
-        sparsity=cfg.sparsity,
-        threshold=cfg.threshold,
-        channels=cfg.channels,
-        ffn=cfg.ffn,
-        heads=cfg.heads,
-        schedule=cfg.schedule,
-        importance=cfg.importance,
-        targets=cfg.targets,
-        ignore=cfg.ignore,
-        global_pruning=cfg.global_pruning,
-        iterative_steps=cfg.iterative_steps,
-        unsupported=cfg.unsupported,
-        finetune_epochs=cfg.finetune_epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        recovery=cfg.recovery,
+        train=cfg.train_config(ctx),
         task=ctx.task,
-        seed=ctx.seed,
-        quiet=ctx.quiet,
         checkpoint_dir=ctx.checkpoint_dir,
     )

@@ -1,6 +1,8 @@
 """Pruning: unstructured magnitude masks and structured removal of channels, neurons and heads.
 
-- :func:`prune` (``slimfuse.prune``): one call for every kind, with recovery
+- :func:`prune` (``slimfuse.prune``): one call for every method, with recovery; the methods'
+  configs :data:`PruneConfig` = :class:`Magnitude` | :class:`Threshold` | :class:`Channels` |
+  :class:`Transformer` (:mod:`~slimfuse.pruning.config`)
 - :mod:`~slimfuse.pruning.unstructured`: magnitude masks, per layer or global, sparsity or τ
 - :mod:`~slimfuse.pruning.schedule`: Zhu & Gupta's cubic gradual schedule (AGP), one-shot
 - :mod:`~slimfuse.pruning.structured`: channels/neurons removed on Torch-Pruning's dependency graph
@@ -16,7 +18,14 @@ from __future__ import annotations
 
 from slimfuse.lazy import lazy_names
 
-_NAMES: dict[str, str] = {"prune": "slimfuse.pruning.api"}
+_NAMES: dict[str, str] = {
+    "PruneConfig": "slimfuse.pruning.config",
+    "Magnitude": "slimfuse.pruning.config",
+    "Threshold": "slimfuse.pruning.config",
+    "Channels": "slimfuse.pruning.config",
+    "Transformer": "slimfuse.pruning.config",
+    "prune": "slimfuse.pruning.api",
+}
 
 __all__ = sorted(_NAMES)
 

@@ -8,7 +8,9 @@ together), built on Torch-Pruning's importance classes:
 - ``bn``: the absolute BatchNorm scale |γ| (network slimming); needs BatchNorm layers
 - ``taylor``: first-order Taylor |w · ∂L/∂w|, with gradients accumulated from a few batches
 
-Add one with ``IMPORTANCE.register("name")(Criterion(make=..., needs_grad=...))``.
+Add one with ``IMPORTANCE.register("name")(Criterion(make=..., needs_grad=...))``. Torch-Pruning
+is imported when a criterion is made, so that this registry (and the configs that check names
+against it) import no torch.
 """
 
 from __future__ import annotations

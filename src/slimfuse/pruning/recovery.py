@@ -1,48 +1,40 @@
 """Recovery after pruning: fine-tune with the one training loop, the loss is pluggable.
 
 ``recovery="finetune"`` trains on the task loss; ``recovery="distill"`` uses the unpruned model
-as teacher through :func:`slimfuse.distillation.objectives` (imported lazily; when the
-distillation family is not installed, plain fine-tuning is used and a warning says so).
+as teacher through the objective that ``teacher_objective(teacher, task)`` makes: pruning
+imports no other technique, its caller passes one (:func:`slimfuse.prune` passes the
+distillation family's).
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
 
+from slimfuse.config import TrainConfig
 from slimfuse.data import Data
-from slimfuse.errors import ConfigError, SlimfuseWarning
+from slimfuse.errors import ConfigError
 from slimfuse.tasks import Task, get_task
-from slimfuse.training import Callback, TrainConfig, TrainResult, train
+from slimfuse.training import Callback, TrainResult, train
 
 Recovery = Literal["finetune", "distill"]
 RECOVERIES: tuple[str, ...] = ("finetune", "distill")
+# teacher (a frozen copy of the unpruned model), task -> a ``(model, batch) -> loss`` objective
+TeacherObjective = Callable[[nn.Module, Task], Any]
 
 
-def distill_objective(
-    teacher: nn.Module, task: Task, temperature: float = 4.0, alpha: float = 0.9
-) -> Any:
-    """The distillation family's objective, or ``None`` when it is not available."""
-    try:
-        mod = importlib.import_module("slimfuse.distillation")
-        make = mod.objective
-    except (ImportError, AttributeError):
-        warnings.warn(
-            "recovery 'distill' needs slimfuse.distillation; fine-tuning instead",
-            SlimfuseWarning,
-            stacklevel=3,
+def check_teacher_objective(teacher_objective: TeacherObjective | None) -> TeacherObjective:
+    """The objective ``recovery='distill'`` needs; a one-line error without one."""
+    if teacher_objective is None:
+        raise ConfigError(
+            "recovery 'distill' needs a distillation objective (teacher_objective=); use "
+            "slimfuse.prune, which passes the distillation family's"
         )
-        return None
-    loss = (
-        "cosine" if task.name == "embedding" else ("kd" if task.name == "classification" else "mse")
-    )
-    return make(teacher, task, loss=loss, temperature=temperature, alpha=alpha)
+    return teacher_objective
 
 
 def recover(
@@ -53,21 +45,22 @@ def recover(
     *,
     recovery: Recovery = "finetune",
     teacher: nn.Module | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
+    teacher_objective: TeacherObjective | None = None,
     callbacks: Sequence[Callback] = (),
     checkpoint_dir: str | Path | None = None,
     description: str = "recover",
 ) -> TrainResult:
-    """Fine-tune a pruned ``model`` in place (optionally distilling from ``teacher``)."""
+    """Fine-tune a pruned ``model`` in place (``recovery='distill'``: distilling from
+    ``teacher``, left unchanged, with the objective ``teacher_objective`` makes)."""
     if recovery not in RECOVERIES:
         raise ConfigError(f"recovery {recovery!r}: expected one of {', '.join(RECOVERIES)}")
     task = get_task(task)
     objective = None
     if recovery == "distill":
+        make = check_teacher_objective(teacher_objective)
         if teacher is None:
             raise ConfigError("recovery 'distill' needs the unpruned model as teacher")
-        objective = distill_objective(copy.deepcopy(teacher).eval(), task, temperature, alpha)
+        objective = make(copy.deepcopy(teacher).eval(), task)
     return train(
         model,
         data,

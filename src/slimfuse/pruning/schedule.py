@@ -12,24 +12,33 @@ the masks on schedule and re-applies them after every optimizer step::
     cb = AGPCallback(model, final_sparsity=0.9)
     slimfuse.train(model, data, callbacks=[cb])
     finalize(model, cb.masks)
+
+:func:`prune_magnitude` is the ``magnitude`` method of :func:`slimfuse.prune`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
 from slimfuse.errors import ConfigError
+from slimfuse.pruning.config import Magnitude
 from slimfuse.pruning.unstructured import (
+    MaskCallback,
     Masks,
     check_sparsity,
+    finalize,
     magnitude_masks,
+    prune_unstructured,
     select_weights,
 )
 from slimfuse.targeting import Selector
-from slimfuse.training import Callback
+from slimfuse.training import Callback, trainable_copy
+
+if TYPE_CHECKING:
+    from slimfuse.pruning.api import Job
 
 Schedule = Literal["agp", "oneshot"]
 SCHEDULES: tuple[str, ...] = ("agp", "oneshot")
@@ -122,3 +131,29 @@ class AGPCallback(Callback):
             self._update(step)
         else:
             self.masks.apply()
+
+
+def prune_magnitude(model: nn.Module, cfg: Magnitude, job: Job) -> nn.Module:
+    """The ``magnitude`` method: a copy of ``model`` with the smallest weights zeroed, gradually
+    during recovery (AGP) or at once (then recovery keeps the zeros), the masks folded in."""
+    model = trainable_copy(model)
+    if cfg.sparsity_schedule == "agp":
+        cb = AGPCallback(
+            model,
+            cfg.sparsity,
+            targets=cfg.targets,
+            ignore=cfg.ignore,
+            global_pruning=cfg.global_pruning,
+        )
+        job.recover(model, [cb], "prune agp")
+        masks = cb.masks
+    else:
+        masks = prune_unstructured(
+            model,
+            sparsity=cfg.sparsity,
+            targets=cfg.targets,
+            ignore=cfg.ignore,
+            global_pruning=cfg.global_pruning,
+        )
+        job.recover(model, [MaskCallback(masks)], "prune finetune")
+    return finalize(model, masks)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimfuse.errors import ModelError
+from slimfuse.measuring import count_params, state_bytes
 from slimfuse.models.source import record
 from slimfuse.models.weights import BITMASK, VALUES
 
@@ -78,8 +80,6 @@ def install(model: nn.Module, keys: list[str]) -> nn.Module:
     known = dict(model.named_parameters())
     missing = [k for k in keys if k not in known]
     if missing:
-        from slimfuse.errors import ModelError
-
         raise ModelError(f"sparse edit names parameters the model lacks: {missing[:5]}")
     first = not hasattr(model, _HOOKED)
     merged = sorted(set(getattr(model, _HOOKED, [])) | set(keys))
@@ -118,8 +118,6 @@ def dense_state() -> Iterator[None]:
 
 def storage_report(model: nn.Module) -> dict[str, int]:
     """Dense bytes, non-zero parameters and encoded bytes of the model's safetensors weights."""
-    from slimfuse.measuring import count_params, state_bytes
-
     with dense_state():
         dense = state_bytes(model)
     params, nonzero = count_params(model)

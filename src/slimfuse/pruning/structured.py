@@ -11,6 +11,7 @@ the smaller shapes::
 
 The model's output layers (:func:`output_layers`: the last conv/linear on every path to the output,
 one per member of an ensemble) are never shrunk, so the outputs keep their shape.
+:func:`prune_channels` is the ``channels`` method of :func:`slimfuse.prune`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from slimfuse.errors import ConfigError, ModelError, SlimfuseWarning, UnsupportedLayerError
+from slimfuse.pruning.config import Channels
 from slimfuse.pruning.importance import IMPORTANCE
 from slimfuse.pruning.resize import record_resize, snapshot
 from slimfuse.targeting import Selector, select_modules
 from slimfuse.tasks import Task, forward, get_task
 from slimfuse.training import trainable_copy
+
+if TYPE_CHECKING:
+    from slimfuse.pruning.api import Job
 
 # layers whose channels Torch-Pruning knows how to remove (the roots are conv and linear)
 ROOT_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -222,8 +228,6 @@ def prune_structured(
     With ``iterative_steps > 1`` the ratio is reached in steps and ``recover(model, step)`` (e.g.
     a short fine-tune) runs after each. Unless ``inplace``, the input model is left unchanged.
     """
-    import torch_pruning as tp
-
     if iterative_steps < 1:
         raise ConfigError(f"iterative_steps {iterative_steps}: expected >= 1")
     task = get_task(task)
@@ -309,10 +313,38 @@ def prune_structured(
     return model.eval()
 
 
+def prune_channels(model: nn.Module, cfg: Channels, job: Job) -> nn.Module:
+    """The ``channels`` method: a smaller copy of ``model`` (traced on ``job.example_inputs``,
+    else one sample of the data), recovered between iterative steps and at the end."""
+    x = job.example_inputs
+    if x is None and job.data is not None:
+        x = job.data.example_input(1)
+    steps = cfg.iterative_steps
+
+    def between(m: nn.Module, step: int) -> None:
+        if step < steps - 1:
+            job.recover(m, [], f"recover {step + 1}/{steps}")
+
+    small = prune_structured(
+        model,
+        x,
+        ratio=cfg.channels,
+        importance=cfg.importance,
+        targets=cfg.targets,
+        ignore=cfg.ignore,
+        global_pruning=cfg.global_pruning,
+        data=job.data,
+        task=job.task,
+        iterative_steps=steps,
+        recover=between if steps > 1 else None,
+        unsupported=cfg.unsupported,
+    )
+    job.recover(small, [], "recover")
+    return small
+
+
 def _tied_roots(model: nn.Module, example_inputs: Any, custom: dict[type, Any]) -> list:
     """Root layers whose dependency group touches a module left alone (they are kept too)."""
-    import torch_pruning as tp
-
     dg = tp.DependencyGraph().build_dependency(
         model,
         example_inputs,

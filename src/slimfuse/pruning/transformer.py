@@ -16,22 +16,28 @@ per-layer ``pruned_heads``), the shapes are recorded as a ``resize`` edit and th
 exports to ONNX::
 
     small = prune_transformer(slimfuse.models.hf.minilm(), ffn_ratio=0.5, head_ratio=0.25)
+
+:func:`prune_encoder` is the ``transformer`` method of :func:`slimfuse.prune`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from slimfuse.errors import ConfigError, UnsupportedLayerError
 from slimfuse.models.source import record
+from slimfuse.pruning.config import Transformer
 from slimfuse.pruning.resize import record_resize, snapshot
 from slimfuse.pruning.structured import check_ratio
 from slimfuse.tasks import forward
 from slimfuse.training import trainable_copy
+
+if TYPE_CHECKING:
+    from slimfuse.pruning.api import Job
 
 TRANSFORMER_IMPORTANCE = ("l1", "l2", "activation")
 
@@ -214,6 +220,20 @@ def prune_transformer(
     )
     record(model, edit={"kind": "hf_config", "module": prefix.rstrip("."), "config": cfg})
     return model.eval()
+
+
+def prune_encoder(model: nn.Module, cfg: Transformer, job: Job) -> nn.Module:
+    """The ``transformer`` method: a copy of the encoder with fewer FFN neurons and heads
+    (importance ``activation``: on ``job.inputs``, else four batches of the data), recovered."""
+    inputs = job.inputs
+    if inputs is None and job.data is not None and cfg.importance == "activation":
+        loader = job.data.loader("train", batch_size=32)
+        inputs = [job.task.unpack(b)[0] for b, _ in zip(loader, range(4), strict=False)]
+    small = prune_transformer(
+        model, ffn_ratio=cfg.ffn, head_ratio=cfg.heads, importance=cfg.importance, inputs=inputs
+    )
+    job.recover(small, [], "recover")
+    return small
 
 
 def apply_hf_config(

@@ -10,20 +10,28 @@ and, by default, makes the model's bundle store the sparse weights compactly::
     masks = prune_unstructured(model, sparsity=0.9)
     slimfuse.train(model, data, callbacks=[MaskCallback(masks)])
     finalize(model, masks)            # plain zeros in the weights; compact bundle
+
+:func:`prune_threshold` is the ``threshold`` method of :func:`slimfuse.prune`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from slimfuse.errors import ConfigError
 from slimfuse.models.source import record
+from slimfuse.pruning.config import Threshold
+from slimfuse.pruning.sparse import make_compact, storage_report
 from slimfuse.targeting import Selector, select_modules
-from slimfuse.training import Callback
+from slimfuse.training import Callback, trainable_copy
+
+if TYPE_CHECKING:
+    from slimfuse.pruning.api import Job
 
 PRUNABLE: tuple[type, ...] = (
     nn.Linear,
@@ -174,8 +182,6 @@ class MaskCallback(Callback):
 @torch.no_grad()
 def finalize(model: nn.Module, masks: Masks, *, compact: bool = True) -> nn.Module:
     """Fold the masks into the weights (plain tensors with zeros); ``compact``: sparse bundle."""
-    from slimfuse.pruning.sparse import make_compact, storage_report
-
     masks.apply()
     if compact:
         make_compact(model, list(masks.masks))
@@ -189,3 +195,14 @@ def finalize(model: nn.Module, masks: Masks, *, compact: bool = True) -> nn.Modu
         },
     )
     return model
+
+
+def prune_threshold(model: nn.Module, cfg: Threshold, job: Job) -> nn.Module:
+    """The ``threshold`` method: a copy of ``model`` with every ``|w| <= threshold`` zeroed
+    (one-shot, global), recovery with the zeros kept, the masks folded in."""
+    model = trainable_copy(model)
+    masks = prune_unstructured(
+        model, threshold=cfg.threshold, targets=cfg.targets, ignore=cfg.ignore, global_pruning=True
+    )
+    job.recover(model, [MaskCallback(masks)], "prune finetune")
+    return finalize(model, masks)
