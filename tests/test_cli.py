@@ -81,11 +81,11 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
         (["run", "missing.yaml", "--out", "x"], "recipe 'missing.yaml' not found"),
         (
             [*PRUNE_MLP, "--sparsity", "0.5", "--importance", "taylor"],
-            "importance='taylor' does not apply to sparsity pruning; it is for channels, ffn/heads",
+            "--importance does not apply to --method 'magnitude'; it is for channels, transformer",
         ),
         (
             [*PRUNE_MLP, "--sparsity", "0.5", "--iterative-steps", "3"],
-            "iterative_steps=3 does not apply to sparsity pruning; it is for channels",
+            "--iterative-steps does not apply to --method 'magnitude'; it is for channels",
         ),
         (
             [
@@ -101,7 +101,7 @@ PRUNE_MLP = ["prune", "--model", "mlp", "--data", "digits", "--out", "x"]
                 "--calibration",
                 "entropy",
             ],
-            "calibration='entropy' does not apply to mode 'dynamic'; it is for static, qat",
+            "--calibration does not apply to --mode 'dynamic'; it is for static, qat",
         ),
         (
             ["merge", "--member", "a", "b", "--data", "digits", "--out", "x", "--density", "0.5"],

@@ -90,7 +90,7 @@ def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):
         ),
         (
             "stages: [{stage: train}, {stage: prune, sparsity: 0.5, importance: taylor}]",
-            r"stage 'prune' \(prune\): importance='taylor' does not apply to sparsity pruning",
+            r"stage 'prune' \(prune\): importance does not apply to method 'magnitude'; it is for channels, transformer",
         ),
         ("stages: [{stage: prune}]", r"stage 'prune' \(prune\): give exactly one of sparsity"),
         (

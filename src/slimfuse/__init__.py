@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _VERBS: dict[str, str] = {
     "load": "slimfuse.models.bundle:load",
     "save": "slimfuse.models.bundle:save",
-    "load_model": "slimfuse.models.source:load_model",
+    "load_model": "slimfuse.models.resolve:load_model",
     "build_model": "slimfuse.models.source:build_model",
     "load_data": "slimfuse.data:load_data",
     "train": "slimfuse.training:train",

@@ -152,7 +152,7 @@ def test_an_int8_graph_runs_and_teaches_but_is_not_trained_pruned_merged_or_requ
     with pytest.raises(ModelError, match=f"^training {refused}"):
         slimfuse.train(q, mnist1d, config=slimfuse.TrainConfig(epochs=1, quiet=True))
     with pytest.raises(ModelError, match=f"^pruning {refused}"):
-        slimfuse.prune(q, mnist1d, channels=0.5)
+        slimfuse.prune(q, {"channels": 0.5}, mnist1d)
     with pytest.raises(ModelError, match=f"^merging member 'q' {refused}"):
         slimfuse.merge([("q", q), ("f", trained_cnn)], data=mnist1d)
     with pytest.raises(ModelError, match=f"^quantizing {refused}"):

@@ -47,7 +47,7 @@ def test_static_int8_with_every_layer_ignored_is_an_error(digits):
 def test_pruning_that_removes_nothing_warns_and_strict_fails(digits, tmp_path, capsys):
     model = slimfuse.build_model("mlp", data=digits, hidden=[16])
     with pytest.warns(SlimfuseWarning, match="pruning removed nothing"):
-        slimfuse.prune(model, digits, channels=0.5, ignore=["net.0"])  # its only hidden layer
+        slimfuse.prune(model, {"channels": 0.5, "ignore": ["net.0"]}, digits)  # its only layer
     bundle = slimfuse.save(model, tmp_path / "m")
     args = ["prune", "--model", str(bundle), "--data", "digits", "--channels", "0.5"]
     args += ["--ignore", "net.0", "--quiet"]
