@@ -124,6 +124,8 @@ class TrainConfig(Config):
     quiet: bool = Field(False, description="no progress bars or per-epoch lines")
 
 
+# the training settings a command's flags and a recipe stage's keys set (seed and quiet are the
+# command's and the recipe's own)
 TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k not in ("seed", "quiet"))
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from slimfuse.config import TrainConfig, add_flags, given, validate
+from slimfuse.config import TRAIN_KEYS, TrainConfig, add_flags, given, validate
 
 
 def parse_kv(items: Sequence[str] | None) -> dict[str, Any]:
@@ -113,10 +113,6 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-# the training keys a command's flags set; seed and quiet are every command's own flags
-TRAIN_FLAGS = tuple(k for k in TrainConfig.model_fields if k not in ("seed", "quiet"))
-
-
 def add_training_args(
     p: argparse.ArgumentParser,
     *,
@@ -144,7 +140,7 @@ def train_config_arg(
     args: argparse.Namespace, defaults: dict[str, Any] | None = None
 ) -> TrainConfig:
     """The :class:`~slimfuse.config.TrainConfig` of :func:`add_training_args`' flags."""
-    values = {**(defaults or {}), **given(args, TRAIN_FLAGS)}
+    values = {**(defaults or {}), **given(args, TRAIN_KEYS)}
     return validate(TrainConfig, {**values, "seed": args.seed, "quiet": args.quiet}, flags=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import Field, PrivateAttr, create_model
 from torch import nn
 
-from slimfuse.config import Config, Family, TrainConfig, validate
+from slimfuse.config import TRAIN_KEYS, Config, Family, TrainConfig, validate
 from slimfuse.data import Data
 from slimfuse.errors import ConfigError
 from slimfuse.registry import Registry
@@ -46,8 +46,6 @@ class _TrainingKeys(StageConfig):
         keys["seed"] = seed if self.seed is None else self.seed  # type: ignore[attr-defined]
         return TrainConfig(**keys, quiet=quiet)
 
-
-TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k not in ("seed", "quiet"))
 
 # The training keys of every stage that trains (train, distill, fuse...): TrainConfig's fields
 # (types, bounds, defaults, descriptions), ``seed`` defaulting to the recipe's.
