@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from slimfuse.errors import ConfigError
 from slimfuse.pipeline.recipe import parse_recipe
@@ -48,6 +49,24 @@ def test_resume_skips_finished_stages(tmp_path):
     before = (tmp_path / "mlp" / "model.safetensors").stat().st_mtime_ns
     run_recipe(RECIPE, tmp_path, quiet=True, resume=True)
     assert (tmp_path / "mlp" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_resumed_recipe_builds_the_same_models_as_an_uninterrupted_one(tmp_path):
+    """A stage that builds a model (here a fresh MLP) starts from the recipe's seed, whatever
+    the stages before it drew: resuming after the first stage gives the same weights."""
+    from safetensors.torch import load_file
+
+    stages = (
+        "data: digits\nmeasure_engines: [torch]\nstages:\n"
+        "  - {stage: train, name: a, model: mlp, model_kwargs: {hidden: [16]}, epochs: 2}\n"
+    )
+    second = "  - {stage: train, name: b, model: mlp, model_kwargs: {hidden: [8]}, epochs: 1}\n"
+    run_recipe(stages + second, tmp_path / "whole", quiet=True)
+    run_recipe(stages, tmp_path / "split", quiet=True)  # interrupted after the first stage
+    run_recipe(stages + second, tmp_path / "split", quiet=True, resume=True)
+    whole = load_file(tmp_path / "whole" / "b" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "b" / "model.safetensors")
+    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
 
 
 def test_an_error_in_a_stage_names_it_and_keeps_the_stages_before(tmp_path):

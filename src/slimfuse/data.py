@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib
 import math
+import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from slimfuse.errors import DataError, SlimfuseWarning
 from slimfuse.trust import import_callable, trusting
@@ -78,8 +80,6 @@ class Data:
 
     def example_input(self, batch: int = 1, split: str = "test") -> torch.Tensor:
         """The first ``batch`` inputs of a split, repeated if the split is smaller."""
-        from torch.utils.data import default_collate
-
         ds = self.split(split)
         return default_collate([ds[i % len(ds)] for i in range(batch)])[0]
 
@@ -498,9 +498,8 @@ def text_corpus(seed: int = 0, held_out: float = 0.2, min_chars: int = 80) -> di
     standard-library modules. The split is by document, so no paragraph of a held-out topic
     leaks into training.
     """
-    import importlib
-    import random
-    from pydoc_data.topics import topics
+
+    from pydoc_data.topics import topics  # 700 KB of text: read only when the corpus is asked for
 
     docs: list[list[str]] = []
     for key in sorted(topics):

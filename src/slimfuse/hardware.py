@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 from pathlib import Path
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
@@ -33,8 +34,6 @@ def has_vnni() -> bool:
 @functools.cache
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else the machine type."""
-    import platform
-
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -46,8 +45,6 @@ def cpu_name() -> str:
 
 def describe_cpu() -> str:
     """One line for benchmark tables: model, AVX-512 and VNNI."""
-    import platform
-
     flags = cpu_flags()
     yes = {True: "yes", False: "no"}
     return (

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import save
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from slimfuse.atomic import atomic_file
 from slimfuse.data import Data
@@ -69,8 +70,6 @@ def state_bytes(model: nn.Module) -> int:
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs: Any) -> int | None:
     """Multiply-accumulates of one forward pass on ``example_inputs`` (batch 1)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     if callable(getattr(model, "count_macs", None)):  # e.g. an int8 graph: the float model's MACs
         return model.count_macs()  # type: ignore[operator]
 

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 
 from slimfuse.atomic import atomic_file
 from slimfuse.config import TrainConfig
@@ -126,8 +129,6 @@ def distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -317,7 +318,8 @@ def _check_same_settings(path: Path, saved: Any, batch: int, cfg: TrainConfig) -
         )
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random`` (what a run's randomness draws from)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -355,7 +357,7 @@ def train(
     if resume and (ckpt is None or not ckpt.is_file()):
         raise ConfigError(f"resume asked but there is no checkpoint at {ckpt}")
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
@@ -555,8 +557,6 @@ def _epoch_loader(
     loading them (a resumed epoch); ``min_batch`` leaves out a last batch whose share in some
     process would be smaller (2 for BatchNorm). Neither changes any other batch.
     """
-    from torch.utils.data import DataLoader
-
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)
     if by_length:
@@ -596,8 +596,6 @@ class _Progress:
     """One progress bar for a whole run (a terminal), or a line every tenth of the epochs (a log)."""
 
     def __init__(self, show: bool, desc: str, total: int, done: int, epochs: int) -> None:
-        import sys
-
         self.show, self.desc, self.epochs = show, desc, epochs
         self.bar: Any = None
         if show and sys.stderr.isatty():

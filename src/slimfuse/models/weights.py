@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -272,6 +273,4 @@ def check_fits(
 
 
 def _ones(bits: torch.Tensor, n: int) -> int:
-    import numpy as np
-
     return int(np.unpackbits(bits.numpy())[:n].sum())

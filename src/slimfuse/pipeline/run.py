@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from slimfuse.data import load_data
 from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
@@ -22,6 +20,7 @@ from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_re
 from slimfuse.pipeline.stages import STAGES, Context
 from slimfuse.report import write_report
 from slimfuse.tasks import get_task
+from slimfuse.training import seed_all
 from slimfuse.trust import trusting
 
 log = logging.getLogger("slimfuse.pipeline")  # each stage's line, the report's path
@@ -59,7 +58,7 @@ def _run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(text)
-    torch.manual_seed(recipe.seed)
+    seed_all(recipe.seed)
     task = get_task(recipe.task)
     data = load_data(recipe.data, seed=recipe.seed, **recipe.data_kwargs)
     ctx = Context(
@@ -99,6 +98,9 @@ def _run(
         say(f"[{i}/{len(recipe.stages)}] {name} ({entry.stage})")
         t0 = time.perf_counter()
         try:
+            # every stage starts from the recipe's seed: a model it builds (a student, members)
+            # does not depend on what earlier stages drew, so --resume builds the same one
+            seed_all(recipe.seed)
             new = st.fn(ctx, cfg)
         except SlimfuseError as exc:  # say which stage: a recipe may run one kind several times
             if not str(exc).startswith("stage "):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from slimfuse.config import Config, Family
+from slimfuse.hardware import has_vnni
 
 if TYPE_CHECKING:
     from slimfuse.targeting import Targeting
@@ -67,8 +68,6 @@ class _Int8(_Layers):
     def reduced_range(self) -> bool:
         """``reduce_range`` resolved for this CPU: True means 7-bit int8 weights."""
         if self.reduce_range is None:
-            from slimfuse.hardware import has_vnni
-
             return not has_vnni()
         return bool(self.reduce_range)
 

@@ -10,6 +10,7 @@ Bundles rebuild it through the ``quantized_graph`` edit (:func:`load_quantized`)
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,6 @@ def wrap_graph(
 
 def refresh_edit(q: QuantizedModel) -> QuantizedModel:
     """Copy ``q.info`` into its recorded edit after the info grew (so the bundle has it too)."""
-    import json
-
     spec = spec_of(q)
     if spec is not None and spec.edits and spec.edits[-1].get("kind") == EDIT_KIND:
         spec.edits[-1]["info"] = json.loads(json.dumps(q.info, default=str))
