@@ -23,9 +23,13 @@ from slimfuse.quantization.api import quantize as _quantize
 from slimfuse.tasks import Task, get_task
 
 
-def teacher_objective(teacher: nn.Module, task: str) -> Any:
-    """Knowledge distillation from a frozen ``teacher`` (the task's default loss)."""
-    return objective(teacher, task)
+def teacher_objective(teacher: nn.Module, task: str | Task) -> Any:
+    """Distillation from a frozen ``teacher`` with the output loss that goes with the task (kd
+    for classification, cosine for embeddings, mse otherwise; the distillation family's
+    defaults): QAT's ``distill`` and pruning's ``recovery: distill``."""
+    task = get_task(task)
+    loss = {"classification": "kd", "embedding": "cosine"}.get(task.name, "mse")
+    return objective(teacher, task, loss=loss)
 
 
 def quantize(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> nn.Module:
@@ -37,17 +41,9 @@ def quantize(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> 
 quantize.__doc__ = (quantize.__doc__ or "") + "\n\n" + (_quantize.__doc__ or "")
 
 
-def recovery_objective(teacher: nn.Module, task: str | Task) -> Any:
-    """Pruning's ``recovery: distill``: distillation from the unpruned ``teacher`` with the
-    output loss that goes with the task (kd; embedding: cosine; otherwise mse)."""
-    task = get_task(task)
-    loss = {"classification": "kd", "embedding": "cosine"}.get(task.name, "mse")
-    return objective(teacher, task, loss=loss)
-
-
 def prune(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> nn.Module:
     """:func:`slimfuse.pruning.api.prune` with recovery's distillation objective wired in."""
-    kwargs.setdefault("teacher_objective", recovery_objective)
+    kwargs.setdefault("teacher_objective", teacher_objective)
     return _prune(model, config, data, **kwargs)
 
 
