@@ -27,6 +27,7 @@ from torch import nn
 from slimfuse.errors import ExportError, UnsupportedLayerError
 from slimfuse.exporting import export_onnx
 from slimfuse.quantization.calibration import feed_reader, to_feeds
+from slimfuse.quantization.compact import compact_graph
 from slimfuse.quantization.config import Dynamic, Static
 from slimfuse.quantization.graph import layer_report, plan_nodes, supported_types
 from slimfuse.quantization.runtime import QuantizedModel, wrap_graph
@@ -293,6 +294,7 @@ def ptq(
 ) -> QuantizedModel:
     """Post-training int8 (``cfg.mode`` dynamic or static) as a :class:`QuantizedModel`."""
     data, report = quantize_graph(prep, cfg, keep_fp32, ranges)
+    data = compact_graph(data)  # the same numbers in a smaller file (shared constants, short names)
     meta = {
         "mode": cfg.mode,
         "config": cfg.to_dict(),

@@ -4,9 +4,14 @@ Each group of ``group_size`` consecutive input weights of an output channel shar
 scale (symmetric, zero point 0). int4 values are packed two per byte. The packed tensors are what
 the bundle stores (``qweight``, ``scales``): the ``weight_only`` edit tells
 :func:`slimfuse.load` to rebuild these layers, and the weights are dequantized on load (and
-cached) so compute stays in float. In an ONNX export the dequantization is part of the graph,
-on constants, so the file holds the packed weights (the exporter is told not to fold them) and
-ONNX Runtime folds them at load.
+cached) so compute stays in float in PyTorch.
+
+In an ONNX export (dynamo exporter) a Linear layer becomes ONNX Runtime's ``MatMulNBits``
+contrib op on the same packed weights and scales (:mod:`slimfuse.quantization.nbits`): ONNX
+Runtime computes with its n-bit GEMM kernels. Convolutions, group sizes that are not a power of
+two >= 16, int8 on an ONNX Runtime without 8-bit ``MatMulNBits`` and the TorchScript exporter
+keep the float decoding: the dequantization is part of the graph, on constants, so the file holds
+the packed weights (the exporter is told not to fold them) and ONNX Runtime folds them at load.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from slimfuse.errors import ModelError, UnsupportedLayerError
 from slimfuse.models.source import record
+from slimfuse.quantization import nbits
 from slimfuse.quantization.config import QAT, WeightOnly
 from slimfuse.quantization.sqnr import sqnr_db
 
@@ -66,9 +72,19 @@ def unpack(stored: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class WeightOnlyLayer(nn.Module):
-    """A Linear / Conv layer whose weight is stored packed and dequantized for float compute."""
+    """A Linear / Conv layer whose weight is stored packed and dequantized for float compute.
 
-    onnx_no_fold = True  # the ONNX file keeps the packed weights (see slimfuse.exporting)
+    ``accuracy_level`` is the ``MatMulNBits`` attribute its ONNX export gets (0: unset, fp32
+    input; 4: int8 input, see :mod:`slimfuse.quantization.nbits`); it is not stored in bundles.
+    """
+
+    accuracy_level = 0
+
+    @property
+    def onnx_no_fold(self) -> bool:
+        """The exporter must not fold the float decoding into float weights (a file larger than
+        fp32; see slimfuse.exporting): only layers that export that decoding ask for it."""
+        return not nbits.exportable(self)
 
     def __init__(
         self,
@@ -127,6 +143,8 @@ class WeightOnlyLayer(nn.Module):
         return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() >= 2 and nbits.in_dynamo_export() and nbits.exportable(self):
+            return nbits.matmul_nbits(self, x)  # ONNX Runtime's MatMulNBits on the packed weights
         w = self.weight_for_compute()
         if self.kind == "Linear":
             return F.linear(x, w, self.bias)
