@@ -104,6 +104,27 @@ def test_batchnorm_statistics_are_re_estimated(mnist1d):
     assert not soup.training
 
 
+def test_batchnorm_re_estimation_runs_only_batchnorm_in_train_mode():
+    """Dropout stays off while the statistics are re-estimated: they are those of the network
+    that will run (the exact mean and variance of the eval-mode features), whatever the state
+    and momentum the layers had, and every module ends in eval mode with its momentum back."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5), nn.BatchNorm1d(4, momentum=0.3))
+    net.train()
+    x = torch.randn(96, 6)
+    loader = [(x[i : i + 32], torch.zeros(32)) for i in range(0, 96, 32)]
+    recalibrate_bn(net, loader, "regression")
+    bn = net[2]
+    with torch.no_grad():
+        h = net[0](x).reshape(3, 32, 4)  # per batch, Dropout off
+    torch.testing.assert_close(bn.running_mean, h.mean(1).mean(0))
+    torch.testing.assert_close(bn.running_var, h.var(1, unbiased=True).mean(0))
+    assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.3
+    assert not any(m.training for m in net.modules())
+
+
 def test_mismatched_models_and_empty_lists(variants, mnist1d):
     _, pairs = variants
     wide = slimfuse.build_model("mnist1d_cnn", data=mnist1d, channels=16)

@@ -71,25 +71,32 @@ def has_batchnorm(model: nn.Module) -> bool:
 def recalibrate_bn(
     model: nn.Module, loader: Any, task: str | Task = "classification", max_batches: int = 50
 ) -> nn.Module:
-    """Re-estimate BatchNorm running statistics on ``loader`` (a cumulative average)."""
+    """Re-estimate BatchNorm running statistics on ``loader`` (a cumulative average), in place.
+
+    Only the BatchNorm layers run in train mode (their statistics reset, ``momentum=None``: the
+    plain average over the batches); every other module stays in eval mode, so Dropout is off
+    and the statistics are those of the network that will run. Afterwards the BatchNorm layers
+    get their momentum back and the whole model is in eval mode.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
     task = get_task(task)
     momenta = [bn.momentum for bn in bns]
+    model.eval()
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
-    was = model.training
-    model.train()
-    for i, batch in enumerate(loader):
-        if i >= max_batches:
-            break
-        inputs, _ = task.unpack(batch)
-        forward(model, inputs)
-    for bn, mom in zip(bns, momenta, strict=True):
-        bn.momentum = mom
-    model.train(was)
+        bn.train()
+    try:
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break
+            inputs, _ = task.unpack(batch)
+            forward(model, inputs)
+    finally:
+        for bn, mom in zip(bns, momenta, strict=True):
+            bn.momentum = mom
     return model.eval()
 
 
