@@ -76,3 +76,25 @@ def test_cosine_hint_metric_ignores_scale_and_masks_padding() -> None:
     assert float(hint_term(ctx)) == pytest.approx(0.0, abs=1e-6)
     ctx.hint_metric = "mse"
     assert float(hint_term(ctx)) > 1.0
+
+
+@pytest.mark.parametrize("name", ["kd", "mse", "cosine"])
+def test_per_token_outputs_count_only_real_tokens(name) -> None:
+    """Outputs ``(B, S, D)`` with a token mask: the loss is the one over the real tokens, and
+    nothing at a padded position changes it."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    task = get_task("embedding" if name == "cosine" else "classification")
+    ctx = LossContext(task=task, temperature=2.0, alpha=0.5 if name == "cosine" else 1.0, mask=mask)
+    fn = LOSSES.get(name)
+    got = fn(s, t, None, ctx)
+    s2, t2 = s.clone(), t.clone()
+    s2[1, 3:], t2[1, 3:] = 100 * torch.randn(2, 6), torch.randn(2, 6)
+    torch.testing.assert_close(fn(s2, t2, None, ctx), got)
+    real = mask.bool()
+    rows = LossContext(task=task, temperature=2.0, alpha=ctx.alpha)  # one row per real token
+    torch.testing.assert_close(got, fn(s[real], t[real], None, rows))
+    # one output per sample: the mask is not theirs, nothing changes
+    flat = LossContext(task=task, temperature=2.0, alpha=ctx.alpha, mask=mask)
+    torch.testing.assert_close(fn(s[:, 0], t[:, 0], None, flat), fn(s[:, 0], t[:, 0], None, rows))

@@ -78,17 +78,99 @@ def test_ensemble_teacher_averages_and_distills(small_data, trained_cnn) -> None
     assert run.train.best_metric is not None
     x = small_data.example_input(4)
     with torch.no_grad():
-        probs = (trained_cnn.eval()(x).softmax(-1) + other.eval()(x).softmax(-1)) / 2
-        weighted = 0.25 * trained_cnn(x).softmax(-1) + 0.75 * other(x).softmax(-1)
-        for cfg, expect in [
-            (KD(), probs),
-            (KD(ensemble_weights=[1, 3]), weighted),
-            (KD(ensemble_space="logits"), ((trained_cnn(x) + other(x)) / 2).softmax(-1)),
+        a, b = trained_cnn.eval()(x), other.eval()(x)
+        probs = (a.softmax(-1) + b.softmax(-1)) / 2  # at T = 1
+        soft = ((a / 4).softmax(-1) + (b / 4).softmax(-1)) / 2  # at KD()'s T = 4
+        weighted = 0.25 * (a / 4).softmax(-1) + 0.75 * (b / 4).softmax(-1)
+        for cfg, expect, t in [
+            (KD(), soft, 4.0),
+            (KD(ensemble_weights=[1, 3]), weighted, 4.0),
+            (KD(ensemble_space="probs-t1"), probs, 1.0),  # the earlier target, softened after
+            (KD(ensemble_space="logits"), ((a + b) / 2).softmax(-1), 1.0),
+            (slimfuse.distillation.MSE(), probs, 1.0),  # a loss that does not soften: T = 1
         ]:
             teacher = objective([trained_cnn, other], config=cfg).teacher
-            torch.testing.assert_close(teacher(x).softmax(-1), expect)
+            torch.testing.assert_close((teacher(x) / t).softmax(-1), expect)
     with pytest.raises(ConfigError, match=r"^ensemble_weights: 3 weights for 2 teachers"):
         objective([trained_cnn, other], config=KD(ensemble_weights=[1, 1, 1]))
+
+
+def test_ensemble_kd_matches_the_mean_of_the_softened_teacher_probabilities(
+    small_data, trained_cnn
+) -> None:
+    """KD from an ensemble at temperature T matches mean_i softmax(z_i / T) (the default), not
+    the T = 1 mean softened afterwards, p^(1/T) (``ensemble_space="probs-t1"``)."""
+    from slimfuse.distillation import KD
+
+    other = _cnn(small_data, seed=1)
+    student = _cnn(small_data, channels=8).eval()
+    x, y = next(iter(small_data.loader("train", batch_size=32)))
+    t = 4.0
+    with torch.no_grad():
+        za, zb, zs = trained_cnn.eval()(x), other.eval()(x), student(x)
+        target = ((za / t).softmax(-1) + (zb / t).softmax(-1)) / 2
+        p = (za.softmax(-1) + zb.softmax(-1)) / 2
+        earlier = p ** (1 / t) / (p ** (1 / t)).sum(-1, keepdim=True)
+    assert not torch.allclose(target, earlier, atol=1e-3)  # the two targets differ
+
+    def kl(q: torch.Tensor) -> float:
+        return float((q * (q.log() - (zs / t).log_softmax(-1))).sum(-1).mean() * t * t)
+
+    for space, q in (("probs", target), ("probs-t1", earlier)):
+        obj = objective(
+            [trained_cnn, other], config=KD(temperature=t, alpha=1.0, ensemble_space=space)
+        )
+        with torch.no_grad():
+            loss = obj(student, (x, y))
+        assert float(loss) == pytest.approx(kl(q), rel=1e-4), space
+
+
+class _Tagger(nn.Module):
+    """A per-token classifier: ``(B, S)`` token ids -> ``(B, S, 5)`` logits."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(20, 8)
+        self.out = nn.Linear(8, 5)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(input_ids))
+
+
+@pytest.mark.parametrize("loss", ["kd", "mse"])
+def test_token_level_distillation_leaves_padding_out(loss) -> None:
+    """Per-token outputs with an attention mask: what sits at padded positions counts in no
+    loss, and cached rows of one batch width serve a batch of another."""
+    teacher, student = _Tagger(0), _Tagger(1)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0], [3, 3, 4, 0, 0, 0]])
+    mask = (torch.arange(6) < torch.tensor([[6], [3], [3]])).long()
+    obj = objective(teacher, "classification", loss=loss, alpha=1.0)
+    first = obj(student, ({"input_ids": ids, "attention_mask": mask}, None))
+    noisy = ids.clone()
+    noisy[1:, 3:] = torch.tensor([11, 12, 13])  # other tokens where the mask is 0
+    again = obj(student, ({"input_ids": noisy, "attention_mask": mask}, None))
+    torch.testing.assert_close(again, first)
+    # the short samples alone (a batch trimmed to 3 tokens) are served from the cache, where
+    # the first batch (6 tokens wide) left them
+    assert obj.cache is not None
+    hits = obj.cache.hits
+    short = obj(student, ({"input_ids": ids[1:], "attention_mask": mask[1:]}, None))
+    assert obj.cache.hits == hits + 2
+    fresh = objective(teacher, "classification", loss=loss, alpha=1.0, cache=False)
+    torch.testing.assert_close(
+        short, fresh(student, ({"input_ids": ids[1:], "attention_mask": mask[1:]}, None))
+    )
+    # and the loss is the one over the real tokens only
+    real = mask.bool()
+    with torch.no_grad():
+        s, t = student(ids, mask)[real], teacher(ids, mask)[real]
+    if loss == "kd":
+        expect = (t / 4).softmax(-1) * ((t / 4).log_softmax(-1) - (s / 4).log_softmax(-1))
+        expect = expect.sum(-1).mean() * 16
+    else:
+        expect = ((s - t) ** 2).mean()
+    torch.testing.assert_close(first.detach(), expect, rtol=1e-5, atol=1e-6)
 
 
 def test_hint_adapters_have_the_right_shapes(small_data, trained_cnn) -> None:

@@ -45,8 +45,12 @@ class _Common(Config):
     hint_metric: Literal["mse", "cosine"] = Field(
         "mse", description="distance between hint features (cosine: scale-free, per token)"
     )
-    ensemble_space: Literal["probs", "logits"] = Field(
-        "probs", description="several teachers: average their probabilities or their logits"
+    ensemble_space: Literal["probs", "probs-t1", "logits"] = Field(
+        "probs",
+        description="several teachers: probs: the mean of their probabilities softened at the "
+        "temperature, mean softmax(z_i/T) (the KD target; T = 1 for losses that do not soften); "
+        "probs-t1: the mean at T = 1, softened afterwards, p^(1/T) (the earlier target); logits: "
+        "the mean of their logits",
     )
     ensemble_weights: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...] | None = Field(
         None,

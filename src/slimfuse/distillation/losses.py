@@ -14,6 +14,9 @@ captured hint features with their adapters).
   ``cosine`` for embeddings, ``mse`` otherwise) plus ``hint_weight`` times the mean squared
   error between each adapted student feature and its teacher feature.
 
+Token-level outputs and features (``(B, S, ...)`` with the batch's attention mask in
+``ctx.mask``) are compared on the real tokens only: padded positions count in no loss.
+
 Each built-in loss has its config (:mod:`slimfuse.distillation.config`: ``KD``, ``MSE``,
 ``Cosine``, ``Hint``, with the settings it reads); a loss added with ``@LOSSES.register("name")``
 gets one with every setting, so ``DistillConfig(loss="name", temperature=2)`` works.
@@ -51,11 +54,40 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, Any, LossContext], torch.Tensor]
 LOSSES: Registry[LossFn] = Registry("distillation loss")
 
 
-def kd_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch rows."""
+def token_mask(x: torch.Tensor, ctx: LossContext | None) -> torch.Tensor | None:
+    """The token mask ``(B, S)`` as weights when ``x`` holds per-token outputs ``(B, S, ...)``
+    of the batch the mask belongs to; ``None`` otherwise (one output per sample)."""
+    if (
+        ctx is None
+        or ctx.mask is None
+        or x.dim() < 3
+        or tuple(x.shape[:2]) != tuple(ctx.mask.shape)
+    ):
+        return None
+    return ctx.mask.to(x.dtype)
+
+
+def _masked_mean(per_position: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(B, S, ...)`` values over the real tokens of ``m`` (``(B, S)``) only."""
+    extra = per_position[0, 0].numel()
+    w = m.reshape(*m.shape, *([1] * (per_position.dim() - 2)))
+    return (per_position * w).sum() / (m.sum() * extra).clamp(min=1.0)
+
+
+def kd_term(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch rows
+    (per-token outputs ``(B, S, C)``: over the positions, those where ``mask`` is 0 left out)."""
     t = temperature
     log_p_s = F.log_softmax(student / t, dim=-1)
     log_p_t = F.log_softmax(teacher / t, dim=-1)
+    if mask is not None:
+        kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+        return _masked_mean(kl, mask) * (t * t)
     kl = F.kl_div(
         log_p_s.reshape(-1, student.shape[-1]),
         log_p_t.reshape(-1, teacher.shape[-1]),
@@ -82,7 +114,8 @@ def kd_loss(
     student: torch.Tensor, teacher: torch.Tensor, target: Any, ctx: LossContext
 ) -> torch.Tensor:
     """Hinton KD: softened KL at temperature ``T`` times ``T^2``, mixed with the hard loss by alpha."""
-    return _mix(kd_term(student, teacher, ctx.temperature), student, target, ctx)
+    soft = kd_term(student, teacher, ctx.temperature, token_mask(student, ctx))
+    return _mix(soft, student, target, ctx)
 
 
 @LOSSES.register("mse")
@@ -90,7 +123,13 @@ def mse_loss(
     student: torch.Tensor, teacher: torch.Tensor, target: Any, ctx: LossContext
 ) -> torch.Tensor:
     """Squared difference between the outputs, mixed with the hard loss by alpha."""
-    return _mix(F.mse_loss(student, teacher), student, target, ctx)
+    return _mix(_mse(student, teacher, token_mask(student, ctx)), student, target, ctx)
+
+
+def _mse(student: torch.Tensor, teacher: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    if m is None:
+        return F.mse_loss(student, teacher)
+    return _masked_mean((student - teacher) ** 2, m)
 
 
 @LOSSES.register("cosine")
@@ -98,8 +137,12 @@ def cosine_loss(
     student: torch.Tensor, teacher: torch.Tensor, target: Any, ctx: LossContext
 ) -> torch.Tensor:
     """Embeddings: ``alpha * (1 - cos) + (1 - alpha) * MSE`` between student and teacher vectors."""
-    cos = 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
-    return ctx.alpha * cos + (1.0 - ctx.alpha) * F.mse_loss(student, teacher)
+    m = token_mask(student, ctx)
+    if m is None:
+        cos = 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
+    else:
+        cos = _masked_mean(1.0 - F.cosine_similarity(student, teacher, dim=-1), m)
+    return ctx.alpha * cos + (1.0 - ctx.alpha) * _mse(student, teacher, m)
 
 
 def hint_term(ctx: LossContext) -> torch.Tensor:

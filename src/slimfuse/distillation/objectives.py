@@ -117,7 +117,14 @@ class DistillObjective:
         members = [teacher] if isinstance(teacher, nn.Module) else list(teacher or [])
         if members:  # (none: make_teacher says the list is empty)
             check_teachers(cfg, len(members))
-        self.teacher = make_teacher(members, space=cfg.ensemble_space, weights=cfg.ensemble_weights)
+        # an ensemble's probabilities are averaged at the temperature the loss softens them at
+        softens = cfg.loss == "kd" or (cfg.loss == "hint" and output_loss_for(self.task) == "kd")
+        self.teacher = make_teacher(
+            members,
+            space=cfg.ensemble_space,
+            weights=cfg.ensemble_weights,
+            temperature=self.temperature if softens else 1.0,
+        )
         self.mixup = float(cfg.mixup)
         # mixed inputs are new every step: nothing to cache
         self.cache = TeacherCache(cfg.max_cache_mb) if cfg.cache and not self.mixup else None

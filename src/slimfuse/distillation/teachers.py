@@ -3,7 +3,8 @@
 A teacher never trains and the caller's model is never changed: the objective works on a copy
 (:func:`~slimfuse.training.freeze`: ``requires_grad=False``, eval mode) that runs under
 ``torch.no_grad()``. Several teachers are one :class:`TeacherEnsemble`: the (weighted) average
-of their probabilities (returned as its log) or of their logits.
+of their probabilities softened at the KD temperature (returned so that KD's softmax at that
+temperature gives it back), or of their logits.
 
 :class:`TeacherCache` keeps the teacher's outputs (and hint features) per sample, keyed by a
 hash of the sample's input bytes. A deterministic data pipeline (tensors without random
@@ -26,25 +27,44 @@ from torch import nn
 from slimfuse.errors import ConfigError
 from slimfuse.training import freeze
 
+EnsembleSpace = Literal["probs", "probs-t1", "logits"]
+ENSEMBLE_SPACES: tuple[str, ...] = ("probs", "probs-t1", "logits")
+
 
 class TeacherEnsemble(nn.Module):
-    """The weighted mean of several teachers' probabilities (``space="probs"``: returns
-    ``log sum_i w_i softmax(z_i)``, so ``softmax`` of it is the mean probability) or of their
-    raw outputs (``"logits"``: regression and embeddings too). ``weights`` are normalised to sum
-    to 1 (``None``: equal); a teacher with weight 0 is not run. Members stay in eval mode.
-    Hint layers are named ``members.<name>.<layer>`` (``members.teacher0.conv2``)."""
+    """The weighted mean of several teachers' probabilities or of their raw outputs.
+
+    - ``space="probs"``: the mean of the teachers' probabilities at ``temperature`` T, returned
+      as ``T * log sum_i w_i softmax(z_i / T)``: ``softmax(output / T)`` is exactly
+      ``sum_i w_i softmax(z_i / T)``, the softened ensemble that KD at temperature T matches
+      (at T = 1: the log of the mean probability).
+    - ``space="probs-t1"``: the log of the mean probability at T = 1, whatever ``temperature``;
+      KD at T then matches ``softmax(log p / T)``, proportional to ``p^(1/T)``: the mean
+      probability sharpened or flattened, not the mean of the softened ones (slimfuse's
+      earlier target).
+    - ``space="logits"``: the mean of the raw outputs (regression and embeddings too).
+
+    ``weights`` are normalised to sum to 1 (``None``: equal); a teacher with weight 0 is not
+    run. Members stay in eval mode. Hint layers are named ``members.<name>.<layer>``
+    (``members.teacher0.conv2``)."""
 
     def __init__(
         self,
         members: Sequence[tuple[str, nn.Module]],
         *,
-        space: Literal["probs", "logits"] = "probs",
+        space: EnsembleSpace = "probs",
         weights: Sequence[float] | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
+        if space not in ENSEMBLE_SPACES:
+            raise ConfigError(f"space {space!r}: expected one of {', '.join(ENSEMBLE_SPACES)}")
+        if not temperature > 0:
+            raise ConfigError(f"temperature {temperature!r}: expected a number > 0")
         self.names = [n for n, _ in members]
         self.members = nn.ModuleDict(dict(members))
         self.space = space
+        self.temperature = float(temperature)
         n = len(self.names)
         if weights is None:
             w = torch.full((n,), 1.0 / n)
@@ -71,19 +91,26 @@ class TeacherEnsemble(nn.Module):
         w = self.weights[self._active]
         if self.space == "logits":
             return sum(o * w[k] for k, o in enumerate(outs))  # type: ignore[return-value]
-        logp = torch.stack([F.log_softmax(o, dim=-1) + torch.log(w[k]) for k, o in enumerate(outs)])
+        t = self.temperature if self.space == "probs" else 1.0
+        logp = torch.stack(
+            [F.log_softmax(o / t, dim=-1) + torch.log(w[k]) for k, o in enumerate(outs)]
+        )
         top = logp.max(dim=0).values.detach()  # log-sum-exp over the teachers, stably
-        return top + torch.log(torch.exp(logp - top).sum(dim=0))
+        mixed = top + torch.log(torch.exp(logp - top).sum(dim=0))
+        return mixed * t if t != 1.0 else mixed
 
 
 def make_teacher(
     teacher: nn.Module | Sequence[nn.Module] | Sequence[tuple[str, nn.Module]],
     *,
-    space: Literal["probs", "logits"] = "probs",
+    space: EnsembleSpace = "probs",
     weights: Sequence[float] | None = None,
+    temperature: float = 1.0,
 ) -> nn.Module:
     """One frozen teacher module from a model, a list of models or ``(name, model)`` pairs:
-    frozen copies, so the caller's models keep their mode, gradients and hooks' targets."""
+    frozen copies, so the caller's models keep their mode, gradients and hooks' targets.
+    Several are a :class:`TeacherEnsemble` (``space``, ``weights``, and the ``temperature`` its
+    ``probs`` are softened at: the KD loss's)."""
     members = [teacher] if isinstance(teacher, nn.Module) else list(teacher or [])
     if not members:
         raise ConfigError("the teacher list is empty; expected at least one teacher model")
@@ -104,7 +131,7 @@ def make_teacher(
     frozen = [(name, freeze(copy.deepcopy(m))) for name, m in pairs]
     if len(frozen) == 1:
         return frozen[0][1]
-    return freeze(TeacherEnsemble(frozen, space=space, weights=weights))
+    return freeze(TeacherEnsemble(frozen, space=space, weights=weights, temperature=temperature))
 
 
 def sample_keys(inputs: Any) -> list[bytes]:
@@ -168,22 +195,27 @@ class TeacherCache:
 def split_rows(
     out: torch.Tensor, feats: dict[str, torch.Tensor], lengths: torch.Tensor | None
 ) -> list[Row]:
-    """Per-sample ``(output, features)``; sequence features keep only the sample's real tokens."""
+    """Per-sample ``(output, features)``; sequence outputs and features keep only the sample's
+    real tokens (a batch of other lengths pads them again, :func:`stack_rows`)."""
     rows = []
     for i in range(len(out)):
+        oi = out[i]
+        if lengths is not None and out.dim() >= 3:
+            oi = oi[: int(lengths[i])]
         row_feats = {}
         for name, f in feats.items():
             fi = f[i]
             if lengths is not None and f.dim() >= 3:
                 fi = fi[: int(lengths[i])]
             row_feats[name] = fi.detach().clone()
-        rows.append((out[i].detach().clone(), row_feats))
+        rows.append((oi.detach().clone(), row_feats))
     return rows
 
 
 def stack_rows(rows: list[Row], lengths: torch.Tensor | None) -> Row:
-    """The batch back from per-sample rows (sequence features zero-padded to the batch width)."""
-    out = torch.stack([r[0] for r in rows])
+    """The batch back from per-sample rows (sequence outputs and features zero-padded to the
+    batch width)."""
+    out = _stack_padded([r[0] for r in rows], lengths)
     feats = {name: _stack_padded([r[1][name] for r in rows], lengths) for name in rows[0][1]}
     return out, feats
 
