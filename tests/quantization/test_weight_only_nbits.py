@@ -3,8 +3,8 @@
 Before, the ONNX file decoded the packed weights with float ops on constants, which ONNX Runtime
 folded back into fp32 weights at load: the file was small, the compute fp32. Now every Linear
 layer is one ``com.microsoft::MatMulNBits`` node whose ``B`` is the bundle's ``qweight`` byte for
-byte (int4) or ``qweight + 128`` (int8), and the export's parity check against PyTorch still holds.
-Convolutions keep the float decoding.
+byte (int4) or ``qweight + 128`` (int8, once an accuracy level asks for it), and the export's
+parity check against PyTorch still holds. Convolutions keep the float decoding.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def test_int4_linear_layers_are_matmulnbits_on_the_packed_weights(tmp_path) -> N
     torch.testing.assert_close(OrtRunner(path)(xs), q(xs), atol=1e-5, rtol=1e-5)
 
 
-def test_int8_linear_layers_use_8_bit_matmulnbits(tmp_path) -> None:
+def test_int8_linear_layers_use_8_bit_matmulnbits_once_asked(tmp_path) -> None:
+    """8-bit MatMulNBits with fp32 input ran at 0.49x of fp32 on MiniLM (batch 1): by default
+    int8 keeps the float decoding; an accuracy level (1: fp32 input, 4: int8 input) asks for it."""
     from slimfuse.quantization import nbits
 
     if not nbits.ort_supports(8):
@@ -74,9 +76,11 @@ def test_int8_linear_layers_use_8_bit_matmulnbits(tmp_path) -> None:
     q = quantize(model, QuantConfig(mode="weight-only", bits=8))
     x = torch.randn(1, 64)
     fp32 = export_onnx(model, x, tmp_path / "fp32.onnx").stat().st_size
-    path = export_onnx(q, x, tmp_path / "int8.onnx")
+    assert not _nbits_nodes(export_onnx(q, x, tmp_path / "default.onnx"))[0]
+    assert nbits.set_accuracy_level(q, 1) == 2
+    path = export_onnx(q, x, tmp_path / "int8.onnx")  # fp32 input: parity <= 1e-4
     nodes, inits = _nbits_nodes(path)
-    assert [_attrs(n)["bits"] for n in nodes] == [8, 8]
+    assert [(_attrs(n)["bits"], _attrs(n)["accuracy_level"]) for n in nodes] == [(8, 1), (8, 1)]
     first = nodes[0].input[1]
     want = (q[0].qweight.to(torch.int16) + 128).to(torch.uint8).numpy()
     assert np.array_equal(inits[first], want)  # unsigned codes, zero point 128
@@ -131,7 +135,8 @@ def test_accuracy_level_4_is_set_on_request_and_stays_close(tmp_path) -> None:
     nodes, _ = _nbits_nodes(path)
     assert [_attrs(n)["accuracy_level"] for n in nodes] == [4, 4]
     got, want = OrtRunner(path)(x), q(x)
-    assert float(torch.nn.functional.cosine_similarity(got, want, dim=-1).min()) > 0.999
+    cos = torch.nn.functional.cosine_similarity(got, want.detach(), dim=-1)
+    assert float(cos.min()) > 0.999
     with pytest.raises(ValueError, match="accuracy_level"):
         nbits.set_accuracy_level(q, 5)
 

@@ -9,13 +9,18 @@ groups)``), so the file keeps the bundle's packed int4 weights byte for byte. in
 stored signed (``q``); the op reads ``q + 128`` as ``uint8``, which the graph computes from the
 int8 tensor (the exporter or ONNX Runtime folds it at load, the file keeps int8).
 
-ONNX Runtime runs the op with its blocked n-bit GEMM kernels instead of decoding the weights to
-floats at load. ``accuracy_level`` says how it may compute: ``0`` (unset, the default here) or
-``1`` keep the input in fp32, so the export's parity check against PyTorch holds at 1e-4; ``4``
-quantizes the input to int8 per block and uses integer dot products (VNNI where the CPU has it),
-faster on some shapes but no longer the numbers PyTorch computes (see
-``benchmarks/results/quantize_weight_only.md``). The op needs a power-of-two ``block_size`` of
-at least 16; other group sizes, convolutions and inputs of rank 1 keep the float decoding.
+ONNX Runtime runs the op with its blocked n-bit GEMM kernels on the packed weights instead of
+folding them into fp32 weights at load (the float decoding): the weights stay 4 or 8 bits in
+memory too. ``accuracy_level`` says how it may compute: unset (``0``, the default here) or ``1``
+keep the input in fp32, so the export's parity check against PyTorch holds at 1e-4; ``4``
+quantizes the input to int8 per block and uses integer dot products (VNNI where the CPU has it):
+faster on MiniLM's layers, no longer the numbers PyTorch computes. Measured on MiniLM (one
+thread, AVX-512 VNNI, ``benchmarks/results/quantize_weight_only.md``): int4 with fp32 input runs
+at about fp32 speed, with int8 input 1.1-1.15x; int8 with int8 input 1.27x, but with fp32 input
+0.49x at batch 1, so int8 layers export as ``MatMulNBits`` only once an accuracy level is set
+(:func:`set_accuracy_level`) and keep the float decoding otherwise. The op needs a power-of-two
+``block_size`` of at least 16; other group sizes, convolutions and inputs of rank 1 keep the
+float decoding too.
 """
 
 from __future__ import annotations
@@ -110,8 +115,8 @@ def ort_takes_bias() -> bool:
     )
 
 
-def exportable(layer: Any) -> bool:
-    """Whether ``layer`` (a ``WeightOnlyLayer``) exports as ``MatMulNBits`` with this ONNX Runtime."""
+def can_export(layer: Any) -> bool:
+    """Whether ``layer`` (a ``WeightOnlyLayer``) has a ``MatMulNBits`` form in this ONNX Runtime."""
     return (
         _ENABLED[-1]
         and layer.kind == "Linear"
@@ -120,6 +125,14 @@ def exportable(layer: Any) -> bool:
         and hasattr(torch.onnx.ops, "symbolic")
         and ort_supports(layer.bits)
     )
+
+
+def exportable(layer: Any) -> bool:
+    """Whether ``layer`` exports as ``MatMulNBits``: int4 always (where it can), int8 once an
+    ``accuracy_level`` is set (unset, 8-bit ``MatMulNBits`` with fp32 input ran 0.49x (batch 1)
+    and 0.92x (batch 32) of fp32 on MiniLM, where the float decoding runs at fp32 speed)."""
+    level = int(getattr(layer, "accuracy_level", 0) or 0)
+    return can_export(layer) and (layer.bits == 4 or level > 0)
 
 
 def in_dynamo_export() -> bool:
@@ -159,13 +172,16 @@ def matmul_nbits(layer: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def set_accuracy_level(model: torch.nn.Module, level: int) -> int:
-    """Set ``accuracy_level`` on every weight-only layer of ``model`` that exports as
-    ``MatMulNBits``; returns how many. Not stored in the bundle: a setting of the export."""
+    """Set ``accuracy_level`` on every weight-only layer of ``model`` that can export as
+    ``MatMulNBits``; returns how many. ``1`` exports int8 layers as ``MatMulNBits`` too (fp32
+    input, PyTorch's numbers); ``4`` computes with int8 input (faster on MiniLM's layers, not
+    PyTorch's numbers: give the export an ``atol`` that fits, or ``parity=False``); ``0`` is the
+    default. Not stored in the bundle: a setting of the export."""
     if level not in ACCURACY_LEVELS:
         raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}; got {level!r}")
     n = 0
     for m in model.modules():
-        if hasattr(m, "qweight") and hasattr(m, "accuracy_level") and exportable(m):
+        if hasattr(m, "qweight") and hasattr(m, "accuracy_level") and can_export(m):
             m.accuracy_level = level
             n += 1
     return n
