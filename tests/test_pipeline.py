@@ -152,3 +152,120 @@ def test_the_demo_recipe_validates_and_bridges_every_family():
     recipe, _ = load_recipe(DEMO_RECIPE)
     kinds = [s.stage for s in recipe.stages]
     assert kinds == ["train-members", "fuse", "distill", "prune", "quantize", "export"]
+
+
+# -- sparsity kept through the stages ----------------------------------------------------------
+
+
+def _bundle_zeros(folder) -> tuple[int, int]:
+    """(zeros, weights) of the pruned layers (net.0, net.2) as a bundle holds them: float
+    weights, weight-only layers dequantized, or an int8 graph's quantized initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    import slimfuse
+
+    model = slimfuse.load(folder)
+    zeros = total = 0
+    if getattr(model, "int8_graph", False):  # its int8 weights (symmetric: 0 is 0), any names
+        for t in onnx.load_from_string(model.graph_bytes()).graph.initializer:
+            q = numpy_helper.to_array(t)
+            if q.dtype.kind in "iu" and q.dtype.itemsize == 1 and q.ndim >= 2:
+                zeros, total = zeros + int((q == 0).sum()), total + q.size
+        assert total == 64 * 40 + 10 * 64
+        return zeros, total
+    for layer in ("net.0", "net.2"):
+        m = model.get_submodule(layer)
+        w = m.dequantized() if hasattr(m, "dequantized") else m.weight
+        zeros, total = zeros + int((w == 0).sum()), total + w.numel()
+    return zeros, total
+
+
+def _sparse_recipe(student: str) -> str:
+    return (
+        "data: mnist1d\nseed: 0\nmeasure_engines: [torch]\nstages:\n"
+        "  - {stage: train, name: dense, model: mlp, model_kwargs: {hidden: [64]}, epochs: 3}\n"
+        "  - {stage: prune, name: pruned, sparsity: 0.9, epochs: 2, lr: 0.003}\n"
+        f"  - {{stage: distill, name: distilled, teachers: [dense], student: {student}, "
+        "epochs: 2, lr: 0.003}\n"
+        "  - {stage: quantize, name: int4, model: distilled, mode: weight-only, bits: 4}\n"
+        "  - {stage: quantize, name: int8, model: distilled, mode: static}\n"
+    )
+
+
+def test_a_pruned_model_stays_sparse_through_distill_and_quantize(tmp_path):
+    """prune 90% -> distil the pruned model (its bundle as the student) -> int4 weight-only and
+    static int8: every stage's bundle keeps the zeros."""
+    out = tmp_path / "run"
+    text = _sparse_recipe(str(out / "pruned"))
+    stages = text.split("  - ")
+    run_recipe("  - ".join(stages[:3]), out, quiet=True)  # the pruned bundle exists first
+    run_recipe(text, out, quiet=True, resume=True)
+    for stage in ("pruned", "distilled", "int4", "int8"):
+        zeros, total = _bundle_zeros(out / stage)
+        assert zeros / total >= 0.9 - 1e-3, f"{stage}: {zeros / total:.3f}"
+
+
+def test_a_distill_stage_takes_an_earlier_stage_as_its_student(tmp_path):
+    import slimfuse
+    from slimfuse.models.source import spec_of
+
+    run_recipe(_sparse_recipe("pruned"), tmp_path, quiet=True)
+    pruned = slimfuse.load(tmp_path / "pruned")
+    distilled = slimfuse.load(tmp_path / "distilled")
+    assert not torch.equal(pruned.net[0].weight, distilled.net[0].weight)  # it trained on
+    assert bool((distilled.net[0].weight[pruned.net[0].weight == 0] == 0).all())
+    assert [e["kind"] for e in spec_of(distilled).edits] == ["sparse"]
+    for stage in ("distilled", "int4", "int8"):
+        zeros, total = _bundle_zeros(tmp_path / stage)
+        assert zeros / total >= 0.9 - 1e-3, f"{stage}: {zeros / total:.3f}"
+
+
+def test_a_stage_that_lowers_a_recorded_sparsity_is_an_error_naming_it(tmp_path):
+    """Averaging two differently pruned models refills zeros outside the training loop: the
+    merge stage is refused, naming the layers, before its bundle is written."""
+    from slimfuse.errors import ModelError
+
+    text = (
+        "data: digits\nmeasure_engines: [torch]\nstages:\n"
+        "  - {stage: train, name: dense, model: mlp, model_kwargs: {hidden: [32]}, epochs: 2}\n"
+        "  - {stage: prune, name: a, model: dense, sparsity: 0.8, sparsity_schedule: oneshot}\n"
+        "  - {stage: prune, name: b, model: dense, sparsity: 0.8, sparsity_schedule: oneshot, "
+        "global_pruning: false}\n"
+        "  - {stage: merge, name: soup, members: [a, b], method: uniform}\n"
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"^stage 'soup' \(merge\) lowered the recorded sparsity of \d layers?: net\.\d\.weight",
+    ):
+        run_recipe(text, tmp_path, quiet=True)
+    assert (tmp_path / "b" / "slimfuse.json").is_file()
+    assert not (tmp_path / "soup").exists()
+
+
+def test_the_sparsity_check_sees_every_form_a_pruned_layer_takes():
+    """Float weights (also a fused model's members'), weight-only layers and int8 graphs are
+    counted; zeros lost in any of them are named."""
+    import slimfuse
+    from slimfuse.errors import ModelError
+    from slimfuse.fusion import Mean
+    from slimfuse.pipeline.checks import check_sparsity
+    from slimfuse.pruning import Magnitude
+
+    data = slimfuse.load_data("digits")
+    torch.manual_seed(0)
+    dense = slimfuse.build_model("mlp", data=data, hidden=[32])
+    pruned = slimfuse.prune(dense, Magnitude(sparsity=0.8, sparsity_schedule="oneshot"), data)
+    before = check_sparsity(pruned, "p", "prune")["sparsity"]
+    assert list(before) == ["net.0.weight", "net.2.weight"]
+    int4 = check_sparsity(slimfuse.quantize(pruned, {"mode": "weight-only", "bits": 4}), "q", "")
+    assert all(int4["sparsity"][k] >= before[k] for k in before)
+    int8 = check_sparsity(slimfuse.quantize(pruned, {"mode": "static"}, data), "q", "quantize")
+    assert int8["checked"] >= 1 and min(int8["sparsity"].values()) >= 0.8 - 1e-3
+    fused = slimfuse.fuse([("a", pruned), ("b", dense)], Mean())
+    assert check_sparsity(fused, "f", "fuse")["checked"] == 2
+    with torch.no_grad():
+        fused.members["a"].net[2].weight.add_(0.01)
+    lowered = r"^stage 'f' \(fuse\) lowered .* 1 layer: members\.a\.net\.2\.weight [\d.]+% -> 0\.0%"
+    with pytest.raises(ModelError, match=lowered):
+        check_sparsity(fused, "f", "fuse")

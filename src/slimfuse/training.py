@@ -14,7 +14,11 @@ run that was never interrupted, Dropout and augmentation in the data set include
 
 What differs between stages is pluggable: ``objective(model, batch) -> loss`` replaces the task
 loss (distillation, mutual learning), ``callbacks`` run after each optimizer step and epoch
-(pruning masks, sparsity schedules), ``evaluate_fn(model) -> float`` replaces the validation metric.
+(sparsity schedules), ``evaluate_fn(model) -> float`` replaces the validation metric.
+
+A model may carry constraints on its own weights (:func:`apply_constraints`: a submodule with a
+``slimfuse_constraint``, such as the zero mask of a pruned layer); the loop re-imposes them before
+the first step and after every optimizer step, so no training, whoever runs it, undoes them.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from slimfuse.models.source import check_float_model
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 CHECKPOINT = "checkpoint.pt"
+# a module's own callable ``constraint(module)``, re-imposed by the loop (apply_constraints)
+CONSTRAINT = "slimfuse_constraint"
 Objective = Callable[[nn.Module, Any], torch.Tensor]
 log = logging.getLogger("slimfuse.training")
 
@@ -96,6 +102,25 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def apply_constraints(model: nn.Module) -> int:
+    """Re-impose the constraints that ``model``'s modules carry; returns how many ran.
+
+    A module constrains its own weights with a callable attribute ``slimfuse_constraint``
+    (:data:`CONSTRAINT`, set with ``object.__setattr__``): ``constraint(module)`` is called with
+    the module, in place, without gradients (a pruned layer's zero mask: ``weight *= mask``). The
+    constraint travels with the module (copies, members of a fused model, a layer wrapped by
+    another), and the loop knows nothing of what it does.
+    """
+    n = 0
+    for m in model.modules():
+        constraint = m.__dict__.get(CONSTRAINT)
+        if constraint is not None:
+            constraint(m)
+            n += 1
+    return n
 
 
 # -- distributed ------------------------------------------------------------------------------
@@ -449,6 +474,7 @@ def train(
             },
         )
 
+    apply_constraints(model)
     for cb in callbacks:
         cb.on_train_begin(model, total_steps)
     if restore_rng is not None:  # last: whatever drew at start-up has drawn
@@ -485,6 +511,7 @@ def train(
                     nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 step += 1
+                apply_constraints(model)
                 for cb in callbacks:
                     cb.on_step_end(model, step)
                 running += float(loss.detach())

@@ -4,6 +4,10 @@
 structural edits, lineage, versions). Optional: ``model.onnx``, ``metrics.json``, ``recipe.yaml``,
 ``report.md`` / ``report.html``. Writes go to a temporary folder beside the target, then a rename,
 so a crash never leaves a half-written bundle.
+
+Sparse weights (the tensors a ``sparse`` edit names: unstructured pruning's) are stored as their
+non-zero values (``<key>.__values``) plus one bit per weight (``<key>.__bitmask``) whenever that
+is smaller; the encoding lives here only, so ``model.state_dict()`` stays plain tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import save as serialize
@@ -25,7 +30,7 @@ from slimfuse.atomic import atomic_dir
 from slimfuse.errors import ModelError, validation_error
 from slimfuse.models.edits import apply_edits
 from slimfuse.models.source import ModelSpec, rebuild, set_spec, spec_of
-from slimfuse.models.weights import check_fits, read_safetensors
+from slimfuse.models.weights import BITMASK, VALUES, check_fits, read_safetensors
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -40,9 +45,46 @@ def versions() -> dict[str, str]:
     }
 
 
-def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def encode_sparse(t: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """``{values, bitmask}`` for ``t`` (lossless), or ``None`` when dense storage is not larger."""
+    flat = t.detach().reshape(-1).cpu()
+    nz = flat != 0
+    nnz = int(nz.sum())
+    encoded = nnz * flat.element_size() + (flat.numel() + 7) // 8
+    if encoded >= flat.numel() * flat.element_size():
+        return None
+    bits = np.packbits(nz.numpy().astype(np.uint8))
+    return {"values": flat[nz].clone(), "bitmask": torch.from_numpy(bits)}
+
+
+def decode_sparse(values: torch.Tensor, bitmask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The dense tensor of ``like``'s shape from :func:`encode_sparse`'s values and bitmask."""
+    n = like.numel()
+    nz = torch.from_numpy(np.unpackbits(bitmask.numpy())[:n].astype(bool))
+    out = torch.zeros(n, dtype=values.dtype)
+    out[nz] = values
+    return out.view(like.shape)
+
+
+def sparse_keys(model: nn.Module) -> list[str]:
+    """State-dict names of the tensors recorded as sparse (``sparse`` edits) in the specs of
+    ``model`` and its submodules (a fused model's members), whether or not they still exist."""
+    keys: list[str] = []
+    for name, module in model.named_modules():
+        spec = spec_of(module)
+        if spec is None:
+            continue
+        prefix = f"{name}." if name else ""
+        for edit in spec.edits:
+            if edit.get("kind") == "sparse":
+                keys += [prefix + t for t in edit.get("tensors", []) if isinstance(t, str)]
+    return list(dict.fromkeys(keys))
+
+
+def state_tensors(model: nn.Module, *, compact: bool = True) -> dict[str, torch.Tensor]:
     """The tensors a bundle stores for ``model``: its state dict, CPU, contiguous, no shared
-    storage (safetensors refuses it)."""
+    storage (safetensors refuses it); with ``compact``, the tensors recorded as sparse as
+    values + bitmask where that is smaller (:func:`encode_sparse`)."""
     seen: set[int] = set()
     out = {}
     for k, v in model.state_dict().items():
@@ -52,6 +94,27 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
             t = t.clone().contiguous()
         seen.add(ptr)
         out[k] = t.cpu()
+    if compact:
+        for key in sparse_keys(model):
+            t = out.get(key)
+            if t is None or not t.is_floating_point():
+                continue
+            enc = encode_sparse(t)
+            if enc is not None:
+                del out[key]
+                out[key + VALUES], out[key + BITMASK] = enc["values"], enc["bitmask"]
+    return out
+
+
+def decode_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (checked by :func:`~slimfuse.models.weights.check_fits`) with every sparse
+    tensor decoded to the dense one of ``model``'s shape."""
+    expected = model.state_dict()
+    out = dict(state)
+    for key in [k[: -len(VALUES)] for k in state if k.endswith(VALUES)]:
+        if key + BITMASK in out and key in expected:
+            values, bits = out.pop(key + VALUES), out.pop(key + BITMASK)
+            out[key] = decode_sparse(values, bits, expected[key])
     return out
 
 
@@ -182,6 +245,6 @@ def load(folder: str | Path, *, trust_code: bool | None = None) -> nn.Module:
         model = rebuild(spec)
         model = apply_edits(model, spec.edits, state)
     check_fits(model, state, str(folder))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(decode_state(model, state), strict=True)
     model.eval()
     return set_spec(model, spec)

@@ -12,7 +12,7 @@ teachers and the student)::
     - stage: distill                    # a chain: teacher -> assistant -> student
       name: student
       teachers: [assistant]
-      student: mnist1d_cnn
+      student: mnist1d_cnn              # or an earlier stage (a pruned model trains on sparse)
       student_kwargs: {channels: 8}
       loss: kd                          # kd | mse | cosine | hint
       temperature: 4                    # kd, hint
@@ -50,7 +50,10 @@ class DistillStage(FamilyStage):
         "(default: the current model)",
     )
     student: str | None = Field(
-        None, description="the student: zoo name, file.py:fn, module:fn or bundle folder"
+        None,
+        description="the student: an earlier stage's name (its model, trained on from its "
+        "weights: a pruned model keeps its zeros), zoo name, file.py:fn, module:fn or bundle "
+        "folder",
     )
     student_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the student's builder"
@@ -97,7 +100,14 @@ def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
     """Distil one or several teachers (an ensemble) into a student with the one training loop."""
     teachers = _teachers(ctx, cfg.teachers)
     student: nn.Module | StudentFromTeacher | None = cfg.student_from_teacher
-    if cfg.student is not None:
+    if cfg.student is not None and cfg.student in ctx.models:
+        if cfg.student_kwargs:
+            raise ConfigError(
+                f"student_kwargs does not apply to student {cfg.student!r}, an earlier stage's "
+                "model; it is for a student built from a source"
+            )
+        student = ctx.models[cfg.student]  # distill trains a copy
+    elif cfg.student is not None:
         student = load_model(cfg.student, data=ctx.data, **cfg.student_kwargs)
     assert student is not None  # check(): one of them
     run = distill_run(

@@ -1,4 +1,7 @@
-"""Run a recipe: stages in order, a bundle and a measurement after each, then the report."""
+"""Run a recipe: stages in order, a bundle and a measurement after each, then the report.
+
+Every stage's new model is checked before it is measured (:mod:`slimfuse.pipeline.checks`: a
+stage that lowered a recorded sparsity is an error naming the stage and the layers)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from slimfuse.measuring import measure, write_metrics
 from slimfuse.models.bundle import load, save
 from slimfuse.models.resolve import load_model
 from slimfuse.models.source import check_model_fits, record
+from slimfuse.pipeline.checks import check_sparsity
 from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
 from slimfuse.report import write_report
@@ -107,6 +111,10 @@ def _run(
                 exc.args = (f"stage {name!r} ({entry.stage}): {exc}",)
             raise
         seconds = time.perf_counter() - t0
+        if new is not None:
+            kept = check_sparsity(new, name, entry.stage)
+            if kept["checked"]:
+                say(f"    sparsity kept in {kept['checked']} recorded layers")
         if new is None:
             if not entry.measure or ctx.model is None or entry.stage == "export":
                 continue

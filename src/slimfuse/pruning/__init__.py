@@ -8,7 +8,8 @@
 - :mod:`~slimfuse.pruning.structured`: channels/neurons removed on Torch-Pruning's dependency graph
 - :mod:`~slimfuse.pruning.importance`: l1, l2, bn, taylor criteria in one registry
 - :mod:`~slimfuse.pruning.transformer`: FFN neurons and attention heads of BERT-style encoders
-- :mod:`~slimfuse.pruning.sparse`: compact sparse weights in bundles; :mod:`~slimfuse.pruning.resize`:
+- :mod:`~slimfuse.pruning.sparse`: sparsity kept: the layers' zero masks, the ``sparse`` record,
+  compact bundles; :mod:`~slimfuse.pruning.resize`:
   the structural edit that lets ``slimfuse.load`` rebuild pruned shapes
 
 Names are loaded on first use, so ``import slimfuse`` stays light.

@@ -3,8 +3,10 @@ per method.
 
 - :class:`~slimfuse.pruning.config.Magnitude` (``sparsity=0.9``): magnitude masks, raised on
   the cubic AGP schedule during recovery or all at once (``sparsity_schedule="oneshot"``, then
-  recovery with the masks kept); the masks are folded in and the bundle stores the sparse
-  weights compactly. :class:`~slimfuse.pruning.config.Threshold` (``threshold=τ``) drops every
+  recovery with the masks kept); the masks stay with the pruned layers (the training loop
+  keeps the zeros in any later training), the spec records them and the bundle stores the
+  sparse weights compactly (:mod:`~slimfuse.pruning.sparse`). Global pruning keeps at least
+  ``min_density`` of each layer. :class:`~slimfuse.pruning.config.Threshold` (``threshold=τ``) drops every
   ``|w| <= τ`` (one-shot).
 - :class:`~slimfuse.pruning.config.Channels` (``channels=0.5``): structured removal of
   channels / neurons (``importance`` l1, l2, bn, taylor), optionally ``iterative_steps`` of

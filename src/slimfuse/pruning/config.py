@@ -34,6 +34,8 @@ PRUNE_TRAINING: dict[str, Any] = {"epochs": 0, "lr": 1e-3, "restore_best": False
 
 
 _GLOBAL = "rank across the targeted layers (uneven fractions), else the same fraction in each"
+# global magnitude pruning's default floor: each layer keeps at least 1% of its weights
+MIN_DENSITY = 0.01
 
 
 class _Recovery(Config):
@@ -70,6 +72,33 @@ class Magnitude(_Layers, _Recovery):
         "oneshot: all at once, then recovery keeps the zeros",
     )
     global_pruning: bool = Field(True, description=_GLOBAL)
+    min_density: float = Field(
+        MIN_DENSITY,
+        ge=0,
+        lt=1,
+        description="global pruning: every layer keeps at least this fraction of its weights, so "
+        "none collapses (at most 1 - sparsity; 0: no floor)",
+    )
+
+    @model_validator(mode="after")
+    def _floor_fits(self) -> Magnitude:
+        if "min_density" in self.model_fields_set:
+            if not self.global_pruning:
+                raise ValueError(
+                    "min_density applies to global pruning (global_pruning true); each layer "
+                    "loses the same fraction without it"
+                )
+            if self.min_density > 1 - self.sparsity + 1e-12:
+                raise ValueError(
+                    f"min_density {self.min_density} keeps more of each layer than sparsity "
+                    f"{self.sparsity} leaves in all; expected at most {1 - self.sparsity:.6g}"
+                )
+        return self
+
+    @property
+    def floor(self) -> float:
+        """The per-layer floor global pruning uses: ``min_density``, at most ``1 - sparsity``."""
+        return min(self.min_density, 1.0 - self.sparsity) if self.global_pruning else 0.0
 
 
 class Threshold(_Layers, _Recovery):

@@ -59,7 +59,8 @@ class AGPCallback(Callback):
     """Automated gradual pruning during training: cubic schedule, masks kept after each step.
 
     ``begin``/``end`` are fractions of the training run's optimizer steps in which the sparsity
-    rises (the rest fine-tunes at ``final_sparsity``); ``prune_every`` is Δt in steps.
+    rises (the rest fine-tunes at ``final_sparsity``); ``prune_every`` is Δt in steps;
+    ``min_density`` is global pruning's floor per layer (:func:`magnitude_masks`).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class AGPCallback(Callback):
         targets: Selector | Iterable[Selector] | None = None,
         ignore: Selector | Iterable[Selector] | None = None,
         global_pruning: bool = True,
+        min_density: float = 0.0,
     ) -> None:
         check_sparsity(final_sparsity)
         check_sparsity(initial_sparsity)
@@ -90,6 +92,7 @@ class AGPCallback(Callback):
         self.begin, self.end = begin, end
         self.prune_every = prune_every
         self.global_pruning = global_pruning
+        self.min_density = min_density
         self.modules = select_weights(model, targets, ignore)
         self.masks: Masks = magnitude_masks(self.modules, sparsity=0.0)
         self.history: list[tuple[int, float]] = []
@@ -121,7 +124,11 @@ class AGPCallback(Callback):
         s = self.target_at(step)
         if not self.history or s > self.history[-1][1]:
             self.masks = magnitude_masks(
-                self.modules, sparsity=s, global_pruning=self.global_pruning, previous=self.masks
+                self.modules,
+                sparsity=s,
+                global_pruning=self.global_pruning,
+                previous=self.masks,
+                min_density=self.min_density,
             )
             self.history.append((step, s))
         self.masks.apply()
@@ -144,6 +151,7 @@ def prune_magnitude(model: nn.Module, cfg: Magnitude, job: Job) -> nn.Module:
             targets=cfg.targets,
             ignore=cfg.ignore,
             global_pruning=cfg.global_pruning,
+            min_density=cfg.floor,
         )
         job.recover(model, [cb], "prune agp")
         masks = cb.masks
@@ -154,6 +162,7 @@ def prune_magnitude(model: nn.Module, cfg: Magnitude, job: Job) -> nn.Module:
             targets=cfg.targets,
             ignore=cfg.ignore,
             global_pruning=cfg.global_pruning,
+            min_density=cfg.floor,
         )
         job.recover(model, [MaskCallback(masks)], "prune finetune")
     return finalize(model, masks)

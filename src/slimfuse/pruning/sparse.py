@@ -1,129 +1,167 @@
-"""Compact storage of sparse weights in bundles (values + a packed bitmask).
+"""Sparsity as a property of the model: zero masks that training keeps, a record that bundles keep.
 
-After unstructured pruning most weights are zero, but a dense safetensors file still spends 4
-bytes on each. :func:`make_compact` installs a state-dict hook on the model so that every
-listed weight is stored as its non-zero values (``<key>.__values``) plus one bit per weight
-(``<key>.__bitmask``, ``numpy.packbits``) whenever that is smaller, and a load pre-hook that
-decodes them. It records a ``sparse`` edit, so ``slimfuse.load`` installs the same hooks on the
-rebuilt model before the strict weight load. The encoding is lossless.
+After unstructured pruning the zeros are a constraint, not an accident of the weights:
+
+- every pruned layer carries a :class:`ZeroMask` (``module.slimfuse_constraint``) that the one
+  training loop re-applies before the first step and after every optimizer step
+  (:func:`slimfuse.training.apply_constraints`), so a later ``train``, ``distill``, ``qat`` or
+  fine-tuning stage cannot revive a pruned weight. The mask is the module's own: it follows the
+  layer into copies, fused models and wrappers (QAT's fake-quant layers);
+- the model's spec records a ``sparse`` edit: the tensors (``tensors``), their number of zeros
+  (``zeros``) and of weights (``numel``). ``slimfuse.save`` stores those tensors as non-zero values + a 1-bit mask where
+  that is smaller (:func:`slimfuse.models.bundle.state_tensors`: ``state_dict()`` itself stays
+  plain tensors), and ``slimfuse.load`` gives the rebuilt layers their masks back
+  (:func:`apply_sparse`), taken from the zeros they load with;
+- the recipe runner checks after every stage that no recorded count of zeros went down
+  (:mod:`slimfuse.pipeline.checks`).
 
 :func:`storage_report` gives the honest numbers: dense bytes, non-zeros, encoded bytes.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from slimfuse.errors import ModelError
-from slimfuse.measuring import count_params, state_bytes
+from slimfuse.measuring import count_params
+from slimfuse.models.bundle import state_tensors
 from slimfuse.models.source import record
 from slimfuse.models.weights import BITMASK, VALUES
+from slimfuse.training import CONSTRAINT
 
-_HOOKED = "_slimfuse_sparse_keys"
-_dense_only = False
-
-
-def encode(t: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """``{values, bitmask}`` for ``t``, or ``None`` when dense storage is not larger."""
-    flat = t.detach().reshape(-1).cpu()
-    nz = flat != 0
-    nnz = int(nz.sum())
-    encoded = nnz * flat.element_size() + (flat.numel() + 7) // 8
-    if encoded >= flat.numel() * flat.element_size():
-        return None
-    bits = np.packbits(nz.numpy().astype(np.uint8))
-    return {"values": flat[nz].clone(), "bitmask": torch.from_numpy(bits)}
+EDIT_KIND = "sparse"
 
 
-def decode(values: torch.Tensor, bitmask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    n = like.numel()
-    nz = torch.from_numpy(np.unpackbits(bitmask.numpy())[:n].astype(bool))
-    out = torch.zeros(n, dtype=values.dtype)
-    out[nz] = values
-    return out.view(like.shape)
+class ZeroMask:
+    """A layer's zero constraint: the weights where ``mask`` (bool, ``True`` = kept) is
+    ``False`` are set to 0.
+
+    Built without a mask (a layer rebuilt from a bundle), it takes the zeros of the weight it
+    is first applied to: the weights it was loaded with. A weight whose shape no longer fits the
+    mask (channels removed since) gets the mask of its zeros again (:func:`refresh_masks`
+    does that on purpose, after structured pruning).
+    """
+
+    def __init__(self, mask: torch.Tensor | None = None, name: str = "weight") -> None:
+        self.name = name
+        self.mask = None if mask is None else mask.detach().to(torch.bool).cpu().clone()
+
+    @torch.no_grad()
+    def __call__(self, module: nn.Module) -> None:
+        w = getattr(module, self.name, None)
+        if not isinstance(w, torch.Tensor):
+            return
+        if self.mask is None or self.mask.shape != w.shape:
+            self.mask = (w.detach() != 0).cpu()
+        if self.mask.device != w.device:
+            self.mask = self.mask.to(w.device)
+        w.masked_fill_(~self.mask, 0)
+
+    def sparsity(self) -> float | None:
+        if self.mask is None:
+            return None
+        return 1.0 - float(self.mask.float().mean())
+
+    def __repr__(self) -> str:
+        s = self.sparsity()
+        return f"ZeroMask({self.name}, sparsity={'unset' if s is None else f'{s:.4f}'})"
 
 
-def _save_hook(module: nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
-    if _dense_only:
-        return
-    for key in getattr(module, _HOOKED, ()):
-        full = prefix + key
-        t = state.get(full)
-        if t is None:
-            continue
-        enc = encode(t)
-        if enc is None:
-            continue
-        del state[full]
-        state[full + VALUES] = enc["values"]
-        state[full + BITMASK] = enc["bitmask"]
+def mask_of(module: nn.Module) -> ZeroMask | None:
+    """The module's :class:`ZeroMask`, if it carries one."""
+    c = module.__dict__.get(CONSTRAINT)
+    return c if isinstance(c, ZeroMask) else None
 
 
-def _load_hook(module: nn.Module, state: dict[str, Any], prefix: str, *_args: Any) -> None:
-    params = dict(module.named_parameters())
-    for key in getattr(module, _HOOKED, ()):
-        full = prefix + key
-        if full + VALUES in state and full + BITMASK in state:
-            values = state.pop(full + VALUES)
-            bits = state.pop(full + BITMASK)
-            state[full] = decode(values, bits, params[key])
+def set_mask(module: nn.Module, mask: torch.Tensor | None, name: str = "weight") -> ZeroMask:
+    """Give ``module`` a zero mask on its ``name`` tensor (``None``: its current zeros, taken
+    when first applied); it replaces any constraint the module had."""
+    zm = ZeroMask(mask, name)
+    object.__setattr__(module, CONSTRAINT, zm)
+    return zm
 
 
-def install(model: nn.Module, keys: list[str]) -> nn.Module:
-    """Store the parameters named ``keys`` (state-dict names) compactly from now on."""
-    known = dict(model.named_parameters())
-    missing = [k for k in keys if k not in known]
-    if missing:
-        raise ModelError(f"sparse edit names parameters the model lacks: {missing[:5]}")
-    first = not hasattr(model, _HOOKED)
-    merged = sorted(set(getattr(model, _HOOKED, [])) | set(keys))
-    object.__setattr__(model, _HOOKED, merged)
-    if first:
-        model.register_state_dict_post_hook(_save_hook)
-        model.register_load_state_dict_pre_hook(_load_hook)
-    return model
+def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules of ``model`` that carry a zero mask, by name."""
+    return {n: m for n, m in model.named_modules() if mask_of(m) is not None}
+
+
+def _zeros(t: torch.Tensor) -> int:
+    return int(t.numel() - torch.count_nonzero(t.detach()))
 
 
 def make_compact(model: nn.Module, module_names: list[str]) -> nn.Module:
-    """Store the ``weight`` of the named modules compactly and record the ``sparse`` edit."""
+    """Record the ``weight`` of the named modules as sparse (the ``sparse`` edit, with each
+    tensor's zeros): bundles store them compactly and reload them with their masks."""
+    modules = dict(model.named_modules())
     keys = [f"{n}.weight" for n in module_names]
-    install(model, keys)
-    record(model, edit={"kind": "sparse", "tensors": keys})
+    zeros = {f"{n}.weight": _zeros(modules[n].weight) for n in module_names}
+    numel = {f"{n}.weight": modules[n].weight.numel() for n in module_names}
+    record(model, edit={"kind": EDIT_KIND, "tensors": keys, "zeros": zeros, "numel": numel})
     return model
+
+
+@torch.no_grad()
+def refresh_masks(model: nn.Module, changed: Iterable[str]) -> list[str]:
+    """After a structural change to the modules named ``changed`` (channels removed), give
+    those that carry a zero mask the mask of their zeros now, and record the new counts (the
+    ``sparse`` edit after the ``resize`` one); returns those layers."""
+    masked = masked_modules(model)
+    names = [n for n in changed if n in masked]
+    for name in names:
+        zm = masked[name].__dict__[CONSTRAINT]
+        zm.mask = (getattr(masked[name], zm.name).detach() != 0).cpu()
+    if names:
+        make_compact(model, names)
+    return names
 
 
 def apply_sparse(
     model: nn.Module, edit: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> nn.Module:
-    """Edit handler: the rebuilt model decodes (and keeps encoding) the listed weights."""
-    return install(model, list(edit["tensors"]))
+    """Edit handler: the rebuilt layers named by the edit get their zero masks back (taken from
+    the weights they are loaded with); an edit from before the counts were recorded gets them
+    from the weights file."""
+    keys = edit["tensors"]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ModelError("sparse edit: tensors is not a list of names")
+    params = dict(model.named_parameters())
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ModelError(f"sparse edit names parameters the model lacks: {missing[:5]}")
+    for key in keys:
+        owner, _, name = key.rpartition(".")
+        set_mask(model.get_submodule(owner), None, name)
+    if "zeros" not in edit:  # a bundle from before the counts: what the file holds
+        counts = {k: _stored_zeros(state, k, params[k].numel()) for k in keys}
+        edit["zeros"] = {k: n for k, n in counts.items() if n is not None}
+        edit["numel"] = {k: params[k].numel() for k in edit["zeros"]}
+    return model
 
 
-@contextlib.contextmanager
-def dense_state() -> Iterator[None]:
-    """Within this block, ``state_dict()`` gives plain dense tensors."""
-    global _dense_only
-    old, _dense_only = _dense_only, True
-    try:
-        yield
-    finally:
-        _dense_only = old
+def _stored_zeros(state: dict[str, torch.Tensor], key: str, numel: int) -> int | None:
+    """Zeros of ``key`` as the weights file holds it: dense, or values + bitmask (its size
+    taken from the model when the bitmask's length fits it; else unknown)."""
+    if key in state:
+        return _zeros(state[key])
+    values, bits = state.get(key + VALUES), state.get(key + BITMASK)
+    if values is None or bits is None or bits.numel() != (numel + 7) // 8:
+        return None
+    return numel - values.numel()
 
 
 def storage_report(model: nn.Module) -> dict[str, int]:
     """Dense bytes, non-zero parameters and encoded bytes of the model's safetensors weights."""
-    with dense_state():
-        dense = state_bytes(model)
+    from safetensors.torch import save
+
     params, nonzero = count_params(model)
     return {
         "params": params,
         "nonzero_params": nonzero,
-        "dense_bytes": dense,
-        "encoded_bytes": state_bytes(model),
+        "dense_bytes": len(save(state_tensors(model, compact=False))),
+        "encoded_bytes": len(save(state_tensors(model))),
     }

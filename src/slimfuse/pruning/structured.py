@@ -29,6 +29,7 @@ from slimfuse.errors import ConfigError, ModelError, SlimfuseWarning, Unsupporte
 from slimfuse.pruning.config import Channels
 from slimfuse.pruning.importance import IMPORTANCE
 from slimfuse.pruning.resize import record_resize, snapshot
+from slimfuse.pruning.sparse import refresh_masks
 from slimfuse.targeting import Selector, select_modules
 from slimfuse.tasks import Task, forward, get_task
 from slimfuse.training import trainable_copy
@@ -302,7 +303,7 @@ def prune_structured(
             f"pruning changed {type(model).__name__}'s output shape from {out_shape} to "
             f"{shape_after}; add the output layer to ignore=[...]"
         )
-    record_resize(
+    changed = record_resize(
         model,
         before,
         method="structured",
@@ -310,6 +311,7 @@ def prune_structured(
         importance=importance,
         global_pruning=global_pruning,
     )
+    refresh_masks(model, changed)  # a sparse layer keeps its zeros at its new size
     return model.eval()
 
 

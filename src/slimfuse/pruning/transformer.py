@@ -32,6 +32,7 @@ from slimfuse.errors import ConfigError, UnsupportedLayerError
 from slimfuse.models.source import record
 from slimfuse.pruning.config import Transformer
 from slimfuse.pruning.resize import record_resize, snapshot
+from slimfuse.pruning.sparse import refresh_masks
 from slimfuse.pruning.structured import check_ratio
 from slimfuse.tasks import forward
 from slimfuse.training import trainable_copy
@@ -210,7 +211,7 @@ def prune_transformer(
     for k, v in cfg.items():
         setattr(enc.config, k, v)
     prefix = "encoder." if enc is not model else ""
-    record_resize(
+    changed = record_resize(
         model,
         before,
         method="transformer",
@@ -219,6 +220,7 @@ def prune_transformer(
         importance=importance,
     )
     record(model, edit={"kind": "hf_config", "module": prefix.rstrip("."), "config": cfg})
+    refresh_masks(model, changed)  # a sparse layer keeps its zeros at its new size
     return model.eval()
 
 

@@ -5,17 +5,20 @@ which. The threshold comes from a target ``sparsity`` (the fraction of weights t
 layer or global (one τ across all targeted layers), or is given directly as ``threshold``.
 :class:`MaskCallback` re-applies the masks after every optimizer step of the one training loop,
 so fine-tuning cannot revive dropped weights; :func:`finalize` folds the masks into the weights
-and, by default, makes the model's bundle store the sparse weights compactly::
+and makes them part of the model: each pruned layer keeps its mask, which the training loop
+re-applies after every step of any later training, and the bundle records the zeros and stores
+the sparse weights compactly (:mod:`slimfuse.pruning.sparse`)::
 
     masks = prune_unstructured(model, sparsity=0.9)
     slimfuse.train(model, data, callbacks=[MaskCallback(masks)])
-    finalize(model, masks)            # plain zeros in the weights; compact bundle
+    finalize(model, masks)            # zeros in the weights, kept from now on; compact bundle
 
 :func:`prune_threshold` is the ``threshold`` method of :func:`slimfuse.prune`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +29,7 @@ from torch import nn
 from slimfuse.errors import ConfigError
 from slimfuse.models.source import record
 from slimfuse.pruning.config import Threshold
-from slimfuse.pruning.sparse import make_compact, storage_report
+from slimfuse.pruning.sparse import make_compact, set_mask, storage_report
 from slimfuse.targeting import Selector, select_modules
 from slimfuse.training import Callback, trainable_copy
 
@@ -96,6 +99,16 @@ def select_weights(
     return out
 
 
+def _droppable(scores: torch.Tensor, min_density: float) -> torch.Tensor:
+    """Flat indices of the weights a layer may lose: all but its ``ceil(min_density * n)``
+    largest scores."""
+    n = scores.numel()
+    if min_density <= 0:
+        return torch.arange(n)
+    cap = n - math.ceil(min_density * n)
+    return torch.argsort(scores.flatten(), stable=True)[:cap]
+
+
 def _kth_smallest(values: torch.Tensor, k: int) -> float:
     if k <= 0:
         return -1.0  # below every |w|: nothing is dropped
@@ -110,10 +123,14 @@ def magnitude_masks(
     threshold: float | None = None,
     global_pruning: bool = False,
     previous: Masks | None = None,
+    min_density: float = 0.0,
 ) -> Masks:
     """Masks dropping the smallest ``|w|``: ``sparsity`` per layer (or global), or ``|w| <= threshold``.
 
     Weights already masked in ``previous`` stay masked (gradual schedules only ever add zeros).
+    ``min_density`` (global ``sparsity`` only) is a floor per layer: each keeps at least
+    ``ceil(min_density * n)`` of its ``n`` weights, its largest, so no layer collapses; the
+    sparsity taken from a layer at its floor comes from the others (where the floors allow).
     """
     if (sparsity is None) == (threshold is None):
         raise ConfigError("give exactly one of sparsity (a fraction in [0, 1)) or threshold (τ)")
@@ -121,6 +138,8 @@ def magnitude_masks(
         raise ConfigError(f"threshold {threshold!r}: expected a number >= 0")
     if sparsity is not None:
         check_sparsity(sparsity)
+    if not 0.0 <= min_density < 1.0:
+        raise ConfigError(f"min_density {min_density!r}: expected a number in [0, 1)")
     scores: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
         s = m.weight.detach().abs()
@@ -132,10 +151,20 @@ def magnitude_masks(
         for name, s in scores.items():
             masks[name] = (s > threshold).to(s.dtype)
     elif global_pruning:
-        allv = torch.cat([s.flatten() for s in scores.values()])
-        tau = _kth_smallest(allv, round(sparsity * allv.numel()))  # type: ignore[operator]
+        # each layer may lose at most all but ceil(min_density * n) of its weights: the weights
+        # dropped are the smallest of the union of every layer's droppable (smallest) ones
+        eligible = {n: _droppable(s, min_density) for n, s in scores.items()}
+        allv = torch.cat([s.flatten()[eligible[n]] for n, s in scores.items()])
+        total = sum(s.numel() for s in scores.values())
+        k = min(round(sparsity * total), allv.numel())  # type: ignore[operator]
+        tau = _kth_smallest(allv, k)
         for name, s in scores.items():
-            masks[name] = (s > tau).to(s.dtype)
+            keep = s > tau
+            if min_density > 0:
+                protected = torch.ones(s.numel(), dtype=torch.bool)
+                protected[eligible[name]] = False
+                keep |= protected.view_as(s)
+            masks[name] = keep.to(s.dtype)
     else:
         for name, s in scores.items():
             k = round(sparsity * s.numel())  # type: ignore[operator]
@@ -154,6 +183,7 @@ def prune_unstructured(
     targets: Selector | Iterable[Selector] | None = None,
     ignore: Selector | Iterable[Selector] | None = None,
     global_pruning: bool = False,
+    min_density: float = 0.0,
 ) -> Masks:
     """One-shot magnitude pruning in place; returns the masks (apply them during fine-tuning)."""
     masks = magnitude_masks(
@@ -161,6 +191,7 @@ def prune_unstructured(
         sparsity=sparsity,
         threshold=threshold,
         global_pruning=global_pruning,
+        min_density=min_density,
     )
     masks.apply()
     return masks
@@ -180,10 +211,16 @@ class MaskCallback(Callback):
 
 
 @torch.no_grad()
-def finalize(model: nn.Module, masks: Masks, *, compact: bool = True) -> nn.Module:
-    """Fold the masks into the weights (plain tensors with zeros); ``compact``: sparse bundle."""
+def finalize(model: nn.Module, masks: Masks, *, keep: bool = True) -> nn.Module:
+    """Fold the masks into the weights (plain tensors with zeros). ``keep`` (the default) makes
+    the zeros part of the model: every masked layer keeps its mask (a
+    :class:`~slimfuse.pruning.sparse.ZeroMask` that the training loop re-applies after every
+    step) and the spec records the ``sparse`` edit (bundles store those weights compactly and
+    reload them with their masks)."""
     masks.apply()
-    if compact:
+    if keep:
+        for name, mask in masks.masks.items():
+            set_mask(masks.modules[name], mask)
         make_compact(model, list(masks.masks))
     record(
         model,
