@@ -112,8 +112,9 @@ def test_cli_mixed_precision_shows_progress_and_a_missed_budget(tmp_path) -> Non
                  "--out", str(tmp_path / "m"), "--quiet"]) == 0  # fmt: skip
     run = run_cli(
         "quantize", "--model", str(tmp_path / "m"), "--data", "mnist1d", "--mode", "dynamic",
-        "--max-drop", "0", "--calibration-batches", "2", "--out", str(tmp_path / "q"),
-    )  # fmt: skip
+        "--max-drop", "0", "--calibration-batches", "2", "--held-out-batches", "8",
+        "--out", str(tmp_path / "q"),
+    )  # fmt: skip  # the budget is checked on the whole validation split (400 samples)
     assert run.returncode == 0, run.stderr
     err = run.stderr.splitlines()
     assert [line.split(":")[0] for line in err if line.startswith("sensitivity")] == [

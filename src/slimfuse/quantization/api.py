@@ -76,7 +76,9 @@ def quantize(
     - ``train``: QAT's :class:`~slimfuse.config.TrainConfig` (default 5 epochs at lr 1e-3).
     - ``task``: defaults to the one the model records, else classification (mixed precision's
       default metric: top-1 agreement; an embedding model is held to cosine).
-    - ``metric_fn(model) -> float``: what mixed precision keeps within ``max_drop``.
+    - ``metric_fn(model) -> float``: what mixed precision keeps within ``max_drop`` (default:
+      agreement with fp32 on held-out inputs: ``data``'s validation split, else calibration
+      batches kept apart).
     - ``teacher_objective(teacher, task)``: the distillation objective QAT's ``distill`` uses
       (``slimfuse.quantize`` passes the distillation family's).
 
@@ -104,7 +106,12 @@ def quantize(
                 "a forward_loop); got none"
             )
         if calibration is not None:
-            inputs = calibration_inputs(model, calibration, max_batches=cfg.calibration_batches)
+            # max_drop without data or metric_fn: batches past these are held out to check it
+            held = getattr(cfg, "max_drop", None) is not None and data is None and not metric_fn
+            extra = cfg.held_out_batches if held else 0
+            inputs = calibration_inputs(
+                model, calibration, max_batches=cfg.calibration_batches + extra
+            )
         if example_inputs is None:
             example_inputs = _first_example(inputs[0])
     if cfg.mode == "qat":

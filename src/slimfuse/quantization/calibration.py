@@ -95,6 +95,41 @@ def calibration_inputs(
     return found
 
 
+def samples(batches: list[Any]) -> int:
+    """How many samples ``batches`` hold (the first tensor's first dimension, summed)."""
+    return sum(len(_tensors(b)[0][1]) for b in batches)
+
+
+def _rows(inputs: Any, part: slice) -> Any:
+    if isinstance(inputs, Mapping):
+        return {k: v[part] for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(v[part] for v in inputs)
+    return inputs[part]
+
+
+def split_held_out(
+    inputs: list[Any], calibration_batches: int, held_out_batches: int
+) -> tuple[list[Any], list[Any]]:
+    """``(calibration, held_out)``: batches past ``calibration_batches`` are held out (at most
+    ``held_out_batches``); with too few, the last half (at least one); one batch is cut in two.
+
+    :class:`DataError` when there is a single sample: nothing is left to check a budget on.
+    """
+    n = len(inputs)
+    k = min(held_out_batches, max(n - calibration_batches, n // 2))
+    if k >= 1:
+        return inputs[: n - k], inputs[n - k :]
+    size = samples(inputs)
+    if size < 2:
+        raise DataError(
+            "max_drop is checked on held-out data: the calibration data is one sample; expected "
+            "at least 2 (or data= with a validation split, or a metric_fn)"
+        )
+    half = size // 2
+    return [_rows(inputs[0], slice(0, size - half))], [_rows(inputs[0], slice(size - half, None))]
+
+
 def to_feeds(inputs: Any, input_names: list[str]) -> dict[str, np.ndarray]:
     """Model inputs -> an ONNX Runtime feed dict for a graph with ``input_names``."""
     if isinstance(inputs, Mapping):

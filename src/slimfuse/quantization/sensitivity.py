@@ -3,18 +3,28 @@
 :func:`sensitivity` quantizes each candidate layer alone and measures the output SQNR against
 fp32 and the metric drop. :func:`mixed_precision` quantizes everything, and while the drop is
 over ``max_drop`` keeps the most sensitive layers in fp32, fewest first, until it holds.
+
+The drop is measured on held-out inputs (:func:`held_out`), never on the calibration inputs
+that set the ranges and the smoothing scales: the data's validation split when ``data`` is
+given (its test split is then reported too), else calibration batches kept apart.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from slimfuse.quantization.calibration import input_ranges
+from slimfuse.quantization.calibration import (
+    calibration_inputs,
+    input_ranges,
+    samples,
+    split_held_out,
+)
 from slimfuse.quantization.config import Dynamic, Static
 from slimfuse.quantization.graph import supported_types
 from slimfuse.quantization.ptq import Prepared, ptq
@@ -30,6 +40,11 @@ log = logging.getLogger("slimfuse.quantization")  # progress of the long searche
 @torch.no_grad()
 def _outputs(model: nn.Module, inputs: list[Any]) -> list[torch.Tensor]:
     return [forward(model.eval(), x).float() for x in inputs]
+
+
+def metric_name(task: str) -> str:
+    """What :func:`agreement_metric` measures for ``task``, in words."""
+    return "top-1 agreement with fp32" if task == "classification" else "mean cosine to fp32"
 
 
 def agreement_metric(reference: nn.Module, inputs: list[Any], task: str) -> Metric:
@@ -48,6 +63,71 @@ def agreement_metric(reference: nn.Module, inputs: list[Any], task: str) -> Metr
         return float(torch.cat(same).mean())
 
     return metric
+
+
+@dataclass
+class Budget:
+    """Where ``max_drop`` is checked: ``metric`` decides, ``report`` only records."""
+
+    metric: Metric  # on held-out inputs (or the caller's metric_fn)
+    decided_on: str  # those inputs, in words
+    report: dict[str, Metric] = field(default_factory=dict)  # "calibration", "test" -> metric
+    report_metric: str = ""  # what the report's metrics measure, in words
+
+    def record(self, fp32: nn.Module, q: nn.Module, drop: float) -> dict[str, Any]:
+        """The final model's drop on the held-out inputs and on the reported ones."""
+        got = {f"{k}_drop": m(fp32) - m(q) for k, m in self.report.items()}
+        return {
+            "decided_on": self.decided_on,
+            "drop": drop,
+            "report_metric": self.report_metric,
+            **got,
+        }
+
+
+def held_out(
+    model: nn.Module,
+    inputs: list[Any],
+    cfg: Dynamic | Static,
+    task: str,
+    data: Any = None,
+    metric_fn: Metric | None = None,
+) -> tuple[list[Any], Budget]:
+    """The calibration inputs left for calibration, and the :class:`Budget` of ``max_drop``.
+
+    With ``data``: ``cfg.held_out_batches`` batches of its validation split decide (the
+    calibration inputs stay whole) and as many of its test split are reported. Without:
+    the calibration batches after the first ``cfg.calibration_batches`` (at most
+    ``cfg.held_out_batches``, at least one, half of them when there are fewer) are kept apart to
+    decide on; one batch is cut in two. A ``metric_fn`` decides instead of the default metric
+    (agreement with ``model``, the fp32 reference), and then nothing is kept apart without data.
+    The calibration drop is always reported, to compare.
+    """
+    test: list[Any] = []
+    if data is not None and hasattr(data, "loader"):
+
+        def batches(split: str) -> list[Any]:
+            loader = data.loader(split, batch_size=cfg.calibration_batch_size)
+            return calibration_inputs(model, loader, max_batches=cfg.held_out_batches)
+
+        held, test = batches("val"), batches("test")
+        where = f"the validation split ({samples(held)} samples)"
+    elif metric_fn is None:
+        inputs, held = split_held_out(inputs, cfg.calibration_batches, cfg.held_out_batches)
+        where = (
+            f"{len(held)} calibration batch(es) kept apart ({samples(held)} samples; "
+            f"{samples(inputs)} calibrate)"
+        )
+    else:
+        held = []
+    report = {"calibration": agreement_metric(model, inputs, task)}
+    if test:
+        report["test"] = agreement_metric(model, test, task)
+    if metric_fn is not None:
+        metric, where = metric_fn, "metric_fn"
+    else:
+        metric = agreement_metric(model, held, task)
+    return inputs, Budget(metric, where, report, metric_name(task))
 
 
 def output_sqnr(reference: list[torch.Tensor], model: nn.Module, inputs: list[Any]) -> float:
@@ -177,28 +257,25 @@ def _ranked(
     )
 
 
-def mixed_precision(
-    prep: Prepared, cfg: Dynamic | Static, metric: Metric | None, task: str = "classification"
-) -> QuantizedModel:
-    """Fewest fp32 layers (most sensitive first) so that the metric drop is <= ``cfg.max_drop``."""
+def mixed_precision(prep: Prepared, cfg: Dynamic | Static, budget: Budget) -> QuantizedModel:
+    """Fewest fp32 layers (most sensitive first) so that the metric drop is <= ``cfg.max_drop``.
+
+    The drop is ``budget.metric`` (held-out inputs) of ``prep.model`` minus the int8 model's;
+    ``q.info["mixed_precision"]`` records each step, where it was decided, and the final
+    model's drop on the calibration (and test) inputs as well.
+    """
     assert cfg.max_drop is not None
-    metric = metric or agreement_metric(prep.model, prep.calibration_inputs, task)
+    metric = budget.metric
     base = metric(prep.model)
     q = ptq(prep, cfg)
     drop = base - metric(q)
     steps = [{"fp32_layers": 0, "drop": drop}]
     log.info("mixed precision: all int8, drop %.5f (budget %.5f)", drop, cfg.max_drop)
-    if drop <= cfg.max_drop:
-        q.info["mixed_precision"] = {
-            "base": base,
-            "max_drop": cfg.max_drop,
-            "steps": steps,
-            "met": True,
-        }
-        return refresh_edit(q)
-    rows = _ranked(prep, cfg, metric, base)
+    rows: list[dict[str, Any]] = []
+    met = drop <= cfg.max_drop
+    if not met:
+        rows = _ranked(prep, cfg, metric, base)
     keep: dict[str, str] = {}
-    met = False
     for row in rows:
         keep[row["layer"]] = (
             f"kept fp32 by mixed precision (alone it costs {row['drop']:.4f}, "
@@ -219,6 +296,7 @@ def mixed_precision(
         "max_drop": cfg.max_drop,
         "steps": steps,
         "met": met,
-        "sensitivity": rows,
+        **({"sensitivity": rows} if rows else {}),
+        **budget.record(prep.model, q, drop),
     }
     return refresh_edit(q)
