@@ -5,15 +5,19 @@ optimizer, the one training loop). The peer is what a user would do with PyTorch
 ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured, amount=0.9)`` once, then fine-tune.
 Target: slimfuse's pruned CNN within 1 point of the dense test accuracy.
 
-Run: ``python benchmarks/prune_unstructured.py`` (about 20 minutes on one thread).
+Run: ``python benchmarks/prune_unstructured.py`` (about 20 minutes on one thread). With
+``--before results.json`` (this script's JSON from an earlier version of slimfuse, same seeds)
+the table shows that run's figures beside this one's.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,6 +53,10 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.9)
     # recovery and epochs were chosen on seeds 0-2; the table reports held-out seeds
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
+    ap.add_argument(
+        "--before", type=Path, help="an earlier run's JSON: its figures beside this run's"
+    )
+    ap.add_argument("--before-label", default="before", help="the earlier run's column name")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = slimfuse.load_data("mnist1d")
@@ -109,6 +117,9 @@ def main() -> None:
             assert torch.equal(back(x), ours(x))
             slimfuse.export(back, data.example_input(1), f"{tmp}/m.onnx")
 
+    before = json.loads(args.before.read_text()) if args.before else None
+    if before is not None:
+        payload["before"] = {"label": args.before_label, **before}
     lines = [
         "# Unstructured pruning: MNIST-1D CNN at 90% sparsity",
         "",
@@ -119,23 +130,51 @@ def main() -> None:
         f"Test split: 1000 samples. Seeds {args.seeds}: each trains its own dense model, then "
         "prunes it both ways (recovery and epochs were chosen on seeds 0-2, which these are not).",
         "",
-        "| CNN width | method | test acc (mean) | Δ vs dense, points: mean (per seed) | sparsity | non-zeros / params | stored weights | time (s) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if before is not None:
+        lines += [
+            f"Columns *{args.before_label}* and *now*: the same script, seeds and CPU, run on "
+            f"{args.before_label} and on this version of slimfuse. Wall times are in the JSON "
+            "only (the CPU was shared with other jobs).",
+            "",
+            f"| CNN width | method | test acc (mean): {args.before_label} / now | Δ vs dense, "
+            f"points, mean (per seed): {args.before_label} / now | sparsity | non-zeros / params "
+            f"| stored weights: {args.before_label} / now |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| CNN width | method | test acc (mean) | Δ vs dense, points: mean (per seed) | sparsity | non-zeros / params | stored weights | time (s) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+
+    def summary(runs: list[dict], width: int, method: str) -> tuple[float, list[float], dict]:
+        rs = [r for r in runs if r["width"] == width and r["method"] == method]
+        return statistics.mean(r["accuracy"] for r in rs), [r["delta_points"] for r in rs], rs[0]
+
+    def deltas_text(deltas: list[float]) -> str:
+        return f"{statistics.mean(deltas):+.2f} ({', '.join(f'{d:+.1f}' for d in deltas)})"
+
     means: dict[tuple[int, str], float] = {}
     for width in args.widths:
         for method in dict.fromkeys(r["method"] for r in rows):
-            rs = [r for r in rows if r["width"] == width and r["method"] == method]
-            acc = statistics.mean(r["accuracy"] for r in rs)
-            deltas = [r["delta_points"] for r in rs]
+            acc, deltas, first = summary(rows, width, method)
             means[width, method] = statistics.mean(deltas)
-            first = rs[0]
+            secs = statistics.mean(
+                r["seconds"] for r in rows if r["width"] == width and r["method"] == method
+            )
+            shape = f"{100 * first['sparsity']:.1f}% | {first['nonzero']:,} / {first['params']:,}"
+            if before is None:
+                lines.append(
+                    f"| {width} | {method} | {100 * acc:.2f}% | {deltas_text(deltas)} | {shape} | "
+                    f"{first['stored_bytes'] / 1024:.1f} KiB | {secs:.0f} |"
+                )
+                continue
+            b_acc, b_deltas, b_first = summary(before["runs"], width, method)
             lines.append(
-                f"| {width} | {method} | {100 * acc:.2f}% | {statistics.mean(deltas):+.2f} "
-                f"({', '.join(f'{d:+.1f}' for d in deltas)}) | {100 * first['sparsity']:.1f}% | "
-                f"{first['nonzero']:,} / {first['params']:,} | "
-                f"{first['stored_bytes'] / 1024:.1f} KiB | "
-                f"{statistics.mean(r['seconds'] for r in rs):.0f} |"
+                f"| {width} | {method} | {100 * b_acc:.2f}% / {100 * acc:.2f}% | "
+                f"{deltas_text(b_deltas)} / {deltas_text(deltas)} | {shape} | "
+                f"{b_first['stored_bytes'] / 1024:.1f} / {first['stored_bytes'] / 1024:.1f} KiB |"
             )
     target_ok = means[args.widths[0], f"slimfuse AGP (cubic) + {args.recovery}"] >= -1.0
     lines += [
