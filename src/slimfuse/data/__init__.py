@@ -1,0 +1,100 @@
+"""Data sources: built-in sets, ``.npz``, ``.csv`` and user factories, validated up front.
+
+``load_data(spec)`` returns a :class:`Data` with deterministic train / val / test splits.
+Specs:
+
+- ``mnist1d``: MNIST-1D generated offline (4000 train / 1000 test, length 40, 10 classes)
+- ``digits``: scikit-learn's 8x8 digits, flattened to 64 features
+- ``path.npz``: arrays ``X`` and ``y`` (optionally ``X_test`` / ``y_test``)
+- ``path.csv``: numeric feature columns and a label column (``label_column``, default ``label``)
+- ``file.py:fn`` or ``module:fn``: a factory returning ``(train, val, test)`` or a dict with those
+  keys, each a ``DataLoader``, a ``Dataset`` or an ``(X, y)`` pair
+
+Every problem is found before any training and reported as one :class:`DataError` line.
+Data that cannot train is refused (see :func:`check_splits`): an empty split, a train split of
+fewer than 2 samples, classification labels of one class in the train split, an empty label
+cell in a CSV. A validation split too small to choose the best epoch on is warned about when
+training chooses on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimfuse.data.builtin import BUILTIN
+from slimfuse.data.core import (
+    MIN_TRAIN,
+    MIN_VAL,
+    SPLITS,
+    Data,
+    check_fits,
+    check_splits,
+    check_val_size,
+    from_arrays,
+)
+from slimfuse.data.sources import _from_factory, _read_csv, _read_npz
+from slimfuse.data.text import text_corpus
+from slimfuse.errors import DataError
+from slimfuse.trust import trusting
+
+__all__ = [
+    "BUILTIN",
+    "MIN_TRAIN",
+    "MIN_VAL",
+    "SPLITS",
+    "Data",
+    "check_fits",
+    "check_splits",
+    "check_val_size",
+    "from_arrays",
+    "load_data",
+    "text_corpus",
+]
+
+
+def load_data(
+    spec: str | Data,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    label_column: str = "label",
+    trust_code: bool | None = None,
+) -> Data:
+    """Resolve a data spec (see the module docstring) into validated splits.
+
+    A factory (``file.py:fn``, ``module:fn``) is code: it runs only with ``trust_code=True``
+    (see :mod:`slimfuse.trust`)."""
+    if isinstance(spec, Data):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise DataError(
+            f"data source {spec!r}: expected mnist1d, digits, a .npz, a .csv or file.py:fn"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction {val_fraction}: expected a number in (0, 1)")
+    if spec in BUILTIN:
+        return BUILTIN[spec](seed=seed, val_fraction=val_fraction)
+    path = Path(spec)
+    if path.suffix == ".npz":
+        x, y, x_test, y_test = _read_npz(path)
+    elif path.suffix == ".csv":
+        x, y = _read_csv(path, label_column)
+        x_test = y_test = None
+    elif ":" in spec:
+        with trusting(trust_code):
+            return _from_factory(spec)
+    else:
+        raise DataError(
+            f"data source {spec!r}: expected mnist1d, digits, a .npz or .csv file, or file.py:fn"
+        )
+    return from_arrays(
+        x,
+        y,
+        x_test,
+        y_test,
+        name=path.name,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )

@@ -1,0 +1,248 @@
+"""The :class:`Data` splits and the checks every source goes through."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+
+from slimfuse.errors import DataError, SlimfuseWarning
+
+SPLITS = ("train", "val", "test")
+
+MIN_TRAIN = 2  # fewer training samples: nothing to learn from (and no batch statistics)
+MIN_VAL = 20  # fewer validation samples: a metric in steps of 5% or more, too coarse to choose on
+
+
+@dataclass
+class Data:
+    """Train / val / test datasets plus what the rest of slimfuse needs to know about them."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int | None = None
+    input_shape: tuple[int, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, split: str) -> Dataset:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+    def loader(
+        self,
+        split: str,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(
+            self.split(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+        )
+
+    def example_input(self, batch: int = 1, split: str = "test") -> torch.Tensor:
+        """The first ``batch`` inputs of a split, repeated if the split is smaller."""
+        ds = self.split(split)
+        return default_collate([ds[i % len(ds)] for i in range(batch)])[0]
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """A whole split as numpy ``(X, y)``."""
+        ds = self.split(split)
+        if isinstance(ds, TensorDataset):
+            x, y = ds.tensors[:2]
+            return x.numpy(), y.numpy()
+        xs, ys = zip(*(ds[i][:2] for i in range(len(ds))), strict=True)
+        return (
+            torch.stack([torch.as_tensor(x) for x in xs]).numpy(),
+            torch.stack([torch.as_tensor(y) for y in ys]).numpy(),
+        )
+
+    def describe(self) -> str:
+        sizes = " / ".join(f"{len(self.split(s))} {s}" for s in SPLITS)
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return f"{self.name}: {sizes}, input {tuple(self.input_shape)}{classes}"
+
+
+def from_arrays(
+    x: Any,
+    y: Any,
+    x_test: Any = None,
+    y_test: Any = None,
+    *,
+    name: str = "arrays",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> Data:
+    """Build validated, deterministically split :class:`Data` from arrays."""
+    x, y = _check_xy(x, y, name)
+    if x_test is None:
+        n_test = max(1, round(len(x) * test_fraction))
+        if len(x) - n_test < 2:
+            raise DataError(f"{name}: {len(x)} samples are too few to split off a test set")
+        order = np.random.default_rng(seed).permutation(len(x))
+        x_test, y_test = x[order[:n_test]], y[order[:n_test]]
+        x, y = x[order[n_test:]], y[order[n_test:]]
+    else:
+        x_test, y_test = _check_xy(x_test, y_test, f"{name} (test)")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"{name}: test inputs have shape {x_test.shape[1:]} but train inputs {x.shape[1:]}"
+            )
+    n_val = max(1, round(len(x) * val_fraction))
+    if len(x) - n_val < MIN_TRAIN:
+        raise DataError(
+            f"{name}: {len(x)} samples are too few to split off validation: the train split "
+            f"would have {len(x) - n_val}; expected at least {MIN_TRAIN}"
+        )
+    order = np.random.default_rng(seed + 1).permutation(len(x))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+
+    def ds(xa: np.ndarray, ya: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(xa), torch.from_numpy(ya))
+
+    classification = y.dtype == np.int64
+    num_classes = int(max(y.max(), y_test.max())) + 1 if classification else None
+    check_splits(
+        name,
+        {"train": len(train_idx), "val": len(val_idx), "test": len(x_test)},
+        y[train_idx] if classification and y.ndim == 1 else None,
+        num_classes,
+    )
+    return Data(
+        name=name,
+        train=ds(x[train_idx], y[train_idx]),
+        val=ds(x[val_idx], y[val_idx]),
+        test=ds(x_test, y_test),
+        num_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
+    )
+
+
+def check_splits(
+    name: str,
+    sizes: dict[str, int],
+    train_labels: Any = None,
+    num_classes: int | None = None,
+) -> None:
+    """Refuse splits that cannot train (:class:`DataError`): an empty split, a train split of
+    fewer than ``MIN_TRAIN`` (2) samples, and ``train_labels`` (the classification labels of
+    the train split, if known) of a single class. (A validation split too small to choose the
+    best epoch on is warned about where the choice is made: :func:`check_val_size`.)
+    """
+    for split in SPLITS:
+        if split in sizes and sizes[split] == 0:
+            raise DataError(f"{name}: the {split} split is empty; expected at least one sample")
+    if sizes.get("train", MIN_TRAIN) < MIN_TRAIN:
+        raise DataError(
+            f"{name}: the train split has {sizes['train']} sample; expected at least {MIN_TRAIN}"
+        )
+    if train_labels is not None:
+        classes = np.unique(np.asarray(train_labels))
+        if len(classes) == 1:
+            raise DataError(
+                f"{name}: labels hold one class ({classes[0]}) in {sizes['train']} training "
+                "samples; expected at least two"
+            )
+
+
+def check_val_size(data: Data) -> None:
+    """Warn when the validation split is smaller than ``MIN_VAL`` (20) samples or than the
+    classes: the best epoch (early stopping, ``restore_best``) would be chosen on a metric that
+    moves in steps of 5% or more, or that cannot hold every class."""
+    n_val = len(data.val)  # type: ignore[arg-type]
+    enough = max(MIN_VAL, data.num_classes or 0)
+    if n_val < enough:
+        warnings.warn(
+            f"{data.name}: the validation split has {n_val} samples; too few to choose the best "
+            f"epoch reliably (expected at least {enough}: more data or a larger val_fraction)",
+            SlimfuseWarning,
+            stacklevel=3,
+        )
+
+
+def _check_xy(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        xa = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name}: inputs are not numeric ({exc}); expected numbers only") from exc
+    ya = np.asarray(y)
+    if xa.ndim == 0 or len(xa) == 0:
+        raise DataError(f"{name}: the data set is empty; expected at least one sample")
+    if ya.ndim != 1:
+        ya = ya.reshape(len(ya), -1) if ya.ndim > 1 else ya
+    if len(xa) != len(ya):
+        raise DataError(
+            f"{name}: X has {len(xa)} samples but y has {len(ya)}; expected equal lengths"
+        )
+    if xa.ndim == 1:
+        xa = xa[:, None]
+    bad = ~np.isfinite(xa)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise DataError(
+            f"{name}: inputs contain NaN or Inf (first at sample {row}); expected finite values"
+        )
+    if ya.dtype.kind in "iub" or (ya.dtype.kind == "f" and ya.ndim == 1 and _integral(ya)):
+        if ya.dtype.kind == "f" and not np.isfinite(ya).all():
+            raise DataError(f"{name}: labels contain NaN or Inf; expected finite values")
+        ya = ya.astype(np.int64)
+        if ya.min() < 0:
+            raise DataError(f"{name}: class labels must be >= 0, saw {int(ya.min())}")
+    elif ya.dtype.kind == "f":
+        if not np.isfinite(ya).all():
+            raise DataError(f"{name}: labels contain NaN or Inf; expected finite values")
+        ya = ya.astype(np.float32)
+    else:
+        raise DataError(f"{name}: labels of type {ya.dtype} are not numeric; expected numbers")
+    return np.ascontiguousarray(xa), ya
+
+
+def _integral(a: np.ndarray) -> bool:
+    finite = a[np.isfinite(a)]
+    return (
+        bool(len(finite))
+        and bool(np.all(finite == np.round(finite)))
+        and len(np.unique(finite)) <= 1000
+    )
+
+
+def check_fits(
+    model: torch.nn.Module,
+    data: Data,
+    expected_shape: Sequence[int] | None = None,
+    what: str = "the model",
+) -> None:
+    """Fail with one line if the data's inputs do not fit the model (``what`` names it)."""
+    if expected_shape is not None and tuple(expected_shape) != tuple(data.input_shape):
+        raise DataError(
+            f"{data.name}: inputs have shape {tuple(data.input_shape)} per sample but {what} "
+            f"expects {tuple(expected_shape)}"
+        )
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(data.example_input(2))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{data.name}: inputs of shape {tuple(data.input_shape)} per sample do not fit "
+            f"{what} ({first[:200]})"
+        ) from exc
+    finally:
+        model.train(was_training)
