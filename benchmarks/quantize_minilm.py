@@ -12,17 +12,20 @@ over the fp32 one (torch.ao: its state dict).
 Peers in the same run: ONNX Runtime ``quantize_dynamic`` at its defaults and with per-channel
 weights, and ``torch.ao.quantization.quantize_dynamic`` (Linear layers, qint8). slimfuse:
 its default (dynamic int8, per-channel weights, 7-bit on CPUs without VNNI, embeddings int8,
-attention fp32), the same with 8-bit weights, and both with outlier-channel smoothing
-(calibrated on 64 *train* paragraphs); last, smoothing with a budget: only the fewest inputs
-(layers sharing one, as query, key and value do, count once), most int8-sensitive first, whose
-int8 model keeps a mean cosine >= 0.996 *on those calibration paragraphs* (``max_drop=0.004``:
-held-out cosine runs about 0.0003 below the calibration one; each smoothed input costs one
-multiply at run time). Every graph is the opset-23 export (attention as ONNX's one
-``Attention`` op, which the ONNX Runtime peers are told not to quantize: they would turn it into
-a contrib ``QAttention`` that does not load). Writes
+attention fp32), the same with 8-bit weights, and smoothing calibrated on 64 *train* paragraphs:
+slimfuse's outlier-channel smoothing (alpha 1, ``smooth_method="outlier"``, the default) and
+SmoothQuant as published (``smooth_method="smoothquant"``; alpha 0.5, the paper's, and
+``--alpha``, default 0.7, the best of 0.5-1.0 on 256 other train paragraphs), with 1/s folded
+into a preceding LayerNorm where only the smoothed layers read it and, to compare, smoothed with
+folding off. Last, smoothing with a budget: only the fewest inputs (layers sharing one, as
+query, key and value do, count once), most int8-sensitive first, whose int8 model keeps a mean
+cosine >= 0.996 (``max_drop=0.004``) on 64 *held-out* train paragraphs (never calibrated on;
+each smoothed input costs one multiply at run time). Every graph is the opset-23 export
+(attention as ONNX's one ``Attention`` op, which the ONNX Runtime peers are told not to
+quantize: they would turn it into a contrib ``QAttention`` that does not load). Writes
 ``benchmarks/results/quantize_minilm.md``.
 
-    .venv/bin/python benchmarks/quantize_minilm.py      # about 10 min on 2 cores (5 of them the budgeted smoothing search)
+    .venv/bin/python benchmarks/quantize_minilm.py      # about 20 min on 2 cores (10 of them the two budgeted smoothing searches)
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--alpha", type=float, default=0.7, help="SmoothQuant's migration strength")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -68,6 +72,7 @@ def main() -> None:
     from slimfuse.data import text_corpus
     from slimfuse.models.hf import minilm, tokenize, tokenizer
     from slimfuse.quantization import QuantConfig, quantize
+    from slimfuse.quantization.smoothquant import smooth as smooth_model
 
     corpus = text_corpus()
     rng = np.random.default_rng(0)
@@ -104,28 +109,80 @@ def main() -> None:
     graphs["ONNX Runtime quantize_dynamic per-channel"] = (tmp / "ort_pc.onnx").read_bytes()
     notes: dict[str, str] = {}
     smooth = "outlier smoothing (alpha 1, channels >= 4x median)"
-    for label, cfg, cal in [
-        ("slimfuse default (dynamic)", QuantConfig(mode="dynamic"), None),
-        ("slimfuse dynamic, 8-bit weights", QuantConfig(mode="dynamic", reduce_range=False), None),
-        (f"slimfuse dynamic + {smooth}", QuantConfig(mode="dynamic", smoothquant=1.0), calib),
+    a = args.alpha
+
+    def published(alpha: float) -> str:
+        return f"SmoothQuant as published (alpha {alpha:g})"
+
+    # the budget is checked on held-out text: 64 more train paragraphs, never calibrated on
+    held = calib + [tokenize(train[i : i + 32], tok) for i in (64, 96)]
+    budget = dict(max_drop=0.004, calibration_batches=2, held_out_batches=2)
+    within = "on the fewest inputs within max_drop 0.004 (checked on 64 held-out paragraphs)"
+    outlier = dict(mode="dynamic", smoothquant=1.0, smooth_method="outlier")
+
+    def sq(alpha: float) -> dict:
+        return dict(mode="dynamic", smoothquant=alpha, smooth_method="smoothquant")
+
+    variants = [  # label, config, calibration, smoothed here first (LayerNorm folding off)
+        ("slimfuse default (dynamic)", QuantConfig(mode="dynamic"), None, None),
+        (
+            "slimfuse dynamic, 8-bit weights",
+            QuantConfig(mode="dynamic", reduce_range=False),
+            None,
+            None,
+        ),
+        (f"slimfuse dynamic + {smooth}", QuantConfig(**outlier), calib, None),
         (
             f"slimfuse dynamic + {smooth}, 8-bit weights",
-            QuantConfig(mode="dynamic", smoothquant=1.0, reduce_range=False),
+            QuantConfig(**outlier, reduce_range=False),
             calib,
+            None,
         ),
         (
-            f"slimfuse dynamic + {smooth} on the fewest inputs within max_drop 0.004, "
-            "8-bit weights",
-            QuantConfig(mode="dynamic", smoothquant=1.0, reduce_range=False, max_drop=0.004),
-            calib,
+            f"slimfuse dynamic + {smooth} {within}, 8-bit weights",
+            QuantConfig(**outlier, reduce_range=False, **budget),
+            held,
+            None,
         ),
-    ]:
+        (
+            f"slimfuse dynamic + {published(0.5)}, LayerNorm folding",
+            QuantConfig(**sq(0.5)),
+            calib,
+            None,
+        ),
+        (
+            f"slimfuse dynamic + {published(a)}, LayerNorm folding",
+            QuantConfig(**sq(a)),
+            calib,
+            None,
+        ),
+        (
+            f"slimfuse dynamic + {published(a)}, no LayerNorm folding",
+            QuantConfig(mode="dynamic"),
+            None,
+            dict(alpha=a, method="smoothquant", fold=False),
+        ),
+        (
+            f"slimfuse dynamic + {published(a)} {within}",
+            QuantConfig(**sq(a), **budget),
+            held,
+            None,
+        ),
+    ]
+    for label, cfg, cal, presmooth in variants:
         t0 = time.time()
-        q = quantize(model, cfg, calibration=cal, example_inputs=example)
+        source = model
+        if presmooth is not None:  # smoothed here, so that folding can be turned off
+            source = smooth_model(model, calib, **presmooth)
+        q = quantize(source, cfg, calibration=cal, example_inputs=example)
         graphs[label] = q.graph_bytes()
         fp = [r for r in q.info["layers"] if r["precision"] == "fp32"]
         kinds = sorted({r["type"] for r in fp})
-        smoothed = [n for n in q.info.get("smoothed_layers", []) if "pooler" not in n]
+        info = q.info
+        if presmooth is not None:
+            info = {k: getattr(source, k) for k in ("smoothed_layers", "smoothing_folded")}
+        smoothed = [n for n in info.get("smoothed_layers", []) if "pooler" not in n]
+        folded = info.get("smoothing_folded", {})
         search = q.info.get("smoothing_search")
         of = (
             f" ({search['smoothed']} of {len(search['groups'])} inputs with outliers)"
@@ -133,8 +190,16 @@ def main() -> None:
             else ""
         )
         notes[label] = f"fp32: {len(fp)} ({', '.join(kinds)})" + (
-            f"; {len(smoothed)} linears smoothed{of}" if smoothed else ""
+            f"; {len(smoothed)} linears smoothed{of}, 1/s folded into {len(folded)} LayerNorms"
+            if smoothed
+            else ""
         )
+        mp = q.info.get("mixed_precision")
+        if mp:
+            notes[label] += (
+                f"; budget decided on {mp['decided_on']}: drop {mp['drop']:.4f} "
+                f"(on the calibration paragraphs {mp['calibration_drop']:.4f})"
+            )
         print(f"{label}: {time.time() - t0:.0f}s; {notes[label]}", flush=True)
 
     torch_ao = torch.ao.quantization.quantize_dynamic(

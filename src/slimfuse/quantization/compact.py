@@ -64,18 +64,18 @@ def compact_model(model: Any) -> Any:
 
 # -- stripping ---------------------------------------------------------------------------------
 def _strip(model: Any) -> None:
-    model.doc_string = ""
+    model.ClearField("doc_string")
     del model.metadata_props[:]
     graph = model.graph
-    graph.doc_string = ""
+    graph.ClearField("doc_string")
     del graph.metadata_props[:]  # the exporter's graph signature: 600 bytes for a small CNN
     for node in graph.node:
-        node.doc_string = ""
+        node.ClearField("doc_string")
         del node.metadata_props[:]
     for t in graph.initializer:
-        t.doc_string = ""
+        t.ClearField("doc_string")
     for v in (*graph.input, *graph.output):
-        v.doc_string = ""
+        v.ClearField("doc_string")
         del v.metadata_props[:]  # the exporter's notes on where each input came from
 
 
@@ -429,7 +429,7 @@ def _prune_value_info(model: Any) -> None:
     kept = [type(v)() for v in entries]
     for new, old in zip(kept, entries, strict=True):
         new.CopyFrom(old)
-        new.doc_string = ""
+        new.ClearField("doc_string")
         del new.metadata_props[:]
     del graph.value_info[:]
     graph.value_info.extend(kept)
@@ -470,7 +470,7 @@ def _rename(graph: Any) -> None:
     for t in graph.initializer:
         t.name = new(t.name)
     for node in graph.node:
-        node.name = ""
+        node.ClearField("name")
         for i, name in enumerate(node.input):
             node.input[i] = new(name)
         for i, name in enumerate(node.output):
