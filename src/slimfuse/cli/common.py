@@ -109,7 +109,20 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         "--seed",
         type=int,
         default=0,
-        help="seed for splits, initialisation and shuffling (default: 0)",
+        help="seed for initialisation and shuffling; the split follows --split-seed (default: 0)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the train/val/test split (stratified by class); models to fuse or distill "
+        "from must share it (default: 0)",
+    )
+    p.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help=".csv/.npz data: do not standardize the features (by default the models built for "
+        "it standardize their raw inputs with the train split's mean and std) (default: off)",
     )
 
 
@@ -147,7 +160,12 @@ def train_config_arg(
 def load_data_arg(args: argparse.Namespace) -> Any:
     from slimfuse.data import load_data
 
-    return load_data(args.data, seed=args.seed, label_column=args.label_column)
+    return load_data(
+        args.data,
+        split_seed=args.split_seed,
+        standardize=False if args.no_standardize else None,
+        label_column=args.label_column,
+    )
 
 
 def check_out_is_not_an_input(args: argparse.Namespace, *sources: Any) -> None:

@@ -53,6 +53,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from slimfuse.api import distill_run
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
+    from slimfuse.models.leakage import check_same_split
     from slimfuse.models.resolve import load_model
     from slimfuse.models.source import check_model_fits
     from slimfuse.training import is_main_process
@@ -80,6 +81,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     task = resolve_task(args, teachers[0])
     for src, teacher in zip(sources, teachers, strict=True):
         check_model_fits(teacher, data, task, what=f"teacher {src!r}")
+        check_same_split(teacher, data, f"teacher {src!r}")
     import torch
 
     torch.manual_seed(args.seed)  # the same student initialisation in every process and run

@@ -1,7 +1,8 @@
 """Data sources: built-in sets, ``.npz``, ``.csv`` and user factories, validated up front.
 
-``load_data(spec)`` returns a :class:`Data` with deterministic train / val / test splits.
-Specs:
+``load_data(spec)`` returns a :class:`Data` with train / val / test splits drawn from
+``split_seed`` (stratified for class labels) and, for ``.csv`` / ``.npz`` files, the train
+split's per-feature statistics for the models built for it to standardize with. Specs:
 
 - ``mnist1d``: MNIST-1D generated offline (4000 train / 1000 test, length 40, 10 classes)
 - ``digits``: scikit-learn's 8x8 digits, flattened to 64 features
@@ -30,8 +31,11 @@ from slimfuse.data.core import (
     check_fits,
     check_splits,
     check_val_size,
+    fingerprint,
     from_arrays,
+    split_record,
 )
+from slimfuse.data.preprocessing import fit_standardize
 from slimfuse.data.sources import _from_factory, _read_csv, _read_npz
 from slimfuse.data.text import text_corpus
 from slimfuse.errors import DataError
@@ -46,8 +50,11 @@ __all__ = [
     "check_fits",
     "check_splits",
     "check_val_size",
+    "fingerprint",
+    "fit_standardize",
     "from_arrays",
     "load_data",
+    "split_record",
     "text_corpus",
 ]
 
@@ -55,16 +62,27 @@ __all__ = [
 def load_data(
     spec: str | Data,
     *,
-    seed: int = 0,
+    split_seed: int = 0,
+    standardize: bool | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     label_column: str = "label",
     trust_code: bool | None = None,
+    seed: int | None = None,
 ) -> Data:
     """Resolve a data spec (see the module docstring) into validated splits.
 
+    - ``split_seed``: the train / val / test split follows it (stratified for class labels),
+      not the training seed (``seed`` is its older name).
+    - ``standardize``: fit per-feature mean and std on the train split (``meta["standardize"]``)
+      for the models built for this data to standardize their raw inputs with
+      (:mod:`slimfuse.data.preprocessing`); ``None``: on for ``.csv`` and ``.npz`` files, off
+      for the built-in sets (already scaled), text and factories.
+
     A factory (``file.py:fn``, ``module:fn``) is code: it runs only with ``trust_code=True``
     (see :mod:`slimfuse.trust`)."""
+    if seed is not None:
+        split_seed = seed
     if isinstance(spec, Data):
         return spec
     if not isinstance(spec, str) or not spec:
@@ -74,7 +92,9 @@ def load_data(
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction {val_fraction}: expected a number in (0, 1)")
     if spec in BUILTIN:
-        return BUILTIN[spec](seed=seed, val_fraction=val_fraction)
+        return BUILTIN[spec](
+            split_seed=split_seed, val_fraction=val_fraction, standardize=bool(standardize)
+        )
     path = Path(spec)
     if path.suffix == ".npz":
         x, y, x_test, y_test = _read_npz(path)
@@ -83,7 +103,10 @@ def load_data(
         x_test = y_test = None
     elif ":" in spec:
         with trusting(trust_code):
-            return _from_factory(spec)
+            data = _from_factory(spec)
+        if standardize and "standardize" not in data.meta:
+            data.meta["standardize"] = fit_standardize(data.arrays("train")[0])
+        return data
     else:
         raise DataError(
             f"data source {spec!r}: expected mnist1d, digits, a .npz or .csv file, or file.py:fn"
@@ -94,7 +117,8 @@ def load_data(
         x_test,
         y_test,
         name=path.name,
-        seed=seed,
+        split_seed=split_seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        standardize=standardize is not False,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,19 +85,39 @@ def from_arrays(
     y_test: Any = None,
     *,
     name: str = "arrays",
-    seed: int = 0,
+    split_seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    standardize: bool = False,
+    stratify: bool | None = None,
+    seed: int | None = None,
 ) -> Data:
-    """Build validated, deterministically split :class:`Data` from arrays."""
+    """Build validated, deterministically split :class:`Data` from arrays.
+
+    - ``split_seed``: the splits follow it and nothing else (``seed`` is its older name).
+    - ``stratify``: train / val / test keep the class proportions (``None``: for class labels
+      of one dimension; a class too rare to split stays in the larger part).
+    - ``standardize``: fit per-feature mean and std on the train split into
+      ``meta["standardize"]`` (:func:`slimfuse.data.preprocessing.fit_standardize`); the inputs
+      stay raw, a model built for this data standardizes them itself.
+
+    The split is recorded in ``meta["split"]`` (:func:`split_record`).
+    """
+    if seed is not None:
+        split_seed = seed
     x, y = _check_xy(x, y, name)
+    classification = y.dtype == np.int64
+    if stratify and not (classification and y.ndim == 1):
+        raise DataError(f"{name}: stratify needs class labels (integers, one per sample)")
+    stratified = (classification and y.ndim == 1) if stratify is None else bool(stratify)
     if x_test is None:
         n_test = max(1, round(len(x) * test_fraction))
         if len(x) - n_test < 2:
             raise DataError(f"{name}: {len(x)} samples are too few to split off a test set")
-        order = np.random.default_rng(seed).permutation(len(x))
-        x_test, y_test = x[order[:n_test]], y[order[:n_test]]
-        x, y = x[order[n_test:]], y[order[n_test:]]
+        rng = np.random.default_rng(split_seed)
+        test_idx, rest = _take(len(x), y if stratified else None, n_test, rng)
+        x_test, y_test = x[test_idx], y[test_idx]
+        x, y = x[rest], y[rest]
     else:
         x_test, y_test = _check_xy(x_test, y_test, f"{name} (test)")
         if x_test.shape[1:] != x.shape[1:]:
@@ -109,13 +130,13 @@ def from_arrays(
             f"{name}: {len(x)} samples are too few to split off validation: the train split "
             f"would have {len(x) - n_val}; expected at least {MIN_TRAIN}"
         )
-    order = np.random.default_rng(seed + 1).permutation(len(x))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    val_idx, train_idx = _take(
+        len(x), y if stratified else None, n_val, np.random.default_rng(split_seed + 1)
+    )
 
     def ds(xa: np.ndarray, ya: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(xa), torch.from_numpy(ya))
 
-    classification = y.dtype == np.int64
     num_classes = int(max(y.max(), y_test.max())) + 1 if classification else None
     check_splits(
         name,
@@ -123,7 +144,7 @@ def from_arrays(
         y[train_idx] if classification and y.ndim == 1 else None,
         num_classes,
     )
-    return Data(
+    data = Data(
         name=name,
         train=ds(x[train_idx], y[train_idx]),
         val=ds(x[val_idx], y[val_idx]),
@@ -131,6 +152,97 @@ def from_arrays(
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
     )
+    data.meta["split"] = _record(
+        name,
+        split_seed,
+        {"train": len(train_idx), "val": len(val_idx), "test": len(x_test)},
+        fingerprint(x[val_idx], y[val_idx]),
+        fingerprint(x_test, y_test),
+    )
+    if standardize:
+        from slimfuse.data.preprocessing import fit_standardize
+
+        data.meta["standardize"] = fit_standardize(x[train_idx])
+    return data
+
+
+def _take(
+    n: int, labels: np.ndarray | None, n_take: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(taken, rest)``: ``n_take`` of ``n`` sample indices drawn with ``rng``; with ``labels``,
+    per class in proportion (:func:`_stratified`)."""
+    if labels is None:
+        order = rng.permutation(n)
+        return order[:n_take], order[n_take:]
+    return _stratified(labels, n_take, rng)
+
+
+def _stratified(
+    labels: np.ndarray, n_take: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class in proportion (largest remainders, ties drawn at random); every class keeps
+    at least one sample in the rest, so a class too rare to split stays there; both parts
+    shuffled."""
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = counts * n_take / len(labels)
+    take = np.minimum(np.floor(quota).astype(np.int64), counts - 1)
+    room = counts - 1 - take
+    # the samples still to place go to the classes with the largest remainders (ties: random)
+    order = np.lexsort((rng.permutation(len(classes)), -(quota - take)))
+    short = n_take - int(take.sum())
+    while short > 0 and room.sum() > 0:
+        for c in order:
+            if short == 0:
+                break
+            if room[c] > 0:
+                take[c] += 1
+                room[c] -= 1
+                short -= 1
+    taken, rest = [], []
+    for c in range(len(classes)):
+        idx = rng.permutation(np.flatnonzero(inverse == c))
+        taken.append(idx[: take[c]])
+        rest.append(idx[take[c] :])
+    t, r = np.concatenate(taken), np.concatenate(rest)
+    if short > 0:  # fewer samples than classes could give: the rest comes from anywhere
+        r = rng.permutation(r)
+        t, r = np.concatenate([t, r[:short]]), r[short:]
+    return rng.permutation(t), rng.permutation(r)
+
+
+def fingerprint(x: Any, y: Any) -> str:
+    """12 hex characters of the sha256 of a split's inputs and labels (their bytes, in order)."""
+    h = hashlib.sha256()
+    for a in (x, y):
+        arr = np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:12]
+
+
+def _record(
+    name: str, split_seed: int | None, sizes: dict[str, int], val: str | None, test: str | None
+) -> dict[str, Any]:
+    return {"data": name, "split_seed": split_seed, "sizes": sizes, "val": val, "test": test}
+
+
+def split_record(data: Data) -> dict[str, Any]:
+    """What identifies ``data``'s split: ``{"data", "split_seed", "sizes", "val", "test"}``, the
+    last two :func:`fingerprint` s of the validation and test samples (``None`` when a split
+    does not reduce to arrays). Kept in ``data.meta["split"]``; a model built for the data
+    records it, and fusing or distilling compares it (a model trained on another split of
+    the same data has seen this split's test samples)."""
+    rec = data.meta.get("split")
+    if rec is None:
+        prints: dict[str, str | None] = {}
+        for split in ("val", "test"):
+            try:
+                prints[split] = fingerprint(*data.arrays(split))
+            except (TypeError, ValueError, RuntimeError, AttributeError):
+                prints[split] = None  # samples of several fields or shapes: not compared
+        sizes = {s: len(data.split(s)) for s in SPLITS}  # type: ignore[arg-type]
+        rec = data.meta["split"] = _record(data.name, None, sizes, prints["val"], prints["test"])
+    return rec
 
 
 def check_splits(

@@ -28,6 +28,7 @@ from slimfuse.distillation.config import AnyDistillConfig, DistillConfig, Studen
 from slimfuse.distillation.objectives import objective
 from slimfuse.distillation.students import Shrink, build_student
 from slimfuse.errors import ConfigError
+from slimfuse.models.leakage import check_members_split, check_same_split
 from slimfuse.models.source import record, task_of
 from slimfuse.tasks import Task, get_task
 from slimfuse.training import Callback, TrainResult
@@ -99,6 +100,10 @@ def distill_run(
     cfg = DistillConfig.parse({} if config is None else config)
     teacher_list = _teacher_list(teachers)
     data = load_data(data)
+    # a teacher trained on another split of the data knows the student's test samples
+    check_members_split(teacher_list, data, "teacher")
+    if isinstance(student, nn.Module):
+        check_same_split(student, data, "the student")
     model = _student(student, teacher_list, data, shrink)
     task_ = get_task(task if task is not None else task_of(model))
     obj = objective(
@@ -163,7 +168,8 @@ def distill(
       to build one from the first teacher; ``width`` needs ``shrink`` (``slimfuse.distill``
       passes structured pruning's).
     - ``teachers``: a model or a list of models (an ensemble, averaged as ``config`` says); they
-      run as frozen copies, the caller's keep their mode and ``requires_grad``.
+      run as frozen copies, the caller's keep their mode and ``requires_grad``. A teacher (or
+      student) that records a split of ``data`` other than its own is refused (one line).
     - ``config``: a :data:`~slimfuse.distillation.config.DistillConfig` (``KD(...)``, a dict
       with ``loss``; ``None``: ``KD()``).
     - ``data``: a :class:`~slimfuse.data.Data` or its name; ``train``: the one loop's

@@ -18,10 +18,12 @@ from typing import Any
 from torch import nn
 
 from slimfuse.config import TrainConfig
+from slimfuse.data import split_record
 from slimfuse.errors import ConfigError
 from slimfuse.fusion.common import FuseJob, Members, as_pairs
 from slimfuse.fusion.config import FUSE_TRAINING, AnyFuseConfig, FuseConfig, not_training
-from slimfuse.models.source import record, task_of
+from slimfuse.models.leakage import check_members_split
+from slimfuse.models.source import record, spec_of, task_of
 from slimfuse.registry import Registry
 from slimfuse.tasks import Task
 
@@ -62,6 +64,9 @@ def fuse(
       Its seed also seeds the fold splits.
     - ``task``: defaults to the one the first member records, else classification.
 
+    Members that record a split of ``data`` other than its own are refused (one line): the
+    fused model's scores would include samples they trained on.
+
     The fused model holds copies of the members (frozen: no gradients, eval mode), so the
     caller's models keep their mode, ``requires_grad`` and weights; the copies cost one more
     copy of every member's weights.
@@ -69,6 +74,7 @@ def fuse(
     cfg = FuseConfig.parse({} if config is None else config)
     handler = HANDLERS.get(cfg.method)
     pairs = as_pairs(members)
+    check_members_split(pairs, data)  # a member trained on another split of the data: refused
     if train is not None and not cfg.trains:
         raise ConfigError(not_training(cfg, "train="))
     if cfg.trains and train is None:
@@ -90,4 +96,7 @@ def fuse(
     if train is not None:
         lineage["train"] = train.to_dict()
     record(fused, lineage=lineage)
+    spec = spec_of(fused)
+    if spec is not None and data is not None:
+        spec.split = split_record(data)
     return fused

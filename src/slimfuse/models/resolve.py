@@ -9,10 +9,11 @@ from typing import Any
 from torch import nn
 
 from slimfuse import trust
+from slimfuse.data.preprocessing import MEAN, STD, is_standardized, remove_standardization
 from slimfuse.errors import ModelError
 from slimfuse.models.bundle import load
 from slimfuse.models.hf import load_hf
-from slimfuse.models.source import build_model
+from slimfuse.models.source import build_model, spec_of, warn_raw_inputs
 from slimfuse.models.weights import check_fits, load_weights
 
 
@@ -34,9 +35,20 @@ def load_model(
         state = load_weights(weights, unsafe_pickle=unsafe_pickle)
         if isinstance(state, nn.Module):
             state = state.state_dict()
+        if is_standardized(model) and not {MEAN, STD} <= set(state):
+            # weights trained elsewhere, on the inputs as they come: so the model takes them
+            remove_standardization(model)
+            if (built := spec_of(model)) is not None:
+                built.standardize = None
         check_fits(model, state, f"weights {Path(weights).name}")
         model.load_state_dict(state, strict=True)
+    if data is not None:
+        warn_raw_inputs(model, data, f"model {_name(spec)}")
     return model
+
+
+def _name(spec: str | Path | nn.Module) -> str:
+    return type(spec).__name__ if isinstance(spec, nn.Module) else repr(str(spec))
 
 
 def _resolve(

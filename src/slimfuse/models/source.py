@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, get_type_hints
@@ -19,7 +20,9 @@ from torch import nn
 
 from slimfuse import trust
 from slimfuse.data import check_fits
-from slimfuse.errors import ModelError, validation_error
+from slimfuse.data.core import split_record
+from slimfuse.data.preprocessing import is_standardized, standardize_inputs
+from slimfuse.errors import ModelError, SlimfuseWarning, validation_error
 from slimfuse.models.zoo import MODELS
 
 SPEC_ATTR = "slimfuse_spec"
@@ -37,6 +40,10 @@ class ModelSpec:
     input_shape: list[int] | None = None
     num_classes: int | None = None
     code_sha256: str | None = None  # a file source: the hash of the code that ran
+    # the model standardizes its raw inputs (slimfuse.data.preprocessing): {"shape": [...]};
+    # the statistics are buffers in the weights
+    standardize: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None  # the data split it was built for (split_record)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -52,6 +59,25 @@ class ModelSpec:
         return cls(**checked.model_dump())
 
 
+class _Standardize(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    shape: list[Annotated[int, Field(ge=1, le=1 << 24)]] = Field(min_length=1, max_length=8)
+
+
+Fingerprint = Annotated[str, Field(pattern="^[0-9a-f]{12}$")]
+
+
+class _Split(BaseModel):
+    """The split a model was trained on (:func:`slimfuse.data.split_record`)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    data: str = Field(max_length=4096)
+    split_seed: int | None = None
+    sizes: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=3)
+    val: Fingerprint | None = None
+    test: Fingerprint | None = None
+
+
 class _SpecSchema(BaseModel):
     """What ``slimfuse.json`` may say about a model (unknown keys of newer versions ignored)."""
 
@@ -64,6 +90,8 @@ class _SpecSchema(BaseModel):
     input_shape: list[Annotated[int, Field(ge=0)]] | None = None
     num_classes: Annotated[int, Field(ge=1)] | None = None
     code_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
+    standardize: _Standardize | None = None
+    split: _Split | None = None
 
     @field_validator("edits")
     @classmethod
@@ -265,7 +293,45 @@ def build_model(
     if data is not None:
         spec.input_shape = list(data.input_shape)
         spec.num_classes = data.num_classes
+        spec.split = split_record(data)
+        stats = getattr(data, "meta", {}).get("standardize")
+        if stats is not None and resolved != "fused":
+            standardize_inputs(model, stats)
+            spec.standardize = {"shape": list(stats["shape"])}
     return set_spec(model, spec)
+
+
+def standardized(model: nn.Module, data: Any) -> nn.Module:
+    """``model`` (in place) standardizing its raw inputs with ``data``'s statistics, as the
+    models :func:`build_model` builds for that data do: for a model of your own (an
+    ``nn.Module`` built elsewhere) trained on ``.csv`` / ``.npz`` data. Data without statistics
+    (a built-in set, ``standardize=False``) or a model that already standardizes: unchanged.
+    A model with a spec records it, so its bundle rebuilds the standardization."""
+    stats = getattr(data, "meta", {}).get("standardize")
+    if stats is None or is_standardized(model):
+        return model
+    standardize_inputs(model, stats)
+    spec = spec_of(model)
+    if spec is not None:
+        spec.standardize = {"shape": list(stats["shape"])}
+    return model
+
+
+def warn_raw_inputs(model: nn.Module, data: Any, what: str = "the model") -> None:
+    """One warning line when ``data`` carries statistics to standardize with but ``model``
+    (one built outside slimfuse, or saved before) takes its inputs raw."""
+    if getattr(data, "meta", {}).get("standardize") is None or is_standardized(model):
+        return
+    spec = spec_of(model)
+    if spec is not None and spec.source == "fused":  # its members standardize (or not) each
+        return
+    warnings.warn(
+        f"{what} takes {data.name}'s inputs unstandardized (only the models slimfuse builds "
+        "for the data standardize them); slimfuse.models.source.standardized(model, data) "
+        "adds it",
+        SlimfuseWarning,
+        stacklevel=3,
+    )
 
 
 def rebuild(spec: ModelSpec) -> nn.Module:
@@ -275,4 +341,7 @@ def rebuild(spec: ModelSpec) -> nn.Module:
     hash it was saved with.
     """
     fn, _, _ = _builder(spec.source, spec.code_sha256)
-    return _call(fn, spec.source, dict(spec.kwargs))
+    model = _call(fn, spec.source, dict(spec.kwargs))
+    if spec.standardize is not None:  # its statistics come with the weights
+        standardize_inputs(model, spec.standardize)
+    return model

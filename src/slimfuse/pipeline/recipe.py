@@ -5,8 +5,10 @@
     model: mnist1d_cnn          # zoo name, file.py:fn, module:fn, bundle or HF folder (optional)
     model_kwargs: {}
     data: mnist1d
+    data_kwargs: {}             # label_column, val_fraction, standardize (.csv / .npz: true)
     task: classification
-    seed: 0
+    seed: 0                     # initialisation and shuffling
+    split_seed: 0               # the train / val / test split
     threads: 1                  # threads for latency measurement
     stages:
       - stage: train            # a registered stage name
@@ -47,9 +49,18 @@ class Recipe(BaseModel):
     data_kwargs: dict[str, Any] = Field(default_factory=dict)
     task: str = "classification"
     seed: int = 0
+    split_seed: int = 0
     threads: int = Field(default=1, ge=1)
     measure_engines: list[str] = Field(default_factory=lambda: ["torch", "onnxruntime"])
     stages: list[StageEntry] = Field(min_length=1)
+
+    @field_validator("data_kwargs")
+    @classmethod
+    def _data_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for key in ("seed", "split_seed"):
+            if key in kwargs:
+                raise ValueError(f"{key!r} is not a data key: the split follows split_seed")
+        return kwargs
 
     @field_validator("stages")
     @classmethod

@@ -16,7 +16,7 @@ from slimfuse.data import load_data
 from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
-from slimfuse.models.bundle import load, save
+from slimfuse.models.bundle import load, save, stored_bytes
 from slimfuse.models.resolve import load_model
 from slimfuse.models.source import check_model_fits, record
 from slimfuse.pipeline.checks import check_sparsity
@@ -64,7 +64,7 @@ def _run(
     (out / "recipe.yaml").write_text(text)
     seed_all(recipe.seed)
     task = get_task(recipe.task)
-    data = load_data(recipe.data, seed=recipe.seed, **recipe.data_kwargs)
+    data = load_data(recipe.data, split_seed=recipe.split_seed, **recipe.data_kwargs)
     ctx = Context(
         data=data,
         task=task,
@@ -158,7 +158,7 @@ def _run(
                 metrics={"task": task.name, "metric": task.metric, "stages": rows},
             )
         for r in stage_rows:
-            r["size_bytes"] = (bundle / "model.safetensors").stat().st_size
+            r["size_bytes"] = stored_bytes(bundle)
         write_metrics(metrics_path, rows, task.name, task.metric)
         last_bundle = bundle
         best = stage_rows[0]

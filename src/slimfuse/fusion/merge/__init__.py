@@ -20,6 +20,7 @@ from slimfuse.errors import ConfigError
 from slimfuse.fusion.common import Members, as_pairs
 from slimfuse.fusion.config import AnyMergeConfig, MergeConfig
 from slimfuse.fusion.merge.common import MergeJob
+from slimfuse.models.leakage import check_members_split, check_same_split
 from slimfuse.models.source import check_float_model, record, task_of
 from slimfuse.registry import Registry
 from slimfuse.tasks import Task
@@ -54,6 +55,7 @@ def merge(
     - ``parent``: TIES only: the model the variants were fine-tuned from.
     - ``task``: defaults to the one the first model records, else classification.
 
+    Models that record a split of ``data`` other than its own are refused (one line).
     The models given are not changed. The method's details (chosen ingredients, scores) go to
     the model's lineage and to ``model.merge_info``.
     """
@@ -67,6 +69,9 @@ def merge(
         )
     for name, m in [*pairs, *([("parent", parent)] if parent is not None else [])]:
         check_float_model(m, f"merging member {name!r}", "merge the float models, then quantize")
+    check_members_split(pairs, data)  # one trained on another split of the data: refused
+    if parent is not None:
+        check_same_split(parent, data, "the parent")
     job = MergeJob(data=data, task=task or task_of(pairs[0][1]), parent=parent)
     model, info = handler(pairs, cfg, job)
     record(model, lineage={"stage": "merge", **info})
