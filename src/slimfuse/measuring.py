@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimfuse.atomic import atomic_file
 from slimfuse.data import Data
 from slimfuse.exporting import OrtRunner, as_tuple, export_onnx, repeat_batch
-from slimfuse.models.bundle import state_tensors
+from slimfuse.models.bundle import stored_bytes, weights_bytes
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 ENGINES = ("torch", "onnxruntime")
@@ -63,8 +62,9 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def state_bytes(model: nn.Module) -> int:
-    """Bytes of the model's weights as a safetensors file."""
-    return len(save(state_tensors(model)))
+    """Bytes of the model's weights as a bundle stores them (safetensors, and ``model.sfz`` for
+    weight-shared layers)."""
+    return weights_bytes(model)
 
 
 @torch.no_grad()
@@ -162,7 +162,7 @@ def measure(
         size = state_bytes(module)
         macs = count_macs(module, x1)
     if bundle is not None and (Path(bundle) / "model.safetensors").is_file():
-        size = (Path(bundle) / "model.safetensors").stat().st_size
+        size = stored_bytes(bundle)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if "onnxruntime" in engines and onnx_path is None and module is not None:

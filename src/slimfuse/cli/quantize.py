@@ -20,11 +20,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     QuantConfig.add_flags(
         p,
         help="dynamic or static int8 (an ONNX Runtime graph), weight-only int8/int4 (packed "
-        "weights, float compute) or qat (fake-quant training, then int8)",
+        "weights, float compute), qat (fake-quant training, then int8) or shared (weight "
+        "sharing: k-means codebooks, Huffman-coded in the bundle)",
     )
+    _bits_for_every_mode(p)
     add_out(p)
     add_common(p)
     p.set_defaults(func=cmd_quantize)
+
+
+def _bits_for_every_mode(p: argparse.ArgumentParser) -> None:
+    """``--bits`` is two fields (weight bits 8 or 4; shared index bits 2..8): one flag that
+    takes what either accepts (the mode's config checks the value) and says both defaults."""
+    from slimfuse.quantization.config import Shared, WeightOnly
+
+    action = next(a for a in p._actions if a.dest == "bits")
+    action.choices = list(range(2, 9))
+    wo, sh = WeightOnly.model_fields["bits"], Shared.model_fields["bits"]
+    action.help = (
+        f"{wo.description}: 8 or 4 [weight-only, qat] (default: {wo.default}); "
+        f"{sh.description} [shared] (default: {sh.default})"
+    )
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -54,6 +70,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             f"max-drop {mp['max_drop']} not met: drop {last['drop']:.4f} with "
             f"{last['fp32_layers']} of {len(mp.get('sensitivity', []))} layer(s) kept fp32"
         )
+    if cfg.mode == "shared":
+        from slimfuse.quantization.storage import storage_report, storage_table
+
+        print(storage_table(storage_report(q)))
     sqnr = getattr(q, "quant_sqnr_db", None)
     if sqnr:
         print("weight SQNR (dB): " + ", ".join(f"{k} {v}" for k, v in sqnr.items()))

@@ -8,11 +8,15 @@ so a crash never leaves a half-written bundle.
 Sparse weights (the tensors a ``sparse`` edit names: unstructured pruning's) are stored as their
 non-zero values (``<key>.__values``) plus one bit per weight (``<key>.__bitmask``) whenever that
 is smaller; the encoding lives here only, so ``model.state_dict()`` stays plain tensors.
+Weight-shared layers (a ``shared`` edit: their ``codes`` and ``codebook``) are stored Huffman
+coded in ``model.sfz`` instead (:mod:`slimfuse.models.sfz`), decoded on load against the
+rebuilt model's own shapes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 from collections.abc import Iterator
@@ -28,13 +32,22 @@ from torch import nn
 from slimfuse import __version__, trust
 from slimfuse.atomic import atomic_dir
 from slimfuse.errors import ModelError, validation_error
+from slimfuse.models import sfz
 from slimfuse.models.edits import apply_edits
 from slimfuse.models.source import ModelSpec, rebuild, set_spec, spec_of
-from slimfuse.models.weights import BITMASK, VALUES, check_fits, read_safetensors
+from slimfuse.models.weights import (
+    BITMASK,
+    VALUES,
+    check_fits,
+    expected_tensors,
+    read_safetensors,
+)
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
+SHARED = "model.sfz"
 META = "slimfuse.json"
+CODES, CODEBOOK = "codes", "codebook"
 
 
 def versions() -> dict[str, str]:
@@ -79,6 +92,58 @@ def sparse_keys(model: nn.Module) -> list[str]:
             if edit.get("kind") == "sparse":
                 keys += [prefix + t for t in edit.get("tensors", []) if isinstance(t, str)]
     return list(dict.fromkeys(keys))
+
+
+def shared_layers(model: nn.Module) -> dict[str, int]:
+    """``{module name: bits}`` of the layers that ``shared`` edits in the specs of ``model``
+    and its submodules record as weight-shared (stored in ``model.sfz``)."""
+    out: dict[str, int] = {}
+    for name, module in model.named_modules():
+        spec = spec_of(module)
+        if spec is None:
+            continue
+        prefix = f"{name}." if name else ""
+        for edit in spec.edits:
+            if edit.get("kind") == "shared" and isinstance(edit.get("layers"), dict):
+                for layer in edit["layers"]:
+                    out[prefix + layer] = edit.get("bits")
+    return out
+
+
+def split_shared(
+    model: nn.Module, tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], bytes | None]:
+    """``tensors`` without the weight-shared layers' codes and codebooks, and those layers as
+    ``.sfz`` bytes (``None`` when the model has none)."""
+    layers = {
+        n: b
+        for n, b in shared_layers(model).items()
+        if f"{n}.{CODES}" in tensors and f"{n}.{CODEBOOK}" in tensors
+    }
+    if not layers:
+        return tensors, None
+    rest = dict(tensors)
+    stored = {}
+    for name, bits in layers.items():
+        codes, codebook = rest.pop(f"{name}.{CODES}"), rest.pop(f"{name}.{CODEBOOK}")
+        stored[name] = sfz.SharedTensor(
+            codes.numpy().astype(np.int16), codebook.float().numpy(), int(bits)
+        )
+    return rest, sfz.encode(stored)
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of the weights a bundle stores for ``model``: ``model.safetensors`` and
+    ``model.sfz``."""
+    rest, packed = split_shared(model, state_tensors(model))
+    return len(serialize(rest)) + len(packed or b"")
+
+
+def stored_bytes(folder: str | Path) -> int:
+    """Bytes of a bundle's weights files (``model.safetensors`` + ``model.sfz``)."""
+    return sum(
+        (Path(folder) / f).stat().st_size for f in (WEIGHTS, SHARED) if (Path(folder) / f).is_file()
+    )
 
 
 def state_tensors(model: nn.Module, *, compact: bool = True) -> dict[str, torch.Tensor]:
@@ -142,7 +207,10 @@ def save(
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         # bytes first, then a plain write: an OS error (a full disk) surfaces as one
-        (tmp / WEIGHTS).write_bytes(serialize(state_tensors(model), metadata={"format": "pt"}))
+        tensors, packed = split_shared(model, state_tensors(model))
+        (tmp / WEIGHTS).write_bytes(serialize(tensors, metadata={"format": "pt"}))
+        if packed is not None:
+            (tmp / SHARED).write_bytes(packed)
         recorded = spec.to_dict()
         for entry in specs_in(recorded):
             trust.copy_into(entry, tmp)
@@ -221,6 +289,41 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 MAX_META_BYTES = 64 << 20
 
 
+def read_shared(folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The codes and codebooks of the rebuilt ``model``'s weight-shared layers, decoded from
+    ``model.sfz`` against the shapes, bits and codebook sizes the model expects; every problem
+    is one line."""
+    path = folder / SHARED
+    layers = shared_layers(model)
+    if not layers:
+        if path.is_file():
+            raise ModelError(f"{path}: present, but {META} records no weight-shared layer")
+        return {}
+    if not path.is_file():
+        raise ModelError(f"{str(folder)!r}: no {SHARED} ({META} records weight-shared layers)")
+    want = expected_tensors(model)
+    expected: dict[str, sfz.Expected] = {}
+    for name, bits in layers.items():
+        codes, codebook = want.get(f"{name}.{CODES}"), want.get(f"{name}.{CODEBOOK}")
+        if codes is None or codebook is None or not isinstance(bits, int):
+            raise ModelError(f"{META}: weight-shared layer {name!r} is not one in the model")
+        expected[name] = sfz.Expected(tuple(codes.shape), int(codebook.shape[0]), bits)
+    # bounded by the model's own sizes: at most two 16-bit codes per weight, plus tables
+    limit = sum(8 * math.prod(e.shape) + 4 * e.k + 8192 for e in expected.values()) + 64
+    size = path.stat().st_size
+    if size > limit:
+        raise ModelError(f"{path}: {size} bytes, more than its {len(expected)} layers can take")
+    try:
+        decoded = sfz.decode(path.read_bytes(), expected)
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    out = {}
+    for name, t in decoded.items():
+        out[f"{name}.{CODES}"] = torch.from_numpy(t.codes.copy())
+        out[f"{name}.{CODEBOOK}"] = torch.from_numpy(t.codebook.copy())
+    return out
+
+
 def load(folder: str | Path, *, trust_code: bool | None = None) -> nn.Module:
     """Rebuild the model saved in a bundle folder: source, then edits, then weights (strict).
 
@@ -244,6 +347,8 @@ def load(folder: str | Path, *, trust_code: bool | None = None) -> nn.Module:
         state = read_safetensors(folder / WEIGHTS)
         model = rebuild(spec)
         model = apply_edits(model, spec.edits, state)
+    set_spec(model, spec)
+    state.update(read_shared(folder, model))
     check_fits(model, state, str(folder))
     model.load_state_dict(decode_state(model, state), strict=True)
     model.eval()

@@ -27,6 +27,7 @@ EDITS: Registry[EditHandler] = Registry(
         "keep_blocks": "slimfuse.distillation.students:keep_blocks_edit",
         "quantized_graph": "slimfuse.quantization.runtime:load_quantized",
         "weight_only": "slimfuse.quantization.weight_only:load_weight_only",
+        "shared": "slimfuse.quantization.shared:load_shared",
         "resize": "slimfuse.pruning.resize:apply_resize",
         "sparse": "slimfuse.pruning.sparse:apply_sparse",
         "hf_config": "slimfuse.pruning.transformer:apply_hf_config",

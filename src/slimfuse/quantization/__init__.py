@@ -1,4 +1,5 @@
-"""Quantization: dynamic and static int8 (ONNX Runtime), weight-only int8/int4, QAT, mixed precision.
+"""Quantization: dynamic and static int8 (ONNX Runtime), weight-only int8/int4, QAT, mixed
+precision, weight sharing (k-means codebooks, Huffman-coded in bundles).
 
 ::
 
@@ -21,8 +22,10 @@ _NAMES: dict[str, str] = {
     "Static": "slimfuse.quantization.config",
     "WeightOnly": "slimfuse.quantization.config",
     "QAT": "slimfuse.quantization.config",
+    "Shared": "slimfuse.quantization.config",
     "quantize": "slimfuse.quantization.api",
     "sqnr_db": "slimfuse.quantization.sqnr",
+    "storage_report": "slimfuse.quantization.storage",
 }
 
 __all__ = sorted(_NAMES)

@@ -13,7 +13,7 @@ from slimfuse.config import TrainConfig
 from slimfuse.errors import ConfigError
 from slimfuse.models.source import check_float_model, task_of
 from slimfuse.quantization.calibration import CalibrationSource, calibration_inputs
-from slimfuse.quantization.config import QAT_TRAINING, AnyQuantConfig, QuantConfig
+from slimfuse.quantization.config import AnyQuantConfig, QuantConfig
 from slimfuse.registry import Registry
 
 
@@ -49,6 +49,7 @@ HANDLERS: Registry[Handler] = Registry(
         "static": "slimfuse.quantization.int8:quantize_int8",
         "weight-only": "slimfuse.quantization.weight_only:quantize_weight_only",
         "qat": "slimfuse.quantization.qat:quantize_qat",
+        "shared": "slimfuse.quantization.shared:quantize_shared",
     },
 )
 
@@ -73,7 +74,8 @@ def quantize(
     - ``data``: the training data: calibration batches come from its train split (unless
       ``calibration`` is given: a loader / iterable of batches or a ``forward_loop(model)``),
       and QAT trains on it. Calibration data is read and checked before any compute.
-    - ``train``: QAT's :class:`~slimfuse.config.TrainConfig` (default 5 epochs at lr 1e-3).
+    - ``train``: the :class:`~slimfuse.config.TrainConfig` of QAT and of weight sharing's
+      centroid fine-tuning (default 5 epochs at lr 1e-3; ``epochs=0``: no fine-tuning).
     - ``task``: defaults to the one the model records, else classification (mixed precision's
       default metric: top-1 agreement; an embedding model is held to cosine).
     - ``metric_fn(model) -> float``: what mixed precision keeps within ``max_drop`` (default:
@@ -83,7 +85,9 @@ def quantize(
       (``slimfuse.quantize`` passes the distillation family's).
 
     ``dynamic`` / ``static`` / ``qat`` return a :class:`~slimfuse.quantization.runtime.QuantizedModel`
-    (an int8 ONNX Runtime graph); ``weight-only`` returns the model with packed int8/int4 layers.
+    (an int8 ONNX Runtime graph); ``weight-only`` returns the model with packed int8/int4 layers;
+    ``shared`` the model with weight-shared layers (a codebook and an index per weight, stored
+    Huffman coded in the bundle's ``model.sfz``).
     """
     cfg = QuantConfig.parse(config)
     handler = HANDLERS.get(cfg.mode)
@@ -91,10 +95,13 @@ def quantize(
         model, "quantizing", "quantize the float model it came from (its bundle before quantize)"
     )
     if train is not None and cfg.mode not in QuantConfig.trains:
-        raise ConfigError(f"train= applies to mode qat (it trains); got mode {cfg.mode!r}")
+        raise ConfigError(
+            f"train= applies to modes {', '.join(QuantConfig.trains)} (they train); got mode "
+            f"{cfg.mode!r}"
+        )
     task = task or task_of(model)
     inputs: list[Any] = []
-    if cfg.mode != "weight-only":
+    if cfg.mode not in ("weight-only", "shared"):
         if calibration is None and data is not None:
             calibration = data.loader(
                 "train", batch_size=cfg.calibration_batch_size, shuffle=True, seed=seed
@@ -114,7 +121,7 @@ def quantize(
             )
         if example_inputs is None:
             example_inputs = _first_example(inputs[0])
-    if cfg.mode == "qat":
-        train = train or TrainConfig(**QAT_TRAINING, quiet=True)
+    if cfg.mode in QuantConfig.trains:
+        train = train or TrainConfig(**QuantConfig.trains[cfg.mode], seed=seed, quiet=True)
     job = Job(inputs, example_inputs, data, task, train, metric_fn, teacher_objective)
     return handler(copy.deepcopy(model).eval(), cfg, job)

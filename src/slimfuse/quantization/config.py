@@ -1,4 +1,5 @@
-"""The quantization configs, one per mode: ``QuantConfig = Dynamic | Static | WeightOnly | QAT``.
+"""The quantization configs, one per mode:
+``QuantConfig = Dynamic | Static | WeightOnly | QAT | Shared``.
 
 Each mode has the fields it reads and no other: ``Static(calibration="entropy")`` is a config,
 ``Dynamic(calibration="entropy")`` is an error, and so is ``QuantConfig(mode="dynamic",
@@ -8,8 +9,9 @@ picks the class by ``mode``::
     QuantConfig(mode="static", calibration="percentile")   # -> Static(...)
     QuantConfig.parse({"mode": "qat", "bits": 4})          # a recipe's keys -> QAT(bits=4)
 
-QAT trains with the one loop: its training settings are a :class:`~slimfuse.config.TrainConfig`
-(default 5 epochs at lr 1e-3), passed to :func:`slimfuse.quantize` as ``train=``.
+QAT and weight sharing (``shared``: its centroids) train with the one loop: their training
+settings are a :class:`~slimfuse.config.TrainConfig` (default 5 epochs at lr 1e-3), passed to
+:func:`slimfuse.quantize` as ``train=``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from slimfuse.targeting import Targeting
 
 QAT_TRAINING = {"epochs": 5, "lr": 1e-3}
+SHARED_TRAINING = QAT_TRAINING  # the centroids' fine-tuning
 
 
 class _Layers(Config):
@@ -182,12 +185,28 @@ class QAT(_Int8, _Ranges, _GroupWise):
         return self
 
 
+class Shared(_Layers):
+    """Weight sharing (Deep Compression's trained quantization): per layer, the non-zero weights
+    clustered into at most 2^bits values by k-means, the values fine-tuned with the one loop."""
+
+    mode: Literal["shared"] = "shared"
+    bits: int = Field(
+        5, ge=2, le=8, description="index bits: at most 2^bits shared values per layer (2..8)"
+    )
+    init: Literal["linear", "density", "random"] = Field(
+        "linear",
+        description="k-means starting values: evenly spaced between the smallest and largest "
+        "weight (linear), quantiles of the weights (density) or weights drawn at random",
+    )
+    kmeans_iters: int = Field(30, ge=0, le=1000, description="k-means iterations at most")
+
+
 QuantConfig = Family(
     "QuantConfig",
     "mode",
-    [Dynamic, Static, WeightOnly, QAT],
+    [Dynamic, Static, WeightOnly, QAT, Shared],
     default="static",
-    trains={"qat": QAT_TRAINING},
+    trains={"qat": QAT_TRAINING, "shared": SHARED_TRAINING},
 )
-AnyQuantConfig = Dynamic | Static | WeightOnly | QAT
+AnyQuantConfig = Dynamic | Static | WeightOnly | QAT | Shared
 MODES = tuple(QuantConfig.names())
