@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import slimfuse
 from quantize_common import RESULTS, cpu_flags, table
+from slimfuse.data import Data
 from slimfuse.errors import SlimfuseWarning
 
 SCALES = np.logspace(-2, 3, 13)
@@ -57,7 +58,7 @@ def write_csv(path: Path) -> Path:
     return path
 
 
-def load(csv: Path, split_seed: int, kw: dict | None) -> slimfuse.data.Data:
+def load(csv: Path, split_seed: int, kw: dict | None) -> Data:
     """``load_data``'s defaults (``kw`` None), else the CSV read as ``load_data`` reads it and
     split by ``from_arrays`` with ``kw`` (``stratify``, ``standardize``)."""
     from slimfuse.data import from_arrays
@@ -69,7 +70,7 @@ def load(csv: Path, split_seed: int, kw: dict | None) -> slimfuse.data.Data:
     return from_arrays(x, y, name=csv.name, split_seed=split_seed, **kw)
 
 
-def mlp_accuracy(data: slimfuse.data.Data, seed: int) -> float:
+def mlp_accuracy(data: Data, seed: int) -> float:
     torch.manual_seed(seed)  # as `slimfuse train --seed`
     model = slimfuse.build_model("mlp", data=data)
     with warnings.catch_warnings():
@@ -78,7 +79,7 @@ def mlp_accuracy(data: slimfuse.data.Data, seed: int) -> float:
     return slimfuse.evaluate(model, data.loader("test"), "classification")
 
 
-def sklearn_accuracy(data: slimfuse.data.Data, seed: int) -> float:
+def sklearn_accuracy(data: Data, seed: int) -> float:
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
