@@ -111,10 +111,16 @@ class TrainConfig(Config):
     )
     warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warm-up")
     patience: int | None = Field(
-        None, ge=1, description="early stopping: epochs without a better validation metric"
+        None, ge=1, description="early stopping: epochs in a row without a better one (see best_by)"
     )
     restore_best: bool = Field(
         True, description="end with the weights of the best validation epoch (else the last)"
+    )
+    best_by: Literal["metric", "loss"] = Field(
+        "metric",
+        description="what makes an epoch the best (restore_best, patience): the validation "
+        "metric, ties broken by the lower validation loss, then the later epoch; or the "
+        "validation loss alone",
     )
     max_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' norm")
     group_by_length: bool = Field(

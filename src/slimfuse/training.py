@@ -14,7 +14,17 @@ run that was never interrupted, Dropout and augmentation in the data set include
 
 What differs between stages is pluggable: ``objective(model, batch) -> loss`` replaces the task
 loss (distillation, mutual learning), ``callbacks`` run after each optimizer step and epoch
-(sparsity schedules), ``evaluate_fn(model) -> float`` replaces the validation metric.
+(sparsity schedules), ``evaluate_fn(model) -> float`` (or ``(metric, loss)``) replaces the
+validation metric.
+
+Which epoch is the best (``restore_best``, ``patience``) is decided by ``best_by``. With
+``"metric"`` (the default) the validation metric decides, ties broken by the lower validation
+loss, then by the later epoch: on a small validation split the metric saturates (46 samples all
+right from the first epoch), and the first epoch to reach it is rarely the best one; the loss
+still tells the epochs apart. With ``"loss"`` the validation loss alone decides (ties: the later
+epoch). A custom ``evaluate_fn`` that returns only a metric breaks ties by the later epoch.
+Patience counts the epochs since the last one strictly better (a tie in metric and loss is
+taken as the best epoch but does not reset it).
 
 A model may carry constraints on its own weights (:func:`apply_constraints`: a submodule with a
 ``slimfuse_constraint``, such as the zero mask of a pruned layer); the loop re-imposes them before
@@ -50,7 +60,7 @@ from slimfuse.config import TrainConfig
 from slimfuse.data import Data, check_val_size
 from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
 from slimfuse.models.source import check_float_model
-from slimfuse.tasks import Task, evaluate, forward, get_task
+from slimfuse.tasks import Task, forward, get_task, scores
 
 CHECKPOINT = "checkpoint.pt"
 # a module's own callable ``constraint(module)``, re-imposed by the loop (apply_constraints)
@@ -71,7 +81,7 @@ _CHECKPOINT_KEYS = (
     "stale",
     "best_state",
     "history",
-)
+)  # "best_loss" is newer and optional too
 
 
 class TrainingInterrupted(SlimfuseError):
@@ -102,6 +112,43 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    best_loss: float | None = None  # the best epoch's validation loss, when known
+
+
+Evaluation = tuple[float, float | None]
+
+
+def _as_evaluation(value: Any) -> Evaluation:
+    """``evaluate_fn``'s answer as ``(metric, loss or None)``."""
+    if isinstance(value, (tuple, list)):
+        metric, loss = value
+        return float(metric), None if loss is None else float(loss)
+    return float(value), None
+
+
+def is_better(
+    task: Task, best_by: str, new: Evaluation, best: Evaluation | None
+) -> tuple[bool, bool]:
+    """``(take, improved)`` for an epoch scoring ``new`` against the best so far.
+
+    ``take``: it becomes the best epoch (better, or tied: the later epoch wins a tie);
+    ``improved``: strictly better (what resets patience). ``best_by="metric"``: the metric
+    decides, ties broken by the lower loss (when both are known); ``"loss"``: the loss decides
+    (the metric where no loss is known).
+    """
+    if best is None:
+        return True, True
+    (m, loss), (bm, bloss) = new, best
+    has_loss = loss is not None and bloss is not None
+    if best_by == "loss" and has_loss:
+        return loss <= bloss, loss < bloss  # type: ignore[operator]
+    if task.better(m, bm):
+        return True, True
+    if m != bm:
+        return False, False
+    if has_loss:
+        return loss <= bloss, loss < bloss  # type: ignore[operator]
+    return True, False
 
 
 @torch.no_grad()
@@ -390,11 +437,13 @@ def train(
     if not params:
         check_float_model(model, "training", "train the float model (or quantize with mode 'qat')")
     opt = _optimizer(params, cfg)
-    objective = objective or (lambda m, batch: _task_objective(task, m, batch))
+    if objective is None:
+        task_loss = task.loss_for(model)  # standardized targets: the loss in their units
+        objective = lambda m, batch: _task_objective(task, task_loss, m, batch)  # noqa: E731
     if evaluate_fn is None:
         if cfg.epochs > 1 and (cfg.restore_best or cfg.patience is not None):
             check_val_size(data)  # the best epoch is chosen on it
-        evaluate_fn = lambda m: evaluate(m, data.loader("val", batch_size=256), task)  # noqa: E731
+        evaluate_fn = lambda m: _val_scores(m, data, task)  # noqa: E731
 
     train_set = data.split("train")
     per_rank = cfg.batch_size // world
@@ -425,6 +474,7 @@ def train(
 
     epoch, skip, step = 0, 0, 0
     best: float | None = None
+    best_loss: float | None = None
     best_epoch: int | None = None
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
@@ -436,6 +486,7 @@ def train(
             restore_rng = _rng_restorer(st)
             epoch, skip, step = int(st["epoch"]), int(st["batch"]), int(st["step"])
             best, best_epoch, stale = st["best"], st["best_epoch"], int(st["stale"])
+            best_loss = None if st.get("best_loss") is None else float(st["best_loss"])
             best_state, history = st["best_state"], list(st["history"])
             if min(epoch, skip, step) < 0:
                 raise ValueError(f"position epoch {epoch}, batch {skip}, step {step}")
@@ -466,6 +517,7 @@ def train(
                 "batch": batch_,
                 "step": step,
                 "best": best,
+                "best_loss": best_loss,
                 "best_epoch": best_epoch,
                 "stale": stale,
                 "best_state": best_state,
@@ -521,32 +573,51 @@ def train(
                     checkpoint(epoch, i + 1)
                     raise TrainingInterrupted(guard.signum, ckpt if rank == 0 else None)
             skip = 0
-            metric = float(evaluate_fn(model))
-            history.append(
-                {"epoch": epoch + 1, "loss": running / max(count, 1), task.metric: metric}
-            )
+            metric, val_loss = _as_evaluation(evaluate_fn(model))
+            row = {"epoch": epoch + 1, "loss": running / max(count, 1), task.metric: metric}
+            if val_loss is not None:
+                row["val_loss"] = val_loss
+            history.append(row)
             for cb in callbacks:
                 cb.on_epoch_end(model, epoch, metric)
-            if best is None or task.better(metric, best):
-                best, best_epoch, stale = metric, epoch + 1, 0
+            take, improved = is_better(
+                task,
+                cfg.best_by,
+                (metric, val_loss),
+                None if best is None else (best, best_loss),
+            )
+            if take:
+                best, best_loss, best_epoch = metric, val_loss, epoch + 1
                 best_state = copy.deepcopy(model.state_dict()) if cfg.restore_best else None
-            else:
-                stale += 1
-            progress.epoch(epoch + 1, running / max(count, 1), f"val {task.metric} {metric:.4f}")
+            stale = 0 if improved else stale + 1
+            shown = f"val {task.metric} {metric:.4f}"
+            if val_loss is not None:
+                shown += f", val loss {val_loss:.4f}"
+            progress.epoch(epoch + 1, running / max(count, 1), shown)
             epoch += 1
             checkpoint(epoch, 0)
             if cfg.patience is not None and stale >= cfg.patience:
-                progress.say(f"  early stop: no better val {task.metric} for {cfg.patience} epochs")
+                progress.say(f"  early stop: no better epoch for {cfg.patience} epochs")
                 break
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(best, best_epoch, epoch, step, time.perf_counter() - start, history)
+    return TrainResult(
+        best, best_epoch, epoch, step, time.perf_counter() - start, history, best_loss
+    )
 
 
-def _task_objective(task: Task, model: nn.Module, batch: Any) -> torch.Tensor:
+def _task_objective(
+    task: Task, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], model: Any, batch: Any
+) -> torch.Tensor:
     inputs, target = task.unpack(batch)
-    return task.loss(forward(model, inputs), target)
+    return loss(forward(model, inputs), target)
+
+
+def _val_scores(model: nn.Module, data: Data, task: Task) -> Evaluation:
+    """The validation metric and loss, in one pass."""
+    s = scores(model, data.loader("val", batch_size=256), task)
+    return s[task.metric], s["loss"]
 
 
 def _last_batch_dropped(n: int, per_rank: int, world: int) -> bool:

@@ -57,17 +57,24 @@ def train_members(
         member_data = with_train_subset(data, folds[k][0]) if folds is not None else data
         torch.manual_seed(cfg.seed + k)  # the initialisation follows the seed too
         model = build_model(source, data=data, **kw)
+        member_cfg = cfg.replace(seed=cfg.seed + k)
         result = train(
             model,
             member_data,
             task,
-            cfg.replace(seed=cfg.seed + k),
+            member_cfg,
             description=f"member {name}",
             checkpoint_dir=None if checkpoint_dir is None else f"{checkpoint_dir}/{name}",
         )
         record(
             model,
-            lineage={"stage": "train-members", "member": name, "best_val": result.best_metric},
+            lineage={
+                "stage": "train-members",
+                "member": name,
+                "config": member_cfg.to_dict(),  # what retrains it per fold (stack, weighted)
+                "best_val": result.best_metric,
+                "best_epoch": result.best_epoch,
+            },
         )
         out.pairs.append((name, model))
         out.val_scores[name] = float(result.best_metric or 0.0)
