@@ -36,6 +36,7 @@ from slimfuse.fusion.merge import merge
 from slimfuse.fusion.mutual import MutualLearning
 from slimfuse.models.source import build_model
 from slimfuse.pipeline.stages import Context, FamilyStage, TrainingStageConfig, stage
+from slimfuse.tasks import evaluate
 
 
 def _members_key() -> Any:
@@ -50,6 +51,15 @@ def _members_of(name: str, model: nn.Module) -> list[tuple[str, nn.Module]]:
     if isinstance(model, (FusionModule, MutualLearning)):
         return [(n, model.members[n]) for n in model.names]
     return [(name, model)]
+
+
+def member_scores(model: nn.Module, ctx: Context) -> dict[str, float]:
+    """An ensemble's members (a fused model's, mutual peers'), each on the test split, for the
+    report to show beside the fused model; ``{}`` for any other model."""
+    if not isinstance(model, (FusionModule, MutualLearning)):
+        return {}
+    loader = ctx.data.loader("test", batch_size=256)
+    return {name: evaluate(m, loader, ctx.task) for name, m in _members_of("", model)}
 
 
 def resolve_members(ctx: Context, members: str | list[str] | None) -> list[tuple[str, nn.Module]]:

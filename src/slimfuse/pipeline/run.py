@@ -20,6 +20,7 @@ from slimfuse.models.bundle import load, save, stored_bytes
 from slimfuse.models.resolve import load_model
 from slimfuse.models.source import check_model_fits, record
 from slimfuse.pipeline.checks import check_sparsity
+from slimfuse.pipeline.fuse import member_scores
 from slimfuse.pipeline.recipe import Recipe, check_recipe, load_recipe, parse_recipe
 from slimfuse.pipeline.stages import STAGES, Context
 from slimfuse.report import write_report
@@ -146,9 +147,12 @@ def _run(
                 threads=recipe.threads,
                 onnx_path=onnx,
             )
+            members = member_scores(new, ctx)  # an ensemble's members, for the report
             for r in stage_rows:
                 r["bundle"] = str(bundle)
                 r["seconds"] = round(seconds, 2)
+                if members:
+                    r["members"] = members
             rows = [r for r in rows if r["stage"] != name] + stage_rows
             save(
                 new,
@@ -171,6 +175,6 @@ def _run(
     write_report(out, result)
     if last_bundle is not None:  # the final bundle carries the whole pipeline's metrics and report
         write_metrics(last_bundle / "metrics.json", rows, task.name, task.metric)
-        write_report(last_bundle, result)
+        write_report(last_bundle, result, bundles=out)
     say(f"report: {out / 'report.html'}")
     return result
