@@ -184,3 +184,68 @@ def test_a_hostile_stage_name_stays_text_in_chromium(hostile, browser):
     assert page.evaluate("document.images.length") == 0
     assert page.evaluate("window.pwned === undefined")
     assert HOSTILE in page.evaluate("document.body.innerText")
+
+
+def test_layer_views_and_junk_from_files(tmp_path):
+    """Sensitivity and ranks from a bundle's edits; wrong types anywhere are left out, never a
+    crash; a bundle path outside the run folder is not followed."""
+    spec = {
+        "source": "mlp",
+        "lineage": [{"stage": "quantize", "name": "q", "config": {"mode": "static"}, "seconds": 1}],
+        "edits": [
+            {"kind": "lowrank", "modules": {"fc": {"type": "linear", "rank": 4}}},
+            {
+                "kind": "quantized_graph",
+                "info": {
+                    "layers": [
+                        {"layer": "fc", "type": "Linear", "precision": "fp32", "reason": "kept"},
+                        {"layer": "out", "type": "Linear", "precision": "int8"},
+                        "junk",
+                    ],
+                    "mixed_precision": {
+                        "max_drop": 0.01,
+                        "met": True,
+                        "steps": [{}, {}],
+                        "sensitivity": [{"layer": "fc", "drop": 0.03, "sqnr_db": 21.5}, 7],
+                    },
+                },
+            },
+        ],
+    }
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "slimfuse.json").write_text(json.dumps({"model": spec}))
+    low = {
+        **spec,
+        "lineage": [
+            {
+                "stage": "factorize",
+                "name": "f",
+                "config": {"method": "energy", "energy": 0.9},
+                "seconds": 1,
+            }
+        ],
+    }
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "slimfuse.json").write_text(json.dumps({"model": low}))
+    rows = [
+        {"stage": "q", "engine": "onnxruntime", "metric_value": 0.9, "onnx_bytes": 10},
+        {"stage": "f", "engine": "onnxruntime", "metric_value": 0.8, "onnx_bytes": 5},
+        {"stage": "../etc", "engine": 3, "metric_value": "x", "latency_ms_b64": float("nan")},
+        {"stage": None},
+        "junk",
+    ]
+    rep = gather({"task": "classification", "metric": "accuracy", "stages": rows}, tmp_path)
+    q = rep.stages[0]
+    assert q.summary == "static int8 (QDQ) for ONNX Runtime: 1 of 2 weighted layers int8"
+    titles = [v.title for v in q.layers]
+    assert titles == ["Precision per layer", "Sensitivity (each layer quantized alone)"]
+    assert q.layers[1].rows[0][0] == "fc" and "met after 2 step(s)" in q.layers[1].note
+    f = rep.stages[1]
+    assert f.summary == "low-rank factorization (energy 0.9)"
+    assert [v.title for v in f.layers] == ["Low-rank factorization: ranks"]
+    assert f.layers[0].rows == [["fc", "linear", "4"]]
+    assert rep.stages[2].name == "../etc" and rep.stages[2].summary == ""
+    from slimfuse.report.html import render
+
+    page = render(rep)
+    assert "Sensitivity" in page and "../etc" in page

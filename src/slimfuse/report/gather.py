@@ -175,8 +175,13 @@ def summary(kind: str, entries: list[dict[str, Any]], spec: dict[str, Any]) -> s
         precision = _precision_counts(spec)
         what = {"static": "static int8 (QDQ)", "dynamic": "dynamic int8", "qat": "int8 QAT"}
         return f"{what.get(mode, mode)} for ONNX Runtime{precision}"
-    if kind == "lowrank":
-        return f"low-rank factorization ({_str(cfg.get('method')) or 'ratio'}){ep}"
+    if kind in ("factorize", "lowrank"):
+        method = _str(cfg.get("method"))
+        amount = next(
+            (cfg[k] for k in ("budget", "energy", "ratio") if cfg.get(k) is not None), None
+        )
+        how = f"{method} {amount}" if method and amount is not None else method or "low rank"
+        return f"low-rank factorization ({how}){ep}"
     if kind == "eval":
         return "measured as it is"
     keys = ", ".join(
@@ -231,13 +236,13 @@ def layer_views(
 ) -> list[Layers]:
     """Per-layer tables where the bundle records them, on the stage of the ``kind`` that made
     them: zeros and kept channels (prune), precision and why, sensitivity, bits, codebook sizes
-    (quantize), ranks (lowrank)."""
+    (quantize), ranks (factorize)."""
     views: list[Layers] = []
     if kind == "prune":
         views += _pruned_views(spec, before)
     elif kind == "quantize":
         views += _quantized_views(spec, entries)
-    elif kind == "lowrank":
+    elif kind in ("factorize", "lowrank"):
         for edit in _edits(spec, "lowrank")[-1:]:
             modules = edit.get("modules")
             if isinstance(modules, dict):
