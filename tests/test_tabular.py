@@ -241,3 +241,22 @@ def test_builtin_mnist1d_val_split_moves_test_stays(mnist1d):
     assert other.meta["split"]["val"] != mnist1d.meta["split"]["val"]
     counts = np.bincount(mnist1d.arrays("val")[1])
     assert counts.max() - counts.min() <= 2  # 400 val samples of 10 balanced classes
+
+
+def test_recipe_split_seed_and_standardize_keys(wine_csv, tmp_path):
+    from slimfuse.errors import ConfigError
+    from slimfuse.pipeline.recipe import parse_recipe
+
+    stage = "stages: [{stage: train, model: mlp, model_kwargs: {hidden: [8]}, epochs: 1, measure: false}]"
+    recipe = f"data: {wine_csv}\nsplit_seed: 2\nmeasure_engines: [torch]\n{stage}\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlimfuseWarning)
+        slimfuse.run(recipe, tmp_path / "a", quiet=True)
+        slimfuse.run(recipe + "data_kwargs: {standardize: false}\n", tmp_path / "b", quiet=True)
+    a, b = (
+        json.loads((tmp_path / r / "train" / "slimfuse.json").read_text())["model"] for r in "ab"
+    )
+    assert a["split"]["split_seed"] == 2 and a["standardize"] == {"shape": [13]}
+    assert b["split"] == a["split"] and b["standardize"] is None
+    with pytest.raises(ConfigError, match="split follows split_seed"):
+        parse_recipe(f"data: {wine_csv}\ndata_kwargs: {{seed: 1}}\n{stage}\n")
