@@ -260,3 +260,15 @@ def test_recipe_split_seed_and_standardize_keys(wine_csv, tmp_path):
     assert b["split"] == a["split"] and b["standardize"] is None
     with pytest.raises(ConfigError, match="split follows split_seed"):
         parse_recipe(f"data: {wine_csv}\ndata_kwargs: {{seed: 1}}\n{stage}\n")
+
+
+def test_copies_and_pickles_keep_the_standardization(wine, wine_mlp):
+    import copy
+    import io
+
+    x = wine.example_input(4)
+    buffer = io.BytesIO()
+    torch.save(wine_mlp, buffer)  # a whole-model pickle, as a user's own script may write
+    buffer.seek(0)
+    for other in (copy.deepcopy(wine_mlp), torch.load(buffer, weights_only=False)):
+        assert type(other) is type(wine_mlp) and torch.equal(other(x), wine_mlp(x))

@@ -57,11 +57,27 @@ def _standardized_class(cls: type) -> type:
     def forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return base(self, (x - getattr(self, MEAN)) / getattr(self, STD), *args, **kwargs)
 
+    def __reduce_ex__(self: nn.Module, protocol: Any) -> Any:
+        # pickled as the base class's object, given this class again when unpickled
+        _, _, *rest = cls.__reduce_ex__(self, protocol)
+        return (_new_standardized, (cls,), *rest)
+
     return type(
         cls.__name__,
         (cls,),
-        {"forward": forward, "slimfuse_standardized": True, "__module__": __name__},
+        {
+            "forward": forward,
+            "__reduce_ex__": __reduce_ex__,
+            "slimfuse_standardized": True,
+            "__module__": __name__,
+        },
     )
+
+
+def _new_standardized(cls: type) -> Any:
+    """An empty object of ``cls`` that standardizes (unpickling and copies fill it)."""
+    new = _standardized_class(cls)
+    return new.__new__(new)
 
 
 def standardize_inputs(model: nn.Module, stats: dict[str, Any]) -> nn.Module:
