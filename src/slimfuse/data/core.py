@@ -238,7 +238,7 @@ def split_record(data: Data) -> dict[str, Any]:
         for split in ("val", "test"):
             try:
                 prints[split] = fingerprint(*data.arrays(split))
-            except (TypeError, ValueError, RuntimeError, AttributeError):
+            except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError):
                 prints[split] = None  # samples of several fields or shapes: not compared
         sizes = {s: len(data.split(s)) for s in SPLITS}  # type: ignore[arg-type]
         rec = data.meta["split"] = _record(data.name, None, sizes, prints["val"], prints["test"])
