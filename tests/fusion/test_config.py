@@ -131,8 +131,11 @@ def test_a_stage_that_trains_reads_the_training_keys():
     stage = FuseStage.parse({"members": "m", "method": "stack", "cv": 3, "epochs": 2})
     assert stage.method == Stack(cv=3) and stage.members == "m"
     ctx = type("Ctx", (), {"seed": 4, "quiet": True})()
-    train = stage.train_config(ctx)
-    assert (train.epochs, train.lr, train.seed) == (2, 1e-3, 4)  # the fuse defaults, then keys
+    # members retrained per fold: the keys given go over the members' own recorded settings
+    # (slimfuse.fuse; the fuse defaults for members that record none)
+    assert stage.train_config(ctx) == {"epochs": 2, "seed": 4, "quiet": True}
+    head = FuseStage.parse({"members": "m", "method": "head", "epochs": 2}).train_config(ctx)
+    assert (head.epochs, head.lr, head.seed) == (2, 1e-3, 4)  # the fuse defaults, then keys
     assert FuseStage.parse({"method": "weighted"}).train_config(ctx) is None
     assert stage.to_dict() == {"members": "m", **Stack(cv=3).to_dict(), "epochs": 2}
     merge = MergeStage.parse({"method": "ties", "parent": "base", "density": 0.5})

@@ -117,7 +117,8 @@ def test_cli_fuse_and_merge(bundles, tmp_path, capsys):
     assert main([*fuse, "--method", "stack", "--meta-c", "0.5", "--out", str(tmp_path / "s")]) == 0
     assert isinstance(slimfuse.load(tmp_path / "s"), StackingFusion)
     assert re.match(
-        r"meta-learner: fitted on 400 predictions, C 0\.5; held-out accuracy 0\.\d{4}\n",
+        r"meta-learner: logistic regression, C 0\.5; fitted on 400 predictions; held-out "
+        r"accuracy 0\.\d{4}\n",
         capsys.readouterr().out,
     )
     assert main([*fuse, "--method", "stack", "--with-val", "--out", str(tmp_path / "v")]) == 2

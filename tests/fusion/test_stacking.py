@@ -160,13 +160,50 @@ def test_default_meta_learner_is_anchored_at_the_mean_logits(members, mnist1d, t
     stiff = StackingFusion(members, C=1e-8).fit(mnist1d)
     shift = (stiff(x) - mean_logits).detach()
     assert float((shift - shift.mean(0)).abs().max()) < 1e-3
-    # the default picks C by held-out log-loss on the validation predictions
+    # the default picks C by held-out accuracy on the validation predictions, the plain mean
+    # (C 0) a candidate too: the most regularised within one standard error of the best
     stack = StackingFusion(members).fit(mnist1d)
-    assert stack.C_ in C_GRID and set(stack.C_curve_) == set(C_GRID)
-    assert stack.C_curve_[stack.C_][0] == min(loss for loss, _ in stack.C_curve_.values())
+    assert set(stack.C_curve_) == {0.0, *C_GRID}
+    best = max(acc for _, acc in stack.C_curve_.values())
+    n = stack.meta_samples_
+    assert stack.C_curve_[stack.C_][1] >= best - (2 * n) ** 0.5 / n  # within noise of the best
     assert stack.cv_score_ == stack.C_curve_[stack.C_][1]
-    assert not torch.allclose(stack(x), stiff(x), atol=1e-2)
+    fixed = StackingFusion(members, C=1.0).fit(mnist1d)
+    assert not torch.allclose(fixed(x), stiff(x), atol=1e-2)
     back = slimfuse.load(slimfuse.save(stack, tmp_path / "anchored"))
     torch.testing.assert_close(back(x), stack(x))
     with pytest.raises(FusionError, match=r"^C=0: expected 'cv' or a number > 0$"):
         StackingFusion(members, C=0)
+
+
+def _noisy_copies(n: int, members: int, classes: int, seed: int, flip: bool = False):
+    """Member logits: one signal (the label's logit raised) plus independent noise per member,
+    so their mean is the best combination there is; ``flip``: the last member's classes rolled
+    by one (a systematic error only a meta-learner can undo)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    signal = torch.nn.functional.one_hot(y, classes).float() * 1.2
+    outs = torch.stack([signal + torch.randn(n, classes, generator=g) for _ in range(members)])
+    if flip:
+        outs[-1] = outs[-1].roll(1, dims=-1) * 3
+    return outs, y
+
+
+def test_stacking_falls_back_to_the_mean_when_the_meta_learner_does_not_help():
+    outs, y = _noisy_copies(300, 3, 3, seed=1)
+    pairs = [(f"m{i}", nn.Linear(2, 3)) for i in range(3)]
+    stack = StackingFusion(pairs).fit_meta(outs, y)
+    assert stack.C_ == 0.0  # the plain mean: no C beat it by more than one standard error
+    w = stack.meta_layer.linear
+    assert not w.weight.detach().any() and not w.bias.detach().any()
+    mean_acc = float((outs.mean(0).argmax(1) == y).float().mean())
+    assert stack.C_curve_[0.0][1] == pytest.approx(mean_acc)  # the mean scored as it is
+    # a member with a systematic error: the anchored meta-learner earns its correction
+    outs, y = _noisy_copies(300, 3, 3, seed=2, flip=True)
+    stack = StackingFusion(pairs).fit_meta(outs, y)
+    assert stack.C_ > 0
+    assert stack.C_curve_[stack.C_][1] > stack.C_curve_[0.0][1] + 0.05
+    # the one-standard-error rule: the most regularised C within noise of the best
+    errors = {c: (1 - acc) * 300 for c, (_, acc) in stack.C_curve_.items()}
+    fewest = min(errors.values())
+    assert all(errors[c] - fewest > 1 for c in errors if c < stack.C_)

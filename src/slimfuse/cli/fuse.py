@@ -23,13 +23,21 @@ from slimfuse.fusion.config import (
 )
 
 
-def fuse_config_from_flags(args: argparse.Namespace) -> tuple[AnyFuseConfig, TrainConfig | None]:
+def fuse_config_from_flags(
+    args: argparse.Namespace,
+) -> tuple[AnyFuseConfig, TrainConfig | dict[str, Any] | None]:
     """The fuse method's config and, for a method that trains, its training config (the fuse
-    defaults, then the training flags set)."""
+    defaults, then the training flags set); for members retrained per fold (``--cv K``), the
+    training flags set, which :func:`slimfuse.fuse` applies over the members' own recorded
+    training settings."""
     values = given(args, [FuseConfig.key, *FuseConfig.fields(), *TRAIN_KEYS])
     values.setdefault(FuseConfig.key, FuseConfig.default)
     cfg, train = FuseConfig.split(values, flags=True)
-    return cfg, fuse_training(cfg, train, flags=True, seed=args.seed, quiet=args.quiet)  # type: ignore[arg-type]
+    fixed = {"seed": args.seed, "quiet": args.quiet}
+    config = fuse_training(cfg, train, flags=True, **fixed)  # type: ignore[arg-type]
+    if config is not None and getattr(cfg, "cv", "prefit") != "prefit":
+        return cfg, {**train, **fixed}  # type: ignore[return-value]
+    return cfg, config  # type: ignore[return-value]
 
 
 def merge_config_from_flags(args: argparse.Namespace) -> AnyMergeConfig:
@@ -79,28 +87,15 @@ def _finish(args: argparse.Namespace, model: Any, data: Any, stage: str) -> int:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from slimfuse.cli.common import load_data_arg
-    from slimfuse.fusion.api import fuse
+    from slimfuse.fusion.api import fit_summary, fuse
 
     cfg, train = fuse_config_from_flags(args)  # before loading anything
     data = load_data_arg(args)
     pairs = _members(args, data)
     model = fuse(pairs, cfg, data, train=train, task=args.task)
-    if hasattr(model, "weights_"):  # learned weights: what the user will want to see first
-        shown = ", ".join(f"{n} {w:.3f}" for (n, _), w in zip(pairs, model.weights_, strict=True))
-        shrink = getattr(model, "shrink_", None)
-        print(
-            f"weights: {shown}"
-            + ("" if shrink is None else f" (shrink {shrink:.2f})")
-            + f"; fitted on {model.fit_samples_} "
-            + ("validation samples" if model.cv == "prefit" else "out-of-fold predictions")
-        )
-    if hasattr(model, "meta_samples_"):  # stacking: what the meta-learner was fitted on
-        c = getattr(model, "C_", None)
-        print(
-            f"meta-learner: fitted on {model.meta_samples_} predictions"
-            + ("" if c is None else f", C {c:g}")
-            + f"; held-out accuracy {model.cv_score_:.4f}"
-        )
+    summary = fit_summary(model)  # learned weights, the meta-learner's choice
+    if summary:
+        print(summary)
     return _finish(args, model, data, f"fuse-{cfg.method}")
 
 

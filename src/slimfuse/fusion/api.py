@@ -19,8 +19,8 @@ from torch import nn
 
 from slimfuse.config import TrainConfig
 from slimfuse.data import split_record
-from slimfuse.errors import ConfigError
-from slimfuse.fusion.common import FuseJob, Members, as_pairs
+from slimfuse.errors import ConfigError, FusionError
+from slimfuse.fusion.common import FuseJob, Members, as_pairs, is_regression
 from slimfuse.fusion.config import FUSE_TRAINING, AnyFuseConfig, FuseConfig, not_training
 from slimfuse.models.leakage import check_members_split
 from slimfuse.models.source import record, spec_of, task_of
@@ -49,7 +49,7 @@ def fuse(
     config: AnyFuseConfig | dict[str, Any] | None = None,
     data: Any = None,
     *,
-    train: TrainConfig | None = None,
+    train: TrainConfig | dict[str, Any] | None = None,
     task: str | Task | None = None,
 ) -> nn.Module:
     """Fuse trained members into one module as ``config`` says; the members are not changed.
@@ -60,8 +60,11 @@ def fuse(
       (:data:`HANDLERS`).
     - ``data``: what the learning methods (``weighted``, ``stack``, ``head``) fit on.
     - ``train``: the one loop's settings for a method that trains (``weighted`` and ``stack``
-      with ``cv=K`` retrain every member per fold; ``head``); default 10 epochs at lr 1e-3.
-      Its seed also seeds the fold splits.
+      with ``cv=K`` retrain every member per fold; ``head``): a ``TrainConfig``, or a mapping of
+      settings over the defaults. Defaults: for the folds, each member's own training settings
+      where every member records them (``slimfuse train``, ``train-members``: in its spec's
+      lineage; a mapping's ``seed`` then seeds only the fold splits, each member keeps its
+      own), else 10 epochs at lr 1e-3, as for a head. Its seed also seeds the fold splits.
     - ``task``: defaults to the one the first member records, else classification.
 
     Members that record a split of ``data`` other than its own are refused (one line): the
@@ -77,14 +80,20 @@ def fuse(
     check_members_split(pairs, data)  # a member trained on another split of the data: refused
     if train is not None and not cfg.trains:
         raise ConfigError(not_training(cfg, "train="))
-    if cfg.trains and train is None:
-        train = TrainConfig(**FUSE_TRAINING, quiet=True)
-    job = FuseJob(
-        data=data,
-        task=task or task_of(pairs[0][1]),
-        train=train,
-        seed=train.seed if train is not None else 0,
-    )
+    task = task or task_of(pairs[0][1])
+    if is_regression(task) and cfg.method in ("vote", "soft-vote"):
+        raise FusionError(
+            f"method {cfg.method!r} votes for classes; regression fuses predictions: expected "
+            "mean, weighted, stack or head"
+        )
+    seed = 0
+    if cfg.trains and not isinstance(train, TrainConfig):
+        changes = dict(train or {})
+        seed = int(changes.get("seed", 0))
+        train = training_defaults(pairs, cfg, changes)
+    elif isinstance(train, TrainConfig):
+        seed = train.seed
+    job = FuseJob(data=data, task=task, train=train, seed=seed)  # type: ignore[arg-type]
     copies = [(name, copy.deepcopy(model)) for name, model in pairs]
     fused = handler(copies, cfg, job)
     lineage: dict[str, Any] = {
@@ -93,10 +102,75 @@ def fuse(
         "members": [n for n, _ in pairs],
         "config": cfg.to_dict(),
     }
-    if train is not None:
+    if isinstance(train, TrainConfig):
         lineage["train"] = train.to_dict()
+    elif train is not None:
+        lineage["train"] = [c.to_dict() for c in train]
     record(fused, lineage=lineage)
     spec = spec_of(fused)
     if spec is not None and data is not None:
         spec.split = split_record(data)
     return fused
+
+
+def recorded_training(model: nn.Module) -> TrainConfig | None:
+    """The training settings ``model`` records (the last ``train`` or ``train-members`` entry of
+    its spec's lineage), or ``None``; settings of another version that no longer apply are
+    left out."""
+    spec = spec_of(model)
+    for entry in reversed(spec.lineage if spec is not None else []):
+        if entry.get("stage") in ("train", "train-members") and isinstance(
+            entry.get("config"), dict
+        ):
+            keys = {k: v for k, v in entry["config"].items() if k in TrainConfig.model_fields}
+            try:
+                return TrainConfig.from_dict(keys)
+            except ConfigError:
+                return None
+    return None
+
+
+def training_defaults(
+    pairs: list[tuple[str, nn.Module]], config: Any, changes: dict[str, Any]
+) -> TrainConfig | list[TrainConfig]:
+    """What a fusion method that trains uses when given no ``TrainConfig``: for members
+    retrained per fold (``cv=K``), each member's recorded training settings with ``changes``
+    (not their seeds) where all record them, else the fuse defaults (10 epochs at lr 1e-3)
+    with ``changes``; ``quiet`` unless ``changes`` says otherwise."""
+    if getattr(config, "cv", "prefit") != "prefit":
+        own = [recorded_training(m) for _, m in pairs]
+        if all(c is not None for c in own):
+            keep = {k: v for k, v in changes.items() if k != "seed"}
+            return [c.replace(**{"quiet": True, **keep}) for c in own]  # type: ignore[union-attr]
+    return TrainConfig.from_dict({**FUSE_TRAINING, "quiet": True, **changes})
+
+
+def fit_summary(model: nn.Module) -> str | None:
+    """One line on what a fusion learned (the weights, the meta-learner's choice), as the CLI
+    prints it and a recipe logs it; ``None`` for a method that learns nothing."""
+    names = getattr(model, "names", [])
+    if hasattr(model, "weights_"):
+        shown = ", ".join(f"{n} {w:.3f}" for n, w in zip(names, model.weights_, strict=True))
+        shrink = getattr(model, "shrink_", None)
+        return (
+            f"weights: {shown}"
+            + ("" if shrink is None else f" (shrink {shrink:.2f})")
+            + f"; fitted on {model.fit_samples_} "
+            + ("validation samples" if model.cv == "prefit" else "out-of-fold predictions")
+        )
+    if hasattr(model, "meta_samples_"):
+        regression = getattr(model, "task_", "") == "regression"
+        score = "R2 (standardized)" if regression else "accuracy"
+        c = getattr(model, "C_", None)
+        if c == 0:
+            line = "meta-learner: none, the members' mean (no C beat it on held-out data)"
+        else:
+            line = "meta-learner: " + ("ridge" if regression else "logistic regression")
+            line += "" if c is None else f", C {c:g}"
+        line += f"; fitted on {model.meta_samples_} predictions; held-out {score} "
+        line += f"{model.cv_score_:.4f}"
+        curve = getattr(model, "C_curve_", None)
+        if curve and c != 0 and 0.0 in curve:
+            line += f" (the mean: {curve[0.0][1]:.4f})"
+        return line
+    return None

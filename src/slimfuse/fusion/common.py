@@ -19,7 +19,7 @@ from torch import nn
 from slimfuse.config import TrainConfig
 from slimfuse.errors import FusionError
 from slimfuse.models.source import ModelSpec, set_spec, spec_of
-from slimfuse.tasks import Task, forward
+from slimfuse.tasks import Task, forward, get_task
 
 Members = Sequence[tuple[str, nn.Module]] | Sequence[nn.Module]
 
@@ -87,6 +87,18 @@ class FuseJob:
         if self.data is None:
             raise FusionError(f"method {method!r} learns from data: expected data")
         return self.data
+
+
+def is_regression(task: str | Task) -> bool:
+    """Whether a fusion fits real-valued targets (mean squared error) rather than labels."""
+    return get_task(task).name == "regression"
+
+
+def target_std(y: torch.Tensor, targets: int) -> torch.Tensor:
+    """The standard deviation of each of ``targets`` targets over the samples of ``y`` (1 where
+    a target is constant): the unit that regression fits weights and meta-learners in."""
+    s = torch.as_tensor(y).double().reshape(len(y), targets).std(0, unbiased=False)
+    return torch.where(s > 0, s, torch.ones_like(s))
 
 
 def declared_outputs(model: nn.Module) -> int | None:

@@ -28,6 +28,7 @@ from slimfuse.fusion.common import (
     check_outputs,
     check_weights,
     declared_outputs,
+    is_regression,
 )
 from slimfuse.fusion.config import Mean
 from slimfuse.training import freeze
@@ -127,6 +128,19 @@ class MeanFusion(FusionModule):
         return f"space={self.space!r}, weights=({w})"
 
 
+def fused_space(config: Any, job: FuseJob) -> Literal["probs", "logits"]:
+    """The space a mean is taken in: the config's; for regression, the predictions themselves
+    (``logits``: what the config defaults to there; ``probs`` given explicitly is refused)."""
+    if not is_regression(job.task):
+        return config.space  # type: ignore[no-any-return]
+    if "space" in config.model_fields_set and config.space != "logits":
+        raise FusionError(
+            f"space {config.space!r} averages probabilities; regression averages the members' "
+            "predictions: expected space 'logits'"
+        )
+    return "logits"
+
+
 def fuse_mean(pairs: list[tuple[str, nn.Module]], config: Mean, job: FuseJob) -> MeanFusion:
-    """The ``mean`` handler of :func:`slimfuse.fuse`."""
-    return MeanFusion(pairs, space=config.space, weights=config.weights)
+    """The ``mean`` handler of :func:`slimfuse.fuse` (regression: the mean of predictions)."""
+    return MeanFusion(pairs, space=fused_space(config, job), weights=config.weights)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -29,11 +29,14 @@ def check_cv(cv: Any, *, prefit: bool = True) -> None:
 
 
 def check_folds(y: np.ndarray, k: int, what: str) -> None:
-    """``k`` stratified folds need ``k`` samples in all and of every class present."""
+    """``k`` stratified folds need ``k`` samples in all and of every class present (real-valued
+    targets: ``k`` samples)."""
     check_cv(k, prefit=False)
     n = len(y)
     if n < k:
         raise FusionError(f"{k} folds need at least {k} samples; the {what} has {n}")
+    if np.asarray(y).dtype.kind == "f":
+        return
     classes, counts = np.unique(y, return_counts=True)
     low = int(np.argmin(counts))
     if counts[low] < k:
@@ -44,9 +47,13 @@ def check_folds(y: np.ndarray, k: int, what: str) -> None:
 
 
 def kfold(y: np.ndarray, k: int, seed: int = 0, what: str = "training data") -> list:
-    """Stratified ``[(train_idx, test_idx)] * k`` over labels ``y`` (shuffled with ``seed``)."""
+    """Stratified ``[(train_idx, test_idx)] * k`` over labels ``y`` (shuffled with ``seed``);
+    real-valued targets (regression): plain shuffled K-fold."""
     y = np.asarray(y)
     check_folds(y, k, what)
+    if y.dtype.kind == "f":
+        kf = KFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in kf.split(np.zeros(len(y)))]
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y)]
 

@@ -20,6 +20,7 @@ of earlier stages ``a``, ``b`` and ``c``::
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,7 +29,8 @@ from torch import nn
 
 from slimfuse.config import Family, TrainConfig
 from slimfuse.errors import ConfigError
-from slimfuse.fusion.api import fuse
+from slimfuse.fusion.api import fit_summary, fuse
+from slimfuse.fusion.common import is_regression
 from slimfuse.fusion.config import FuseConfig, MergeConfig, fuse_training
 from slimfuse.fusion.ensemble import FusionModule, MeanFusion
 from slimfuse.fusion.members import train_members
@@ -37,6 +39,8 @@ from slimfuse.fusion.mutual import MutualLearning
 from slimfuse.models.source import build_model
 from slimfuse.pipeline.stages import Context, FamilyStage, TrainingStageConfig, stage
 from slimfuse.tasks import evaluate
+
+log = logging.getLogger("slimfuse.fusion")
 
 
 def _members_key() -> Any:
@@ -104,7 +108,8 @@ def train_members_stage(ctx: Context, cfg: TrainMembersStage) -> nn.Module:
         task=ctx.task,
         model_kwargs=cfg.model_kwargs,
     )
-    return MeanFusion(trained.pairs, space="probs")
+    space = "logits" if is_regression(ctx.task) else "probs"  # regression: mean prediction
+    return MeanFusion(trained.pairs, space=space)
 
 
 class FuseStage(FamilyStage):
@@ -114,15 +119,26 @@ class FuseStage(FamilyStage):
     def check(self) -> None:
         fuse_training(self.method, self._train)  # training keys only where the method trains
 
-    def train_config(self, ctx: Context) -> TrainConfig | None:
-        return fuse_training(self.method, self._train, seed=ctx.seed, quiet=ctx.quiet)
+    def train_config(self, ctx: Context) -> TrainConfig | dict[str, Any] | None:  # type: ignore[override]
+        """The training config of a method that trains; for members retrained per fold
+        (``cv: K``), the stage's training keys, applied over the members' own recorded
+        settings (:func:`slimfuse.fuse`)."""
+        fixed = {"seed": ctx.seed, "quiet": ctx.quiet}
+        config = fuse_training(self.method, self._train, **fixed)
+        if config is not None and getattr(self.method, "cv", "prefit") != "prefit":
+            return {**self._train, **fixed}
+        return config
 
 
 @stage(FuseStage)
 def fuse_stage(ctx: Context, cfg: FuseStage) -> nn.Module:
     """Fuse members (mean, weighted, vote, soft-vote, stack, head) into one model."""
     pairs = resolve_members(ctx, cfg.members)
-    return fuse(pairs, cfg.method, ctx.data, train=cfg.train_config(ctx), task=ctx.task)
+    fused = fuse(pairs, cfg.method, ctx.data, train=cfg.train_config(ctx), task=ctx.task)
+    summary = fit_summary(fused)  # what the CLI prints: the weights, the meta-learner's choice
+    if summary:
+        log.info("%s: %s", ctx.stage_name, summary)
+    return fused
 
 
 class MergeStage(FamilyStage):
