@@ -40,6 +40,7 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 def _family_commands() -> dict[str, object]:
     from slimfuse.distillation.config import DistillConfig
     from slimfuse.fusion.config import FuseConfig, MergeConfig
+    from slimfuse.lowrank.config import LowRankConfig
     from slimfuse.pruning.config import PruneConfig
     from slimfuse.quantization.config import QuantConfig
 
@@ -49,6 +50,7 @@ def _family_commands() -> dict[str, object]:
         "distill": DistillConfig,
         "fuse": FuseConfig,
         "merge": MergeConfig,
+        "factorize": LowRankConfig,
     }
 
 

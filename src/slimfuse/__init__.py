@@ -31,6 +31,8 @@ _VERBS: dict[str, str] = {
     "run": "slimfuse.pipeline.run:run_recipe",
     "prune": "slimfuse.api:prune",
     "PruneConfig": "slimfuse.pruning.config:PruneConfig",
+    "factorize": "slimfuse.api:factorize",
+    "LowRankConfig": "slimfuse.lowrank.config:LowRankConfig",
     "fuse": "slimfuse.fusion.api:fuse",
     "FuseConfig": "slimfuse.fusion.config:FuseConfig",
     "merge": "slimfuse.fusion.merge:merge",

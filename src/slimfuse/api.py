@@ -1,10 +1,10 @@
 """The public verbs, wired across technique families.
 
-A technique uses another only through what its caller passes: QAT's ``distill`` and pruning's
-``recovery: distill`` take a distillation objective as an argument, and distillation's width
-students take a channel-removing ``shrink``. These verbs are the callers that pass the other
-family's, so ``slimfuse.quantize``, ``slimfuse.prune`` and ``slimfuse.distill`` need nothing
-more from the user.
+A technique uses another only through what its caller passes: QAT's ``distill``, pruning's and
+low-rank factorization's ``recovery: distill`` take a distillation objective as an argument,
+and distillation's width students take a channel-removing ``shrink``. These verbs are the callers that pass the other
+family's, so ``slimfuse.quantize``, ``slimfuse.prune``, ``slimfuse.factorize`` and
+``slimfuse.distill`` need nothing more from the user.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from slimfuse.distillation.api import DistillResult
 from slimfuse.distillation.api import distill as _distill
 from slimfuse.distillation.api import distill_run as _distill_run
 from slimfuse.distillation.objectives import objective
+from slimfuse.lowrank.api import factorize as _factorize
 from slimfuse.pruning.api import prune as _prune
 from slimfuse.pruning.structured import prune_structured
 from slimfuse.quantization.api import quantize as _quantize
@@ -48,6 +49,15 @@ def prune(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> nn.
 
 
 prune.__doc__ = (prune.__doc__ or "") + "\n\n" + (_prune.__doc__ or "")
+
+
+def factorize(model: nn.Module, config: Any, data: Any = None, **kwargs: Any) -> nn.Module:
+    """:func:`slimfuse.lowrank.api.factorize` with recovery's distillation objective wired in."""
+    kwargs.setdefault("teacher_objective", teacher_objective)
+    return _factorize(model, config, data, **kwargs)
+
+
+factorize.__doc__ = (factorize.__doc__ or "") + "\n\n" + (_factorize.__doc__ or "")
 
 
 def shrink_width(

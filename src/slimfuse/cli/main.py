@@ -39,6 +39,7 @@ FAMILIES: tuple[str, ...] = (
     "slimfuse.cli.prune",
     "slimfuse.cli.distill",
     "slimfuse.cli.quantize",
+    "slimfuse.cli.lowrank",
 )
 
 

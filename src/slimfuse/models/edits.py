@@ -31,6 +31,7 @@ EDITS: Registry[EditHandler] = Registry(
         "resize": "slimfuse.pruning.resize:apply_resize",
         "sparse": "slimfuse.pruning.sparse:apply_sparse",
         "hf_config": "slimfuse.pruning.transformer:apply_hf_config",
+        "lowrank": "slimfuse.lowrank.layers:apply_lowrank",
     },
 )
 

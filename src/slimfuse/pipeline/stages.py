@@ -163,6 +163,7 @@ STAGES: Registry[Stage] = Registry(
         "eval": "slimfuse.pipeline.builtin:eval_stage",
         "export": "slimfuse.pipeline.builtin:export_stage",
         "prune": "slimfuse.pipeline.prune:prune_stage",
+        "factorize": "slimfuse.pipeline.lowrank:factorize_stage",
         "train-members": "slimfuse.pipeline.fuse:train_members_stage",
         "fuse": "slimfuse.pipeline.fuse:fuse_stage",
         "merge": "slimfuse.pipeline.fuse:merge_stage",
