@@ -91,6 +91,7 @@ def from_arrays(
     standardize: bool = False,
     stratify: bool | None = None,
     seed: int | None = None,
+    task: str | None = None,
 ) -> Data:
     """Build validated, deterministically split :class:`Data` from arrays.
 
@@ -99,13 +100,18 @@ def from_arrays(
       of one dimension; a class too rare to split stays in the larger part).
     - ``standardize``: fit per-feature mean and std on the train split into
       ``meta["standardize"]`` (:func:`slimfuse.data.preprocessing.fit_standardize`); the inputs
-      stay raw, a model built for this data standardizes them itself.
+      stay raw, a model built for this data standardizes them itself. Real-valued targets
+      (regression) likewise: per-target mean and std of the train split in
+      ``meta["standardize_targets"]``; the targets stay raw, a model built for the data
+      outputs them in their own units (:func:`slimfuse.data.preprocessing.standardize_targets`).
+    - ``task``: ``"regression"`` keeps whole-number targets as numbers (without it, integer
+      values read as class labels); ``"classification"`` requires class labels.
 
     The split is recorded in ``meta["split"]`` (:func:`split_record`).
     """
     if seed is not None:
         split_seed = seed
-    x, y = _check_xy(x, y, name)
+    x, y = _check_xy(x, y, name, task)
     classification = y.dtype == np.int64
     if stratify and not (classification and y.ndim == 1):
         raise DataError(f"{name}: stratify needs class labels (integers, one per sample)")
@@ -119,7 +125,7 @@ def from_arrays(
         x_test, y_test = x[test_idx], y[test_idx]
         x, y = x[rest], y[rest]
     else:
-        x_test, y_test = _check_xy(x_test, y_test, f"{name} (test)")
+        x_test, y_test = _check_xy(x_test, y_test, f"{name} (test)", task)
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(
                 f"{name}: test inputs have shape {x_test.shape[1:]} but train inputs {x.shape[1:]}"
@@ -163,6 +169,12 @@ def from_arrays(
         from slimfuse.data.preprocessing import fit_standardize
 
         data.meta["standardize"] = fit_standardize(x[train_idx])
+        if not classification:
+            data.meta["standardize_targets"] = fit_standardize(
+                y[train_idx].reshape(len(train_idx), -1)
+            )
+    if not classification:
+        data.meta["targets"] = int(np.prod(y.shape[1:], dtype=np.int64))
     return data
 
 
@@ -287,7 +299,7 @@ def check_val_size(data: Data) -> None:
         )
 
 
-def _check_xy(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_xy(x: Any, y: Any, name: str, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     try:
         xa = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -309,7 +321,16 @@ def _check_xy(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{name}: inputs contain NaN or Inf (first at sample {row}); expected finite values"
         )
-    if ya.dtype.kind in "iub" or (ya.dtype.kind == "f" and ya.ndim == 1 and _integral(ya)):
+    labels = ya.dtype.kind in "iub" or (ya.dtype.kind == "f" and ya.ndim == 1 and _integral(ya))
+    if task == "regression" and ya.dtype.kind in "iubf":
+        labels = False  # whole numbers that are amounts, not classes
+        ya = ya.astype(np.float64)
+    elif task == "classification" and not labels:
+        raise DataError(
+            f"{name}: targets of type {ya.dtype} and shape {ya.shape[1:] or '()'} per sample are "
+            "not class labels; expected whole numbers, one per sample"
+        )
+    if labels:
         if ya.dtype.kind == "f" and not np.isfinite(ya).all():
             raise DataError(f"{name}: labels contain NaN or Inf; expected finite values")
         ya = ya.astype(np.int64)
