@@ -126,6 +126,18 @@ class TrainConfig(Config):
     group_by_length: bool = Field(
         False, description="token data: batch texts of similar length together (less padding)"
     )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="where training runs: auto (cuda if available, else mps, else cpu), cpu, "
+        "cuda, cuda:N or mps; the trained model comes back on the CPU, and deployed models are "
+        "measured on the CPU runtime they target",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="training arithmetic: fp32, or bf16 / fp16 autocast (fp16 with loss "
+        "scaling; a GPU only)",
+    )
     seed: int = Field(0, description="seed for initialisation, shuffling and dropout")
     quiet: bool = Field(False, description="no progress bars or per-epoch lines")
 

@@ -26,6 +26,14 @@ epoch). A custom ``evaluate_fn`` that returns only a metric breaks ties by the l
 Patience counts the epochs since the last one strictly better (a tie in metric and loss is
 taken as the best epoch but does not reset it).
 
+Devices and precision: ``config.device`` (``auto``: CUDA, else MPS, else the CPU) is where the
+model, each batch and the objective's own modules (a distillation teacher, its cache) live while
+training; ``config.precision`` runs the forward pass and loss under ``torch.autocast`` (bf16, or
+fp16 with a ``GradScaler``; fp16 on the CPU is refused). Validation runs in fp32 on the same
+device; a custom ``evaluate_fn`` gets the model on the CPU (its own loaders need no device).
+Checkpoints hold CPU tensors, so they resume on any device, and the trained model is returned
+on the CPU, in float32. An objective that holds modules moves them with a ``to(device)`` method.
+
 A model may carry constraints on its own weights (:func:`apply_constraints`: a submodule with a
 ``slimfuse_constraint``, such as the zero mask of a pruned layer); the loop re-imposes them before
 the first step and after every optimizer step, so no training, whoever runs it, undoes them.
@@ -59,6 +67,7 @@ from slimfuse.atomic import atomic_file
 from slimfuse.config import TrainConfig
 from slimfuse.data import Data, check_val_size
 from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
+from slimfuse.hardware import autocast, check_precision, resolve_device, to_cpu, to_device
 from slimfuse.models.source import check_float_model
 from slimfuse.tasks import Task, forward, get_task, scores
 
@@ -429,21 +438,31 @@ def train(
     if resume and (ckpt is None or not ckpt.is_file()):
         raise ConfigError(f"resume asked but there is no checkpoint at {ckpt}")
 
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)
+    on_cpu = device.type == "cpu"
     seed_all(cfg.seed)
+    model.to(device)
+    if callable(getattr(objective, "to", None)):
+        objective.to(device)  # type: ignore[union-attr]
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         check_float_model(model, "training", "train the float model (or quantize with mode 'qat')")
     opt = _optimizer(params, cfg)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     if objective is None:
         task_loss = task.loss_for(model)  # standardized targets: the loss in their units
         objective = lambda m, batch: _task_objective(task, task_loss, m, batch)  # noqa: E731
     if evaluate_fn is None:
         if cfg.epochs > 1 and (cfg.restore_best or cfg.patience is not None):
             check_val_size(data)  # the best epoch is chosen on it
-        evaluate_fn = lambda m: _val_scores(m, data, task)  # noqa: E731
+        evaluate_fn = lambda m: _val_scores(m, data, task, device)  # noqa: E731
+    elif not on_cpu:
+        evaluate_fn = _on_cpu(evaluate_fn, device)
 
     train_set = data.split("train")
     per_rank = cfg.batch_size // world
@@ -496,6 +515,8 @@ def train(
         try:
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
+            if scaler is not None and st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
             if best_state is not None and set(best_state) != set(model.state_dict()):
                 raise ValueError("its best weights have other names than the model's")
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -510,8 +531,9 @@ def train(
         _save_checkpoint(
             ckpt,
             {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "model": to_cpu(model.state_dict()),
+                "optimizer": to_cpu(opt.state_dict()),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 **_rng_state(),
                 "epoch": epoch_,
                 "batch": batch_,
@@ -550,7 +572,10 @@ def train(
             for i, batch in enumerate(loader, start=skip):
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step, total_steps)
-                loss = objective(net, batch)
+                if not on_cpu:
+                    batch = to_device(batch, device)
+                with autocast(device, cfg.precision):
+                    loss = objective(net, batch)
                 if not torch.isfinite(loss):
                     where = f"; last good checkpoint: {ckpt}" if ckpt and ckpt.is_file() else ""
                     raise TrainingError(
@@ -558,10 +583,18 @@ def train(
                         f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate{where}"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm:
-                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    if cfg.max_grad_norm:
+                        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                else:  # fp16: scaled loss; a step with inf/NaN gradients is skipped
+                    scaler.scale(loss).backward()
+                    if cfg.max_grad_norm:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    scaler.step(opt)
+                    scaler.update()
                 step += 1
                 apply_constraints(model)
                 for cb in callbacks:
@@ -588,7 +621,11 @@ def train(
             )
             if take:
                 best, best_loss, best_epoch = metric, val_loss, epoch + 1
-                best_state = copy.deepcopy(model.state_dict()) if cfg.restore_best else None
+                if cfg.restore_best:
+                    state = model.state_dict()
+                    best_state = copy.deepcopy(state) if on_cpu else to_cpu(state)
+                else:
+                    best_state = None
             stale = 0 if improved else stale + 1
             shown = f"val {task.metric} {metric:.4f}"
             if val_loss is not None:
@@ -601,6 +638,10 @@ def train(
                 break
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    if not on_cpu:
+        model.to("cpu")
+        if callable(getattr(objective, "to", None)):
+            objective.to("cpu")  # type: ignore[union-attr]
     model.eval()
     return TrainResult(
         best, best_epoch, epoch, step, time.perf_counter() - start, history, best_loss
@@ -614,10 +655,43 @@ def _task_objective(
     return loss(forward(model, inputs), target)
 
 
-def _val_scores(model: nn.Module, data: Data, task: Task) -> Evaluation:
-    """The validation metric and loss, in one pass."""
-    s = scores(model, data.loader("val", batch_size=256), task)
+def _val_scores(model: nn.Module, data: Data, task: Task, device: torch.device) -> Evaluation:
+    """The validation metric and loss, in one pass (the model on ``device``; scores on the CPU)."""
+    loader = data.loader("val", batch_size=256)
+    if device.type == "cpu":
+        s = scores(model, loader, task)
+    else:
+        was = model.training
+        model.eval()
+        try:
+            batches = ((to_device(inputs, device), y) for inputs, y in map(task.unpack, loader))
+            s = scores(_OnDevice(model), batches, task)
+        finally:
+            model.train(was)
     return s[task.metric], s["loss"]
+
+
+class _OnDevice:
+    """Runs a model on its device and hands the output back to the CPU in float32."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.model(*args, **kwargs).float().cpu()
+
+
+def _on_cpu(evaluate_fn: Callable[[nn.Module], Any], device: torch.device) -> Callable:
+    """``evaluate_fn`` called with the model moved to the CPU (then back to ``device``)."""
+
+    def run(model: nn.Module) -> Any:
+        model.to("cpu")
+        try:
+            return evaluate_fn(model)
+        finally:
+            model.to(device)
+
+    return run
 
 
 def _last_batch_dropped(n: int, per_rank: int, world: int) -> bool:

@@ -252,6 +252,15 @@ class DistillObjective:
         perm = torch.randperm(len(inputs))
         return lam * inputs + (1.0 - lam) * inputs[perm], (lam, perm)
 
+    def to(self, device: Any) -> DistillObjective:
+        """Move the teacher, the hint adapters and the cached outputs to ``device`` (what the
+        one training loop calls with its device, and with the CPU at the end)."""
+        self.teacher.to(device)
+        self.adapters.to(device)
+        if self.cache is not None:
+            self.cache.to(device)
+        return self
+
     def close(self) -> None:
         """Remove the feature hooks from the teacher and the student."""
         for tap in (self._s_tap, self._t_tap):

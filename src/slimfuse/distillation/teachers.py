@@ -144,7 +144,7 @@ def sample_keys(inputs: Any) -> list[bytes]:
         tensors = [inputs]
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     n = len(tensors[0])
-    rows = [t.detach().reshape(n, -1).contiguous().numpy() for t in tensors]
+    rows = [t.detach().reshape(n, -1).contiguous().cpu().numpy() for t in tensors]
     keys = []
     for i in range(n):
         h = hashlib.blake2b(digest_size=16)
@@ -180,6 +180,14 @@ class TeacherCache:
         self.hits += n_hit
         self.misses += len(rows) - n_hit
         return rows
+
+    def to(self, device: Any) -> TeacherCache:
+        """The cached rows moved to ``device`` (they follow the teacher's device)."""
+        self._rows = {
+            k: (out.to(device), {n: f.to(device) for n, f in feats.items()})
+            for k, (out, feats) in self._rows.items()
+        }
+        return self
 
     def put(self, key: bytes, row: Row) -> None:
         if key in self._rows:
