@@ -27,7 +27,7 @@ _VERBS: dict[str, str] = {
     "TrainConfig": "slimfuse.training:TrainConfig",
     "evaluate": "slimfuse.tasks:evaluate",
     "measure": "slimfuse.measuring:measure",
-    "export": "slimfuse.exporting:export_onnx",
+    "export": "slimfuse.deploy:export",
     "run": "slimfuse.pipeline.run:run_recipe",
     "prune": "slimfuse.api:prune",
     "PruneConfig": "slimfuse.pruning.config:PruneConfig",

@@ -4,7 +4,13 @@
 
     {"stage", "bundle", "engine", "metric", "metric_value", "params", "nonzero_params",
      "size_bytes", "onnx_bytes", "macs", "latency_ms_b1", "latency_ms_b64", "latency_ms_b1_p90",
-     "latency_ms_b64_p90", "threads"}
+     "latency_ms_b64_p90", "threads", "file_bytes"}
+
+Engines: ``torch`` (the module), ``onnxruntime`` (an ``.onnx`` export, or a given ``.onnx`` /
+``.ort`` file) and ``executorch`` (an fp32 ``.pte`` program lowered to XNNPACK, or a given
+``.pte``, run through ``executorch.runtime``: the ``mobile`` extra; ExecuTorch's thread pool is
+reset to the thread count). ``file_bytes`` is the size of the file the engine ran (none for
+torch).
 
 Latency: fixed thread count (``torch.set_num_threads`` / ORT ``intra_op_num_threads``), warm-up
 first, then the median (p50) and p90 of repeated timed calls.
@@ -30,7 +36,8 @@ from slimfuse.exporting import OrtRunner, as_tuple, export_onnx, repeat_batch
 from slimfuse.models.bundle import stored_bytes, weights_bytes
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
-ENGINES = ("torch", "onnxruntime")
+ENGINES = ("torch", "onnxruntime")  # the default rows
+ALL_ENGINES = (*ENGINES, "executorch")
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -126,6 +133,8 @@ def latency(
         args, kwargs, _ = as_tuple(x)
         feeds = runner.feeds(*args, **kwargs)
         return time_calls(lambda: runner.run_numpy(feeds), budget_s=budget_s)
+    if not isinstance(runner, nn.Module):  # another engine's runner (ExecuTorch)
+        return time_calls(lambda: forward(runner, x), budget_s=budget_s)
     with _Threads(threads), torch.inference_mode():
         return time_calls(lambda: forward(runner, x), budget_s=budget_s)
 
@@ -145,16 +154,35 @@ def measure(
     budget_s: float = 1.0,
     example_inputs: Any = None,
     loader: Any = None,
+    pte_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure a module (and/or its ONNX graph) on ``data``; one row per engine."""
+    """Measure a module (and/or its deployed files) on ``data``; one row per engine.
+
+    ``model`` may be a file instead: ``.onnx`` / ``.ort`` (one ``onnxruntime`` row) or ``.pte``
+    (one ``executorch`` row), checked before it is run. ``onnx_path`` / ``pte_path`` give the
+    files the engines run instead of a fresh fp32 export (an int8 ``.pte``, say).
+    """
     task = get_task(task)
     x1 = example_inputs if example_inputs is not None else data.example_input(1)
     loader = loader if loader is not None else data.loader(split, batch_size=256)
     module = model if isinstance(model, nn.Module) else None
     if module is None:
-        onnx_path = Path(model)
-        engines = ["onnxruntime"]
+        from slimfuse.deploy import ENGINE_OF, format_of
+
+        engine = ENGINE_OF[format_of(model)]
+        if engine == "executorch":
+            pte_path = Path(model)
+        else:
+            onnx_path = Path(model)
+        engines = [engine]
+    if onnx_path is not None:  # a file given: checked before it is run
+        from slimfuse.deploy.ortformat import check_file
+
+        check_file(onnx_path, "ort" if Path(onnx_path).suffix.lower() == ".ort" else "onnx")
     engines = list(engines)
+    unknown = [e for e in engines if e not in ALL_ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engine {unknown[0]!r}: expected one of {ALL_ENGINES}")
     params = nonzero = size = macs = None
     if module is not None:
         module.eval()
@@ -167,16 +195,25 @@ def measure(
     with tempfile.TemporaryDirectory() as tmp:
         if "onnxruntime" in engines and onnx_path is None and module is not None:
             onnx_path = export_onnx(module, x1, Path(tmp) / "model.onnx")
+        if "executorch" in engines and pte_path is None and module is not None:
+            from slimfuse.deploy.pte import export_pte
+
+            pte_path = export_pte(module, x1, Path(tmp) / "model.pte")
         onnx_bytes = Path(onnx_path).stat().st_size if onnx_path else None
         for engine in engines:
+            file_bytes = None
             if engine == "torch":
                 if module is None:
                     continue
                 runner: Any = module
             elif engine == "onnxruntime":
                 runner = OrtRunner(onnx_path, threads=threads)  # type: ignore[arg-type]
+                file_bytes = onnx_bytes
             else:
-                raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
+                from slimfuse.deploy.pte import PteRunner
+
+                runner = PteRunner(pte_path, threads=threads)  # type: ignore[arg-type]
+                file_bytes = Path(pte_path).stat().st_size  # type: ignore[arg-type]
             with _Threads(threads):
                 value = evaluate(runner, loader, task)
             row: dict[str, Any] = {
@@ -191,6 +228,7 @@ def measure(
                 "onnx_bytes": onnx_bytes,
                 "macs": macs,
                 "threads": threads,
+                "file_bytes": file_bytes,
             }
             for b in latency_batches:
                 p50, p90 = latency(runner, x1, b, threads, budget_s)

@@ -146,16 +146,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from slimfuse.exporting import check_parity, export_onnx
+    from slimfuse.deploy import export, format_of
+    from slimfuse.errors import ConfigError
 
-    check_out_is_a_file(args, "an .onnx file")
+    fmt = args.format or Path(args.out).suffix.lower().lstrip(".")
+    check_out_is_a_file(
+        args, {"pte": "a .pte file", "ort": "an .ort file"}.get(fmt, "an .onnx file")
+    )
+    fmt = format_of(args.out, args.format)
+    if args.int8 and fmt != "pte":
+        raise ConfigError(
+            f"--int8 is for --format pte (ExecuTorch); for {fmt}, quantize first "
+            "(slimfuse quantize), then export the int8 bundle"
+        )
     data = load_data_arg(args)
     model = load_model_arg(args, data)
     x = data.example_input(1)
-    path = export_onnx(model, x, args.out, opset=args.opset, atol=args.atol)
-    diff = check_parity(model, path, x, atol=args.atol)
+    kwargs: dict[str, Any] = {"atol": args.atol}
+    if fmt != "pte":
+        kwargs["opset"] = args.opset
+    if fmt == "ort":
+        kwargs["target_platform"] = args.ort_platform
+    if args.int8:
+        kwargs.update(calibration=data, calibration_batches=args.calibration_batches)
+    path = export(model, x, args.out, format=fmt, int8=args.int8, **kwargs)
+    what = {"onnx": "ONNX", "ort": "ONNX Runtime Mobile (.ort)", "pte": "ExecuTorch (XNNPACK)"}
+    check = "its accuracy: slimfuse.measure on the file"
+    if not args.int8:
+        import torch
+
+        from slimfuse.deploy import runner
+        from slimfuse.tasks import forward
+
+        with torch.no_grad():
+            diff = float((forward(runner(path), x) - forward(model, x)).abs().max())
+        check = f"max abs diff vs PyTorch {diff:.2e}"
     print(
-        f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB); max abs diff vs PyTorch {diff:.2e}"
+        f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB, {what[fmt]}"
+        f"{', int8' if args.int8 else ''}); {check}"
     )
     return 0
 
@@ -215,29 +243,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--engine",
-        choices=["torch", "onnxruntime", "both"],
+        choices=["torch", "onnxruntime", "executorch", "both"],
         default="both",
-        help="both: ONNX Runtime too where the model exports, else torch with a warning "
-        "(default: both)",
+        help="both: ONNX Runtime too where the model exports, else torch with a warning; "
+        "executorch: an fp32 .pte program (the mobile extra) (default: both)",
     )
     p.add_argument("--out", help="write metrics.json here (default: none)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
     add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="export to ONNX with a checker pass and a parity check")
+    p = sub.add_parser(
+        "export",
+        help="export to ONNX, ONNX Runtime Mobile (.ort) or ExecuTorch (.pte), checked "
+        "against PyTorch",
+    )
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--out", required=True, help="the .onnx file to write (required)")
+    p.add_argument("--out", required=True, help="the .onnx, .ort or .pte file to write (required)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "ort", "pte"],
+        default=None,
+        help="onnx (ONNX Runtime), ort (ONNX Runtime Mobile), pte (ExecuTorch, XNNPACK; the "
+        "mobile extra) (default: from the suffix of --out)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="pte: static int8 through PT2E with the XNNPACK quantizer, calibrated on the "
+        "train split (default: off, fp32)",
+    )
+    p.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=8,
+        help="--int8: batches of 64 training samples calibration reads (default: 8)",
+    )
+    p.add_argument(
+        "--ort-platform",
+        choices=["arm", "amd64"],
+        default="arm",
+        help="ort: the CPU the graph is optimized for; amd64 adds x86-only layouts "
+        "(default: arm, phones)",
+    )
     p.add_argument(
         "--opset",
         type=int,
         default=None,
-        help="ONNX opset (default: 23 for transformer encoders, where attention exports as one "
-        "Attention op; 18 otherwise)",
+        help="ONNX opset for onnx and ort (default: 23 for transformer encoders, where "
+        "attention exports as one Attention op; 18 otherwise)",
     )
     p.add_argument(
-        "--atol", type=float, default=1e-4, help="parity tolerance vs PyTorch (default: 1e-4)"
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="parity tolerance vs PyTorch, fp32 (default: 1e-4)",
     )
     add_common(p)
     p.set_defaults(func=cmd_export)
