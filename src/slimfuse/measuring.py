@@ -12,6 +12,8 @@ Engines: ``torch`` (the module), ``onnxruntime`` (an ``.onnx`` export, or a give
 reset to the thread count). ``file_bytes`` is the size of the file the engine ran (none for
 torch).
 
+plus, for regression, ``"mae"`` and ``"r2"`` (:attr:`slimfuse.tasks.Task.reported`).
+
 Latency: fixed thread count (``torch.set_num_threads`` / ORT ``intra_op_num_threads``), warm-up
 first, then the median (p50) and p90 of repeated timed calls.
 """
@@ -34,7 +36,7 @@ from slimfuse.atomic import atomic_file
 from slimfuse.data import Data
 from slimfuse.exporting import OrtRunner, as_tuple, export_onnx, repeat_batch
 from slimfuse.models.bundle import stored_bytes, weights_bytes
-from slimfuse.tasks import Task, evaluate, forward, get_task
+from slimfuse.tasks import Task, evaluate, forward, get_task, scores
 
 ENGINES = ("torch", "onnxruntime")  # the default rows
 ALL_ENGINES = (*ENGINES, "executorch")
@@ -214,14 +216,20 @@ def measure(
 
                 runner = PteRunner(pte_path, threads=threads)  # type: ignore[arg-type]
                 file_bytes = Path(pte_path).stat().st_size  # type: ignore[arg-type]
+            extra: dict[str, float] = {}
             with _Threads(threads):
-                value = evaluate(runner, loader, task)
+                if task.reported:  # regression: MAE and R2 beside the MSE, in one pass
+                    every = scores(runner, loader, task)
+                    value, extra = every[task.metric], {k: every[k] for k in task.reported}
+                else:
+                    value = evaluate(runner, loader, task)
             row: dict[str, Any] = {
                 "stage": stage,
                 "bundle": str(bundle) if bundle else None,
                 "engine": engine,
                 "metric": task.metric,
                 "metric_value": value,
+                **extra,
                 "params": params,
                 "nonzero_params": nonzero,
                 "size_bytes": size,
