@@ -94,6 +94,12 @@ class TrainMembersStage(TrainingStageConfig):
         ge=2,
         description="K members instead, member k trained without fold k of the training split",
     )
+    jobs: int = Field(
+        1,
+        ge=1,
+        description="members trained at a time, one process each (CPU: cores // jobs threads "
+        "each; CUDA: one GPU per member); the members are the sequential ones",
+    )
 
 
 @stage(TrainMembersStage)
@@ -107,6 +113,7 @@ def train_members_stage(ctx: Context, cfg: TrainMembersStage) -> nn.Module:
         config=cfg.train_config(ctx),
         task=ctx.task,
         model_kwargs=cfg.model_kwargs,
+        jobs=cfg.jobs,
     )
     space = "logits" if is_regression(ctx.task) else "probs"  # regression: mean prediction
     return MeanFusion(trained.pairs, space=space)
