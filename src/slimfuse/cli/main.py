@@ -40,6 +40,7 @@ FAMILIES: tuple[str, ...] = (
     "slimfuse.cli.distill",
     "slimfuse.cli.quantize",
     "slimfuse.cli.lowrank",
+    "slimfuse.cli.compress",
     "slimfuse.cli.members",
 )
 

@@ -119,6 +119,7 @@ def distill_stage(ctx: Context, cfg: DistillStage) -> nn.Module:
         task=ctx.task,
         checkpoint_dir=ctx.checkpoint_dir,
         resume=ctx.resuming,
+        callbacks=ctx.callbacks,
         description=ctx.stage_name,
     )
     return run.student

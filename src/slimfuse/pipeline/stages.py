@@ -108,6 +108,9 @@ class Context:
     model: nn.Module | None = None
     models: dict[str, nn.Module] = field(default_factory=dict)
     stage_name: str = ""
+    # training-loop callbacks of the stages that train from scratch (distill): a search watches
+    # its trials' epochs through them; a recipe run has none
+    callbacks: list[Any] = field(default_factory=list)
 
     def model_named(self, name: str | None) -> nn.Module:
         """An earlier stage's model by its stage name (``None``: the current model)."""

@@ -1,0 +1,46 @@
+"""The search's settings: the accuracy budget, what to minimise, how long to look."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from slimfuse.config import Config
+
+
+class CompressConfig(Config):
+    """What ``slimfuse compress`` looks for and how long it may look."""
+
+    max_drop: float = Field(
+        0.01,
+        description="largest accepted drop of validation accuracy below the reference's "
+        "(0.01: one point), in [0, 1)",
+    )
+    objective: Literal["latency", "size"] = Field(
+        "latency",
+        description="what the chosen model minimises: ONNX Runtime latency on this CPU, or the "
+        "ONNX file's bytes",
+    )
+    batch: Literal[1, 64] = Field(64, description="batch size the latency is measured at")
+    budget_minutes: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="wall-clock minutes the search may take"
+    )
+    trials: int = Field(
+        40, ge=1, description="trials in all (a resumed search counts earlier ones)"
+    )
+    epochs: int = Field(
+        80, ge=1, description="distillation epochs of a student trained from scratch (the most)"
+    )
+    seed: int = Field(0, description="seed of the sampler and of every trial's training")
+    threads: int = Field(1, ge=1, description="threads for latency measurement")
+    fusion: Literal["weighted", "mean"] = Field(
+        "weighted", description="how several models are fused into the reference"
+    )
+
+    @field_validator("max_drop")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError("expected an accuracy drop in [0, 1) (0.01 is one point of accuracy)")
+        return value

@@ -1,0 +1,537 @@
+"""``slimfuse.compress``: the smallest or fastest model within an accuracy budget, found by an
+Optuna search over chains of techniques (:mod:`slimfuse.compress.space`).
+
+The search keeps everything in its ``out`` folder: ``reference/`` (the model the budget is
+measured against: the fused models when several are given), ``search.db`` (the Optuna study,
+SQLite: an interrupted search continues with ``resume=True`` and does not redo finished trials),
+``trials/NNN/`` (each trial's bundle and ``trial.json``), and at the end ``pareto.md`` /
+``compress.json`` (the front of validation accuracy, latency and ONNX bytes), ``chosen/`` and
+``model.onnx`` (the chosen model), ``recipe.yaml`` (its chain: ``slimfuse run`` reproduces it),
+``metrics.json`` and ``report.md`` / ``report.html`` (test figures of the reference and the
+chosen model, measured once the choice is made and never used to make it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimfuse.compress.config import CompressConfig
+from slimfuse.compress.space import Student, enqueued, students, suggest
+from slimfuse.errors import ConfigError, DataError, SlimfuseError
+from slimfuse.training import TrainingInterrupted
+
+log = logging.getLogger("slimfuse.compress")
+STUDY = "compress"
+# what a resumed search must share with the one it continues
+KEPT = ("max_drop", "objective", "batch", "epochs", "seed", "fusion")
+
+
+class _ChainFailed(Exception):
+    """A chain a stage refused (a layer it cannot prune...): the trial fails, the search goes on."""
+
+
+@dataclass
+class CompressResult:
+    """What the search found; ``chosen`` is ``None`` when no trial kept within the budget."""
+
+    out: Path
+    reference: dict[str, Any]
+    trials: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    test: dict[str, Any] = field(default_factory=dict)
+
+
+def _objective_key(cfg: CompressConfig) -> str:
+    return "latency_ms" if cfg.objective == "latency" else "onnx_bytes"
+
+
+def _describe(chain: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for e in chain:
+        if e["stage"] == "distill":
+            kw = ",".join(f"{k}={v}" for k, v in e.get("student_kwargs", {}).items())
+            parts.append(f"distill {e['student']}({kw}) {e['epochs']}ep T={e['temperature']:g}")
+        elif e["stage"] == "prune":
+            parts.append(f"prune channels {e['channels']:g}")
+        elif e["stage"] == "quantize":
+            how = e.get("calibration") or ("mixed" if "max_drop" in e else "")
+            parts.append(" ".join(["int8", e["mode"], how]).strip())
+    return " -> ".join(parts) or "reference"
+
+
+def _arch(model: Any) -> tuple[tuple[str, dict[str, Any]] | None, bool]:
+    """The reference's zoo architecture (of its first member for an ensemble) and whether it
+    is an ensemble."""
+    from slimfuse.fusion.ensemble import FusionModule
+    from slimfuse.models.source import spec_of
+    from slimfuse.models.zoo import MODELS
+
+    ensemble = isinstance(model, FusionModule)
+    inner = model.members[model.names[0]] if ensemble else model
+    spec = spec_of(inner)
+    if spec is None or not isinstance(spec.source, str) or spec.source not in MODELS:
+        return None, ensemble
+    return (spec.source, dict(spec.kwargs or {})), ensemble
+
+
+def _reference(
+    models: Sequence[Any], data: Any, out: Path, cfg: CompressConfig, resume: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The reference model (loaded back from ``out/reference``) and its validation figures."""
+    from slimfuse.compress.trial import measure_val
+    from slimfuse.models.bundle import load, save
+    from slimfuse.models.resolve import load_model
+    from slimfuse.models.source import check_model_fits, task_of
+    from slimfuse.tasks import get_task
+
+    folder, info = out / "reference", out / "reference.json"
+    if resume and info.is_file() and (folder / "slimfuse.json").is_file():
+        return load(folder), json.loads(info.read_text())
+    loaded = [load_model(m, data=data) if not hasattr(m, "forward") else m for m in models]
+    names = [m if isinstance(m, str) else f"m{i}" for i, m in enumerate(models)]
+    task = get_task(task_of(loaded[0]))
+    if task.name != "classification":
+        raise ConfigError(
+            f"compress keeps an accuracy budget: it takes classification models, not {task.name}"
+        )
+    for name, model in zip(names, loaded, strict=True):
+        check_model_fits(model, data, task.name, what=f"model {name!r}")
+    if len(loaded) > 1:
+        from slimfuse.fusion.api import fuse
+
+        pairs = [(f"m{i}", m) for i, m in enumerate(loaded)]
+        log.info("fusing %d models (%s) into the reference", len(loaded), cfg.fusion)
+        reference = fuse(pairs, {"method": cfg.fusion}, data, task=task)
+    else:
+        reference = loaded[0]
+    save(reference, folder)
+    reference = load(folder)  # the reference as every trial (and the recipe) loads it
+    figures = measure_val(reference, data, task, batch=cfg.batch, threads=cfg.threads, folder=None)
+    figures["onnx_bytes_fp32"] = figures["onnx_bytes"]
+    figures["sources"] = [
+        str(m) if isinstance(m, (str, Path)) else type(m).__name__ for m in models
+    ]
+    info.write_text(json.dumps(figures, indent=2) + "\n")
+    return reference, figures
+
+
+def _open_study(out: Path, cfg: CompressConfig, resume: bool) -> Any:
+    import optuna
+    from optuna.samplers import TPESampler
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = out / "search.db"
+
+    # constrained multi-objective TPE: each trial sets its constraint (drop - max_drop <= 0)
+    sampler = TPESampler(seed=cfg.seed, n_startup_trials=8)
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=f"sqlite:///{db}",
+        directions=["minimize", "maximize"],
+        sampler=sampler,
+        load_if_exists=resume,
+    )
+    settings = {k: getattr(cfg, k) for k in KEPT}
+    if resume:
+        before = study.user_attrs.get("settings", {})
+        changed = [k for k in KEPT if k in before and before[k] != settings[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(
+                f"--resume with {k} {settings[k]!r}, the search in {out} has {before[k]!r}; "
+                "continue it with the same settings or start another --out"
+            )
+        requeued = list(study.user_attrs.get("requeued", []))
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.RUNNING:  # the process was killed during it
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            elif not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
+                continue
+            if t.number not in requeued:
+                log.info("trial %d was interrupted: it runs again", t.number)
+                requeued.append(t.number)
+                study.enqueue_trial(t.params)
+        study.set_user_attr("requeued", requeued)
+    else:
+        study.set_user_attr("settings", settings)
+        for params in enqueued(cfg):
+            study.enqueue_trial(params)
+    return study
+
+
+def choose(rows: Sequence[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any] | None:
+    """The trial with the lowest objective among those whose validation accuracy dropped by
+    at most ``max_drop`` (ties: the more accurate, then the smaller); ``None`` if none did."""
+    key = _objective_key(cfg)
+    feasible = [r for r in rows if r["drop"] <= cfg.max_drop]
+    return min(feasible, key=lambda r: (r[key], -r["val_accuracy"], r["onnx_bytes"]), default=None)
+
+
+def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows no other row beats on validation accuracy, latency and ONNX bytes together."""
+
+    def beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        ge = (
+            a["val_accuracy"] >= b["val_accuracy"]
+            and a["latency_ms"] <= b["latency_ms"]
+            and a["onnx_bytes"] <= b["onnx_bytes"]
+        )
+        gt = (
+            a["val_accuracy"] > b["val_accuracy"]
+            or a["latency_ms"] < b["latency_ms"]
+            or a["onnx_bytes"] < b["onnx_bytes"]
+        )
+        return ge and gt
+
+    front = [r for r in rows if not any(beats(o, r) for o in rows if o is not r)]
+    return sorted(front, key=lambda r: (-r["val_accuracy"], r["onnx_bytes"]))
+
+
+def _table(
+    reference: dict[str, Any], rows: list[dict[str, Any]], chosen: int | None, cfg: CompressConfig
+) -> str:
+    ref_bytes = reference["onnx_bytes"]
+    lines = [
+        f"Pareto front (validation split; ONNX Runtime, {cfg.threads} thread(s), latency at "
+        f"batch {cfg.batch}); budget: drop <= {cfg.max_drop * 100:g} points, objective: "
+        f"{cfg.objective}",
+        "",
+        "| trial | chain | val accuracy | drop (points) | ONNX KiB | x reference size | "
+        f"ms, batch {cfg.batch} | params | within budget |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| reference | {' + '.join(reference.get('sources', [])) or 'reference'} | "
+        f"{reference['val_accuracy']:.4f} | 0 | {ref_bytes / 1024:.1f} | 1 | "
+        f"{reference['latency_ms']:.3f} | {reference['params']:,} | yes |",
+    ]
+    for r in rows:
+        mark = " **(chosen)**" if r["number"] == chosen else ""
+        lines.append(
+            f"| {r['number']}{mark} | {_describe(r['chain'])} | {r['val_accuracy']:.4f} | "
+            f"{r['drop'] * 100:.2f} | {r['onnx_bytes'] / 1024:.1f} | "
+            f"{r['onnx_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
+            f"{'yes' if r['drop'] <= cfg.max_drop else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def compress(
+    models: Any,
+    data: Any,
+    *,
+    out: str | Path,
+    max_drop: float = 0.01,
+    objective: str = "latency",
+    batch: int = 64,
+    budget_minutes: float = 10.0,
+    trials: int = 40,
+    epochs: int = 80,
+    seed: int = 0,
+    threads: int = 1,
+    fusion: str = "weighted",
+    split_seed: int = 0,
+    data_kwargs: dict[str, Any] | None = None,
+    resume: bool = False,
+    trust_code: bool | None = None,
+) -> CompressResult:
+    """Search chains of techniques for the model that minimises ``objective`` (ONNX Runtime
+    ``latency`` at ``batch`` on this CPU, or ONNX ``size``) while its validation accuracy stays
+    within ``max_drop`` (0.01: one point) of the reference's.
+
+    - ``models``: one model or several (sources: bundle folders, ``file.py:fn``..., or modules);
+      several are fused first (``fusion``: weighted or mean), and the fused model is the
+      reference and the distillation teacher.
+    - ``data``: a data source name (``mnist1d``, ``file.csv``...) with ``split_seed`` and
+      ``data_kwargs`` as ``slimfuse.load_data`` takes them; it needs a validation split.
+    - ``budget_minutes`` and ``trials`` bound the search (the post-training int8 trials run
+      first); ``epochs``: the longest distillation a trial runs.
+    - ``resume``: continue the search in ``out`` (same settings); finished trials are kept.
+
+    Returns a :class:`CompressResult`; the folder layout is the module's docstring.
+    """
+    from slimfuse.trust import trusting
+
+    cfg = CompressConfig(
+        max_drop=max_drop,
+        objective=objective,
+        batch=batch,
+        budget_minutes=budget_minutes,
+        trials=trials,
+        epochs=epochs,
+        seed=seed,
+        threads=threads,
+        fusion=fusion,
+    )
+    if not isinstance(data, str):
+        raise ConfigError(
+            f"data: expected a data source name or path (the recipe names it), got "
+            f"{type(data).__name__}"
+        )
+    listed = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not listed:
+        raise ConfigError("no model given; expected one model or several to fuse")
+    with trusting(trust_code):
+        return _search(listed, data, Path(out), cfg, split_seed, data_kwargs or {}, resume)
+
+
+def _search(
+    models: list[Any],
+    source: str,
+    out: Path,
+    cfg: CompressConfig,
+    split_seed: int,
+    data_kwargs: dict[str, Any],
+    resume: bool,
+) -> CompressResult:
+    import optuna
+
+    from slimfuse.compress.trial import Hopeless, Watch, chain_recipe, measure_val, run_chain
+    from slimfuse.data import load_data
+    from slimfuse.tasks import get_task
+
+    started = time.time()
+    deadline = started + cfg.budget_minutes * 60
+    db = out / "search.db"
+    if resume and not db.is_file():
+        raise ConfigError(f"--resume: {out} holds no search (no search.db); run without --resume")
+    if not resume and db.is_file():
+        raise ConfigError(
+            f"{out} already holds a search; continue it with --resume or choose another --out"
+        )
+    data = load_data(source, split_seed=split_seed, **data_kwargs)
+    if len(data.split("val")) == 0:
+        raise DataError(
+            f"{data.name}: the validation split is empty; the accuracy budget is kept on it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task("classification")
+    reference, ref = _reference(models, data, out, cfg, resume)
+    arch, ensemble = _arch(reference)
+    pool: list[Student] = students(arch, ensemble)
+    study = _open_study(out, cfg, resume)
+    key = _objective_key(cfg)
+    floor = ref["val_accuracy"] - cfg.max_drop
+    log.info(
+        "reference: val accuracy %.4f, %.1f KiB ONNX, %.3f ms at batch %d; floor %.4f",
+        ref["val_accuracy"],
+        ref["onnx_bytes"] / 1024,
+        ref["latency_ms"],
+        cfg.batch,
+        floor,
+    )
+
+    def recipe_of(chain: list[dict[str, Any]], export: bool = False) -> Any:
+        return chain_recipe(
+            chain,
+            reference=(out / "reference").resolve(),
+            data=source,
+            data_kwargs=data_kwargs,
+            split_seed=split_seed,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            task=task.name,
+            export=export,
+        )
+
+    def objective(trial: Any) -> tuple[float, float]:
+        chain = suggest(trial, cfg, pool)
+        trial.set_user_attr("chain", chain)
+        folder = out / "trials" / f"{trial.number:03d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        watch = Watch(
+            floor=floor,
+            deadline=deadline,
+            slack_train=max(0.02, 2 * cfg.max_drop),
+            slack_stage=max(0.005, cfg.max_drop / 2),
+        )
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"number": trial.number, "chain": chain}
+        try:
+            model = run_chain(recipe_of(chain), data, task, folder, watch)
+            figures = measure_val(
+                model, data, task, batch=cfg.batch, threads=cfg.threads, folder=folder
+            )
+        except Hopeless as why:
+            record.update(state="stopped", why=str(why), seconds=time.perf_counter() - t0)
+            (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
+            trial.set_user_attr("stopped", str(why))
+            raise optuna.TrialPruned(str(why)) from None
+        except (TrainingInterrupted, KeyboardInterrupt):
+            trial.set_user_attr("interrupted", True)  # runs again on --resume
+            raise
+        except SlimfuseError as exc:
+            record.update(state="failed", why=str(exc))
+            (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
+            raise _ChainFailed(str(exc)) from exc
+        drop = ref["val_accuracy"] - figures["val_accuracy"]
+        record.update(
+            figures, drop=drop, state="complete", seconds=round(time.perf_counter() - t0, 2)
+        )
+        (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
+        for k, v in figures.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("drop", drop)
+        trial.set_user_attr("seconds", record["seconds"])
+        trial.set_constraint("drop", drop - cfg.max_drop)
+        return float(figures[key]), float(figures["val_accuracy"])
+
+    best: dict[str, Any] = {}
+
+    def progress(study_: Any, trial: Any) -> None:
+        state = trial.state.name.lower()
+        what = _describe(trial.user_attrs.get("chain", []))
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            a = trial.user_attrs
+            line = (
+                f"val {a['val_accuracy']:.4f} (drop {a['drop'] * 100:.2f} pts), "
+                f"{a['onnx_bytes'] / 1024:.1f} KiB, {a['latency_ms']:.3f} ms"
+            )
+            if a["drop"] <= cfg.max_drop and (not best or a[key] < best[key]):
+                best.clear()
+                best.update(a, number=trial.number)
+        else:
+            line = trial.user_attrs.get("stopped", state)
+        shown = (
+            f"trial {best['number']}: {best['onnx_bytes'] / 1024:.1f} KiB, "
+            f"{best['latency_ms']:.3f} ms"
+            if best
+            else "none within the budget yet"
+        )
+        log.info("trial %d [%s] %s: %s | best: %s", trial.number, state, what, line, shown)
+        if time.time() >= deadline:
+            study_.stop()
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and not t.user_attrs.get("interrupted")
+    ]
+    remaining = cfg.trials - len(done)
+    if remaining > 0 and time.time() < deadline:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=max(1.0, deadline - time.time()),
+            callbacks=[progress],
+            catch=(_ChainFailed,),
+            gc_after_trial=False,
+        )
+    return _finish(study, out, cfg, ref, data, task, recipe_of, time.time() - started)
+
+
+def _finish(
+    study: Any,
+    out: Path,
+    cfg: CompressConfig,
+    ref: dict[str, Any],
+    data: Any,
+    task: Any,
+    recipe_of: Any,
+    seconds: float,
+) -> CompressResult:
+    from optuna.trial import TrialState
+
+    from slimfuse.compress.trial import recipe_text
+    from slimfuse.measuring import measure, write_metrics
+    from slimfuse.models.bundle import load, stored_bytes
+    from slimfuse.report import write_report
+
+    rows, counts = [], {"complete": 0, "stopped": 0, "failed": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            counts["complete"] += 1
+            rows.append({**t.user_attrs, "number": t.number})
+        elif t.state == TrialState.PRUNED:
+            counts["stopped"] += 1
+        elif t.state == TrialState.FAIL:
+            counts["failed"] += 1
+    chosen = choose(rows, cfg)
+    feasible = [r for r in rows if r["drop"] <= cfg.max_drop]
+    front = _pareto(rows)
+    table = _table(ref, front, chosen["number"] if chosen else None, cfg)
+    (out / "pareto.md").write_text(table)
+    result = CompressResult(out=out, reference=ref, trials=rows, front=front, chosen=chosen)
+    log.info(
+        "%d trials: %d complete, %d stopped early, %d failed, %d within the budget (%.0f s)",
+        len(study.trials),
+        counts["complete"],
+        counts["stopped"],
+        counts["failed"],
+        len(feasible),
+        seconds,
+    )
+    summary: dict[str, Any] = {
+        "settings": cfg.to_dict(),
+        "reference": ref,
+        "counts": counts,
+        "front": [r["number"] for r in front],
+        "trials": rows,
+        "chosen": chosen,
+    }
+    if chosen is None:
+        log.warning("no trial kept within %.4f of the reference's val accuracy", cfg.max_drop)
+        (out / "compress.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        return result
+    trial_dir = out / "trials" / f"{chosen['number']:03d}"
+    target = out / "chosen"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(trial_dir / "bundle", target)
+    shutil.copyfile(target / "model.onnx", out / "model.onnx")
+    recipe = recipe_of(chosen["chain"], export=True)
+    header = (
+        f"# The chain slimfuse compress chose (trial {chosen['number']}): "
+        f"{_describe(chosen['chain'])}\n"
+        f"# val accuracy {chosen['val_accuracy']:.4f} (reference {ref['val_accuracy']:.4f}), "
+        f"{chosen['onnx_bytes']:,} ONNX bytes, {chosen['latency_ms']:.3f} ms at batch "
+        f"{cfg.batch}. `slimfuse run` reproduces it from the reference bundle.\n"
+    )
+    (out / "recipe.yaml").write_text(recipe_text(recipe, header))
+    # the test split, once, for the reference and the chosen model: reported, not chosen on
+    stages = []
+    for name in ("reference", "chosen"):
+        model = load(out / name)
+        rows_ = measure(model, data, task, stage=name, threads=cfg.threads, bundle=out / name)
+        for r in rows_:
+            r["bundle"] = str(out / name)
+            r["size_bytes"] = stored_bytes(out / name)
+        stages += rows_
+    write_metrics(out / "metrics.json", stages, task.name, task.metric)
+    report = {"task": task.name, "metric": task.metric, "stages": stages}
+    try:
+        write_report(out, report)
+    except Exception as exc:  # the table and metrics stand without the page
+        log.warning("report not written: %s", exc)
+    ort = {r["stage"]: r for r in stages if r["engine"] == "onnxruntime"}
+    result.test = {
+        "reference": ort["reference"]["metric_value"],
+        "chosen": ort["chosen"]["metric_value"],
+        "drop": ort["reference"]["metric_value"] - ort["chosen"]["metric_value"],
+        "onnx_ratio": ort["chosen"]["onnx_bytes"] / ort["reference"]["onnx_bytes"],
+        "latency_ratio_b64": ort["chosen"]["latency_ms_b64"] / ort["reference"]["latency_ms_b64"],
+    }
+    summary["test"] = result.test
+    (out / "compress.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log.info(
+        "chosen: trial %d (%s); test accuracy %.4f vs reference %.4f (drop %.2f points), "
+        "ONNX %.3fx the reference's",
+        chosen["number"],
+        _describe(chosen["chain"]),
+        result.test["chosen"],
+        result.test["reference"],
+        result.test["drop"] * 100,
+        result.test["onnx_ratio"],
+    )
+    if math.isnan(result.test["chosen"]):
+        log.warning("the chosen model's test accuracy is not a number")
+    return result

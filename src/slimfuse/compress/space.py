@@ -1,0 +1,157 @@
+"""The search space: chains of recipe stages, each stage one technique's typed config.
+
+A chain is a list of recipe stage entries (``{"stage": "quantize", "mode": "static", ...}``),
+so the chain a search picks is a recipe that ``slimfuse run`` reproduces. Chains start from the
+reference (the recipe's ``model``):
+
+- ``ptq``: int8 of the reference itself: dynamic, static with minmax / percentile / entropy
+  calibration, or static with sensitive layers kept fp32 (mixed precision, a share of the
+  budget).
+- ``student``: a smaller student distilled from the reference (KD): the reference's own
+  architecture narrowed (its width arguments scaled), or, for an ensemble, one member's
+  architecture at full width; then optionally structured channel pruning with distillation
+  recovery, and an int8 ending (dynamic, static, or QAT with the float student as teacher).
+- ``prune``: the reference's channels pruned (an ensemble member by member), recovery by
+  distillation from it, and an int8 ending.
+
+Every stage's keys are validated by the stage registry before a trial runs them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slimfuse.compress.config import CompressConfig
+
+PTQ = ("dynamic", "static-minmax", "static-percentile", "static-entropy", "static-mixed")
+ENDINGS = ("none", "dynamic", "static", "qat")
+WIDTH_KEYS = ("widths", "channels", "hidden", "width")
+
+
+@dataclass(frozen=True)
+class Student:
+    """A student the space may distil into: a zoo source and its builder's arguments."""
+
+    label: str
+    source: str
+    kwargs: dict[str, Any]
+
+
+def _defaults(source: str) -> dict[str, Any]:
+    from slimfuse.models.zoo import MODELS
+
+    try:
+        fn = MODELS.get(source)
+    except Exception:  # not a zoo name: no defaults to scale
+        return {}
+    return {
+        k: p.default
+        for k, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _scaled(value: Any, factor: float) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return max(1, round(value * factor))
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return [max(1, round(v * factor)) for v in value]
+    return value
+
+
+def students(arch: tuple[str, dict[str, Any]] | None, ensemble: bool) -> list[Student]:
+    """Students from the reference's architecture (``(zoo source, kwargs)``; ``None``: not a
+    zoo model, no narrowed students): widths x1/4, x1/2, x3/4, and x1 for an ensemble (one
+    member's size). Builder arguments the data fills (``num_classes``...) are left out."""
+    if arch is None:
+        return []
+    source, kwargs = arch
+    full = {**_defaults(source), **kwargs}
+    keys = [k for k in WIDTH_KEYS if k in full]
+    if not keys:
+        return []
+    given = {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_features")}
+    out = []
+    for factor in (0.25, 0.5, 0.75, 1.0):
+        if factor == 1.0 and not ensemble:
+            continue
+        scaled = {**given, **{k: _scaled(full[k], factor) for k in keys}}
+        out.append(Student(f"{source}-x{factor:g}", source, scaled))
+    return out
+
+
+def _quantize(kind: str, max_drop: float, epochs: int) -> dict[str, Any]:
+    if kind == "dynamic":
+        return {"stage": "quantize", "name": "int8", "mode": "dynamic"}
+    if kind == "qat":
+        return {
+            "stage": "quantize",
+            "name": "int8",
+            "mode": "qat",
+            "distill": True,
+            "epochs": epochs,
+            "lr": 1e-3,
+        }
+    calibration = kind.partition("-")[2] or "minmax"
+    entry: dict[str, Any] = {"stage": "quantize", "name": "int8", "mode": "static"}
+    if calibration == "mixed":  # sensitive layers kept fp32 within half the budget
+        entry["max_drop"] = round(max_drop / 2, 6)
+    elif calibration != "minmax":
+        entry["calibration"] = calibration
+    return entry
+
+
+def enqueued(cfg: CompressConfig) -> list[dict[str, Any]]:
+    """The cheap trials, run first: every post-training int8 of the reference."""
+    return [{"move": "ptq", "quant": q} for q in PTQ]
+
+
+def suggest(trial: Any, cfg: CompressConfig, pool: Sequence[Student]) -> list[dict[str, Any]]:
+    """One chain, its choices drawn from ``trial`` (an Optuna trial)."""
+    moves = ["ptq", "prune"] + (["student"] if pool else [])
+    move = trial.suggest_categorical("move", moves)
+    recovery = max(1, cfg.epochs // 4)
+    if move == "ptq":
+        return [_quantize(trial.suggest_categorical("quant", PTQ), cfg.max_drop, recovery)]
+    chain: list[dict[str, Any]] = []
+    if move == "student":
+        labels = [s.label for s in pool]
+        student = pool[labels.index(trial.suggest_categorical("student", labels))]
+        epochs = max(1, round(cfg.epochs * trial.suggest_categorical("epochs_frac", [0.5, 1.0])))
+        chain.append(
+            {
+                "stage": "distill",
+                "name": "student",
+                "student": student.source,
+                "student_kwargs": student.kwargs,
+                "loss": "kd",
+                "temperature": trial.suggest_categorical("temperature", [2.0, 4.0]),
+                "alpha": 0.9,
+                "epochs": epochs,
+                "lr": 1e-2,
+            }
+        )
+        channels = trial.suggest_categorical("channels", [0.0, 0.25, 0.5])
+    else:
+        channels = trial.suggest_categorical("prune_channels", [0.25, 0.5, 0.75])
+    if channels:
+        chain.append(
+            {
+                "stage": "prune",
+                "name": "pruned",
+                "channels": channels,
+                "importance": "l1",
+                "epochs": recovery,
+                "lr": 3e-3,
+                "recovery": "distill",
+            }
+        )
+    ending = trial.suggest_categorical("ending", ENDINGS)
+    if ending != "none":
+        chain.append(_quantize(ending, cfg.max_drop, max(1, recovery // 2)))
+    return chain

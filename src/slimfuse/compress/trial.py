@@ -1,0 +1,195 @@
+"""One trial: a chain of recipe stages run from the reference, watched, measured, saved.
+
+The stages run as ``slimfuse run`` runs them (the stage registry's functions, every stage from
+the recipe's seed, the model loaded from the reference bundle as a recipe's ``model``), so the
+recipe written for a chain reproduces the trial's model. A trial is stopped early when its
+validation accuracy is already far outside the budget (:class:`Watch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from slimfuse.data import Data
+from slimfuse.errors import SlimfuseError
+from slimfuse.measuring import measure
+from slimfuse.models.bundle import save, stored_bytes
+from slimfuse.models.resolve import load_model
+from slimfuse.models.source import record
+from slimfuse.pipeline.recipe import Recipe, check_recipe
+from slimfuse.pipeline.stages import STAGES, Context
+from slimfuse.tasks import Task, evaluate
+from slimfuse.training import Callback, seed_all
+
+log = logging.getLogger("slimfuse.compress")
+
+
+class Hopeless(Exception):
+    """A trial stopped early: why (its validation accuracy, the time budget)."""
+
+
+@dataclass
+class Watch(Callback):
+    """Stops a trial whose validation accuracy is far below the budget's floor, or that runs
+    past the search's deadline.
+
+    During training (from half its steps on) a trial is hopeless below ``floor - slack_train``;
+    after a stage that trains, below ``floor - slack_stage``: later stages (pruning, int8) take
+    accuracy away far more often than they give it back."""
+
+    floor: float
+    deadline: float
+    slack_train: float
+    slack_stage: float
+    total_steps: int = 0
+    step: int = 0
+    last: float | None = None
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        self.total_steps, self.step = total_steps, 0
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        self.step = step
+        if time.time() > self.deadline:
+            raise Hopeless("the time budget ran out")
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, metric: float) -> None:
+        self.last = metric
+        late = self.total_steps and self.step * 2 >= self.total_steps
+        if late and metric < self.floor - self.slack_train:
+            raise Hopeless(
+                f"val accuracy {metric:.4f} at epoch {epoch + 1}, the floor is {self.floor:.4f}"
+            )
+
+    def after_stage(self, name: str, value: float) -> None:
+        if value < self.floor - self.slack_stage:
+            raise Hopeless(f"val accuracy {value:.4f} after {name}, the floor is {self.floor:.4f}")
+
+
+def chain_recipe(
+    chain: list[dict[str, Any]],
+    *,
+    reference: Path,
+    data: str,
+    data_kwargs: dict[str, Any],
+    split_seed: int,
+    seed: int,
+    threads: int,
+    task: str,
+    export: bool = False,
+) -> Recipe:
+    """The chain as a recipe (validated by the stage registry) starting from ``reference``."""
+    stages = [dict(e) for e in chain] or [{"stage": "eval", "name": "reference"}]
+    if export:
+        stages.append({"stage": "export"})
+    recipe = Recipe.model_validate(
+        {
+            "model": str(reference),
+            "data": data,
+            "data_kwargs": data_kwargs,
+            "task": task,
+            "seed": seed,
+            "split_seed": split_seed,
+            "threads": threads,
+            "stages": stages,
+        }
+    )
+    check_recipe(recipe, "search chain")
+    return recipe
+
+
+def recipe_text(recipe: Recipe, header: str = "") -> str:
+    body = recipe.model_dump(mode="json", exclude_none=True)
+    body.pop("measure_engines", None)
+    body["stages"] = [
+        {k: v for k, v in s.items() if k != "measure" or not v} for s in body["stages"]
+    ]
+    return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def val_accuracy(model: nn.Module, data: Data, task: Task) -> float:
+    return float(evaluate(model, data.loader("val", batch_size=256), task))
+
+
+def run_chain(
+    recipe: Recipe, data: Data, task: Task, folder: Path, watch: Watch | None
+) -> nn.Module:
+    """The recipe's stages in order from its model, as ``slimfuse run`` runs them."""
+    ctx = Context(
+        data=data, task=task, out=folder, seed=recipe.seed, threads=recipe.threads, quiet=True
+    )
+    if watch is not None:
+        ctx.callbacks = [watch]
+    ctx.model = load_model(recipe.model, data=data, **recipe.model_kwargs)  # type: ignore[arg-type]
+    for entry in recipe.stages:
+        name = entry.name or entry.stage
+        ctx.stage_name = name
+        st = STAGES.get(entry.stage)
+        cfg = st.config.parse(entry.config())
+        t0 = time.perf_counter()
+        seed_all(recipe.seed)
+        try:
+            new = st.fn(ctx, cfg)
+        except SlimfuseError as exc:
+            exc.args = (f"stage {name!r} ({entry.stage}): {exc}",)
+            raise
+        if new is None:
+            continue
+        record(
+            new,
+            lineage={
+                "stage": entry.stage,
+                "name": name,
+                "config": cfg.to_dict(),
+                "seconds": round(time.perf_counter() - t0, 2),
+            },
+        )
+        ctx.model = ctx.models[name] = new
+        if watch is not None and entry.stage in ("distill", "prune"):
+            watch.after_stage(name, val_accuracy(new, data, task))
+    shutil.rmtree(folder / ".checkpoints", ignore_errors=True)
+    return ctx.model
+
+
+def measure_val(
+    model: nn.Module, data: Data, task: Task, *, batch: int, threads: int, folder: Path | None
+) -> dict[str, Any]:
+    """The deployed form on the validation split: ONNX Runtime accuracy, file bytes and
+    latency at ``batch`` (fixed threads); the bundle's bytes when ``folder`` is given."""
+    from slimfuse.exporting import export_onnx
+
+    onnx = None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        onnx = export_onnx(model, data.example_input(1), folder / "model.onnx")
+    row = measure(
+        model,
+        data,
+        task,
+        split="val",
+        engines=["onnxruntime"],
+        threads=threads,
+        latency_batches=(batch,),
+        budget_s=0.5,
+        onnx_path=onnx,
+    )[0]
+    out = {
+        "val_accuracy": row["metric_value"],
+        "latency_ms": row[f"latency_ms_b{batch}"],
+        "onnx_bytes": row["onnx_bytes"],
+        "params": row["params"],
+        "macs": row["macs"],
+    }
+    if folder is not None:
+        save(model, folder / "bundle", onnx=onnx, metrics={"task": task.name, "val": out})
+        out["bundle_bytes"] = stored_bytes(folder / "bundle")
+        (folder / "model.onnx").unlink()
+    return out

@@ -1,0 +1,180 @@
+"""slimfuse compress: a real search on MNIST-1D with tiny members and few trials.
+
+One search is shared by the tests: it is interrupted for real (a fault at its third trial's
+stages), then resumed; its chosen model's recipe is run again with ``slimfuse run``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import slimfuse
+from slimfuse.cli import main
+from slimfuse.compress import CompressConfig, trial
+from slimfuse.compress.search import choose
+from slimfuse.config import TrainConfig
+
+KW = dict(max_drop=0.05, objective="latency", epochs=2, budget_minutes=5)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("members")
+    data = slimfuse.load_data("mnist1d")
+    paths = []
+    for seed in range(2):
+        model = slimfuse.build_model("mnist1d_cnn", data=data, channels=8)
+        slimfuse.train(model, data, config=TrainConfig(epochs=6, seed=seed, quiet=True))
+        paths.append(str(slimfuse.save(model, root / f"m{seed}")))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def search(members, tmp_path_factory):
+    """Interrupted at trial 1 (after trial 0 finished), then resumed up to 3 trials."""
+    out = tmp_path_factory.mktemp("search") / "out"
+    real = trial.run_chain
+    calls: list[int] = []
+
+    def interrupted(recipe, data, task, folder, watch):
+        calls.append(int(folder.name))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user's Ctrl-C during the second trial
+        return real(recipe, data, task, folder, watch)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trial, "run_chain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        slimfuse.compress(members, "mnist1d", out=out, trials=3, **KW)
+    mp.undo()
+    first = json.loads((out / "trials" / "000" / "trial.json").read_text())
+    stamp = (out / "trials" / "000" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    assert not (out / "pareto.md").exists()
+
+    resumed: list[int] = []
+
+    def counted(recipe, data, task, folder, watch):
+        resumed.append(int(folder.name))
+        return real(recipe, data, task, folder, watch)
+
+    mp.setattr(trial, "run_chain", counted)
+    try:
+        result = slimfuse.compress(members, "mnist1d", out=out, trials=3, resume=True, **KW)
+    finally:
+        mp.undo()
+    return {
+        "out": out,
+        "result": result,
+        "first": first,
+        "stamp": stamp,
+        "calls": calls,
+        "resumed": resumed,
+    }
+
+
+def test_resume_continues_without_redoing_trials(search):
+    out, result = search["out"], search["result"]
+    assert search["calls"] == [0, 1]
+    # trial 0 finished before the interruption and is not run again; the interrupted one is
+    assert 0 not in search["resumed"] and len(search["resumed"]) == 2
+    assert (out / "trials" / "000" / "bundle" / "model.safetensors").stat().st_mtime_ns == (
+        search["stamp"]
+    )
+    summary = json.loads((out / "compress.json").read_text())
+    assert summary["counts"]["complete"] + summary["counts"]["stopped"] == 3
+    numbers = [r["number"] for r in result.trials]
+    assert 0 in numbers and search["first"]["val_accuracy"] == next(
+        r["val_accuracy"] for r in result.trials if r["number"] == 0
+    )
+    # the cheap post-training trials ran first, in the order they were queued
+    assert [r["chain"][0]["mode"] for r in sorted(result.trials, key=lambda r: r["number"])][
+        :1
+    ] == ["dynamic"]
+
+
+def test_chosen_within_budget_and_a_trial_over_budget_never_chosen(search):
+    result = search["result"]
+    cfg = CompressConfig(**KW)
+    assert result.chosen is not None and result.chosen["drop"] <= cfg.max_drop
+    rows = result.trials
+    # a budget the best trial on the objective misses: it is never chosen
+    fastest = min(rows, key=lambda r: r["latency_ms"])
+    tight = CompressConfig(**{**KW, "max_drop": max(0.0, fastest["drop"] - 1e-6)})
+    pick = choose(rows, tight)
+    if fastest["drop"] > 0:
+        assert pick is None or pick["number"] != fastest["number"]
+    for r in rows:
+        over = r["drop"] > tight.max_drop
+        assert not (over and pick is not None and pick["number"] == r["number"])
+    # nothing within a budget no trial met
+    assert choose([{**r, "drop": 0.5} for r in rows], cfg) is None
+
+
+def test_outputs_and_recipe_reproduce_the_chosen_model(search, tmp_path):
+    out, result = search["out"], search["result"]
+    for name in ("pareto.md", "model.onnx", "recipe.yaml", "metrics.json", "report.md"):
+        assert (out / name).is_file(), name
+    assert (out / "chosen" / "slimfuse.json").is_file()
+    assert "(chosen)" in (out / "pareto.md").read_text()
+    rows = json.loads((out / "metrics.json").read_text())["stages"]
+    chosen = next(r for r in rows if r["stage"] == "chosen" and r["engine"] == "onnxruntime")
+    assert chosen["metric_value"] == result.test["chosen"]
+    again = slimfuse.run(out / "recipe.yaml", tmp_path / "again", quiet=True)
+    last = [r for r in again["stages"] if r["engine"] == "onnxruntime"][-1]
+    assert last["metric_value"] == pytest.approx(chosen["metric_value"], abs=1e-12)
+    assert last["onnx_bytes"] == chosen["onnx_bytes"]
+    assert (tmp_path / "again" / "model.onnx").stat().st_size == (out / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--max-drop", "-0.1"], "--max-drop -0.1: expected an accuracy drop in [0, 1)"),
+        (["--max-drop", "1"], "--max-drop 1"),
+        (["--budget-minutes", "0"], "--budget-minutes 0"),
+        (["--trials", "0"], "--trials 0"),
+    ],
+)
+def test_bad_budgets_are_one_line(flags, expected, tmp_path, capsys):
+    code = main(["compress", "--model", "x", "--data", "mnist1d", "--out", str(tmp_path), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_no_validation_data_and_bad_input_are_one_line(members, tmp_path, capsys):
+    path = tmp_path / "tiny.npz"  # one sample per class: nothing to split off for validation
+    np.savez(path, X=np.random.default_rng(0).normal(size=(3, 40)).astype("float32"), y=[0, 1, 2])
+    code = main(
+        ["compress", "--model", members[0], "--data", str(path), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "validation" in err, err
+    code = main(
+        [
+            "compress",
+            "--model",
+            members[0],
+            "--data",
+            "mnist1d",
+            "--out",
+            str(tmp_path / "o"),
+            "--resume",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no search" in err, err
+    code = main(
+        [
+            "compress",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--data",
+            "mnist1d",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
