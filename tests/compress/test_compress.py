@@ -85,7 +85,7 @@ def test_resume_continues_without_redoing_trials(search):
     summary = json.loads((out / "compress.json").read_text())
     assert summary["counts"]["complete"] + summary["counts"]["stopped"] == 3
     numbers = [r["number"] for r in result.trials]
-    assert 0 in numbers and search["first"]["val_accuracy"] == next(
+    assert 0 in numbers and search["first"]["variants"][0]["val_accuracy"] == next(
         r["val_accuracy"] for r in result.trials if r["number"] == 0
     )
     # the cheap post-training trials ran first, in the order they were queued
@@ -178,3 +178,48 @@ def test_no_validation_data_and_bad_input_are_one_line(members, tmp_path, capsys
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
+
+
+def test_a_trained_chain_with_an_int8_ending_reproduces_with_slimfuse_run(search, tmp_path):
+    """The search's own path for a chain that trains (a narrowed student, a channel pruning,
+    then the int8 ending measured after the shared prefix) against ``slimfuse run``."""
+    from slimfuse.compress.space import ending_stage
+    from slimfuse.tasks import get_task
+
+    out = search["out"]
+    chain = [
+        {
+            "stage": "distill",
+            "name": "student",
+            "student": "mnist1d_cnn",
+            "student_kwargs": {"channels": 4},
+            "loss": "kd",
+            "temperature": 4.0,
+            "alpha": 0.9,
+            "epochs": 2,
+            "lr": 1e-2,
+        },
+        {"stage": "prune", "name": "pruned", "channels": 0.25, "epochs": 1, "recovery": "distill"},
+    ]
+    cfg = CompressConfig(**KW)
+    kw = dict(
+        reference=(out / "reference").resolve(),
+        data="mnist1d",
+        data_kwargs={},
+        split_seed=0,
+        seed=0,
+        threads=1,
+        task="classification",
+    )
+    data, task = slimfuse.load_data("mnist1d"), get_task("classification")
+    ctx = trial.run_chain(trial.chain_recipe(chain, **kw), data, task, tmp_path / "t", None)
+    entry = ending_stage("static", cfg)
+    model = trial.continue_chain(ctx, entry, 0)
+    ours = slimfuse.measure(model, data, task, engines=["onnxruntime"], latency_batches=())[0]
+    recipe = trial.chain_recipe([*chain, entry], export=True, **kw)
+    (tmp_path / "r.yaml").write_text(trial.recipe_text(recipe))
+    again = slimfuse.run(tmp_path / "r.yaml", tmp_path / "again", quiet=True)
+    last = [r for r in again["stages"] if r["engine"] == "onnxruntime"][-1]
+    assert last["stage"] == "int8"
+    assert last["metric_value"] == ours["metric_value"]
+    assert last["onnx_bytes"] == ours["onnx_bytes"]

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from slimfuse.compress.config import CompressConfig
-from slimfuse.compress.space import Student, enqueued, students, suggest
+from slimfuse.compress.space import (
+    ENDING_CHOICES,
+    Student,
+    ending_stage,
+    endings,
+    enqueued,
+    students,
+    suggest,
+)
 from slimfuse.errors import ConfigError, DataError, SlimfuseError
 from slimfuse.training import TrainingInterrupted
 
@@ -294,8 +302,17 @@ def _search(
     resume: bool,
 ) -> CompressResult:
     import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
 
-    from slimfuse.compress.trial import Hopeless, Watch, chain_recipe, measure_val, run_chain
+    from slimfuse.compress.trial import (
+        Hopeless,
+        Watch,
+        chain_recipe,
+        continue_chain,
+        measure_val,
+        run_chain,
+    )
     from slimfuse.data import load_data
     from slimfuse.tasks import get_task
 
@@ -343,9 +360,28 @@ def _search(
             export=export,
         )
 
+    def same_as(trial: Any) -> Any:
+        """An earlier finished trial that ran the same chain (the sampler may draw it again)."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number != trial.number and t.params == trial.params and "base" not in t.user_attrs:
+                return t
+        return None
+
     def objective(trial: Any) -> tuple[float, float]:
-        chain = suggest(trial, cfg, pool)
+        chain = suggest(trial, cfg, pool, ensemble)
         trial.set_user_attr("chain", chain)
+        twin = same_as(trial)
+        if twin is not None:  # not run again: its result stands for this draw too
+            trial.set_user_attr("twin", twin.number)
+            if twin.state == TrialState.PRUNED:
+                why = f"same chain as trial {twin.number}, stopped early"
+                trial.set_user_attr("stopped", why)
+                raise optuna.TrialPruned(why)
+            for k, v in twin.user_attrs.items():
+                trial.set_user_attr(k, v)
+            trial.set_user_attr("twin", twin.number)
+            trial.set_constraint("drop", twin.user_attrs["drop"] - cfg.max_drop)
+            return tuple(twin.values)  # type: ignore[return-value]
         folder = out / "trials" / f"{trial.number:03d}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -357,11 +393,30 @@ def _search(
         )
         t0 = time.perf_counter()
         record: dict[str, Any] = {"number": trial.number, "chain": chain}
+        variants: list[dict[str, Any]] = []
         try:
-            model = run_chain(recipe_of(chain), data, task, folder, watch)
-            figures = measure_val(
-                model, data, task, batch=cfg.batch, threads=cfg.threads, folder=folder
-            )
+            ctx = run_chain(recipe_of(chain), data, task, folder, watch)
+            # a chain that trains ends in each int8 form as well: the trained model is shared
+            for ending in [None] if chain[-1]["stage"] == "quantize" else endings(cfg):
+                where = folder if ending is None else folder / ending
+                if ending is None:
+                    model, full = ctx.model, chain
+                else:
+                    entry = ending_stage(ending, cfg)
+                    model, full = continue_chain(ctx, entry, cfg.seed), [*chain, entry]
+                figures = measure_val(
+                    model, data, task, batch=cfg.batch, threads=cfg.threads, folder=where
+                )
+                drop = ref["val_accuracy"] - figures["val_accuracy"]
+                variants.append(
+                    {
+                        **figures,
+                        "drop": drop,
+                        "chain": full,
+                        "folder": str(where.relative_to(out)),
+                        "ending": ending or "none",
+                    }
+                )
         except Hopeless as why:
             record.update(state="stopped", why=str(why), seconds=time.perf_counter() - t0)
             (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -374,17 +429,31 @@ def _search(
             record.update(state="failed", why=str(exc))
             (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
             raise _ChainFailed(str(exc)) from exc
-        drop = ref["val_accuracy"] - figures["val_accuracy"]
-        record.update(
-            figures, drop=drop, state="complete", seconds=round(time.perf_counter() - t0, 2)
-        )
+        seconds = round(time.perf_counter() - t0, 2)
+        # the trial stands for its best variant (within the budget first); the others are
+        # added to the study as trials of their own (same choices, their ending)
+        best_v = min(variants, key=lambda v: (v["drop"] > cfg.max_drop, v[key], -v["val_accuracy"]))
+        for v in variants:
+            v["seconds"] = seconds
+            if v is best_v:
+                continue
+            extra = {**trial.params, "ending": v["ending"]}
+            dists = {**trial.distributions, "ending": CategoricalDistribution(ENDING_CHOICES)}
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=extra,
+                    distributions=dists,
+                    values=[float(v[key]), float(v["val_accuracy"])],
+                    user_attrs={**v, "base": trial.number},
+                    constraints={"drop": v["drop"] - cfg.max_drop},
+                )
+            )
+        record.update(state="complete", seconds=seconds, variants=variants)
         (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
-        for k, v in figures.items():
+        for k, v in best_v.items():
             trial.set_user_attr(k, v)
-        trial.set_user_attr("drop", drop)
-        trial.set_user_attr("seconds", record["seconds"])
-        trial.set_constraint("drop", drop - cfg.max_drop)
-        return float(figures[key]), float(figures["val_accuracy"])
+        trial.set_constraint("drop", best_v["drop"] - cfg.max_drop)
+        return float(best_v[key]), float(best_v["val_accuracy"])
 
     best: dict[str, Any] = {}
 
@@ -451,7 +520,8 @@ def _finish(
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             counts["complete"] += 1
-            rows.append({**t.user_attrs, "number": t.number})
+            if "twin" not in t.user_attrs:  # a chain drawn again shows once
+                rows.append({**t.user_attrs, "number": t.number})
         elif t.state == TrialState.PRUNED:
             counts["stopped"] += 1
         elif t.state == TrialState.FAIL:
@@ -483,7 +553,7 @@ def _finish(
         log.warning("no trial kept within %.4f of the reference's val accuracy", cfg.max_drop)
         (out / "compress.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return result
-    trial_dir = out / "trials" / f"{chosen['number']:03d}"
+    trial_dir = out / chosen.get("folder", f"trials/{chosen['number']:03d}")
     target = out / "chosen"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(trial_dir / "bundle", target)

@@ -10,9 +10,10 @@ reference (the recipe's ``model``):
 - ``student``: a smaller student distilled from the reference (KD): the reference's own
   architecture narrowed (its width arguments scaled), or, for an ensemble, one member's
   architecture at full width; then optionally structured channel pruning with distillation
-  recovery, and an int8 ending (dynamic, static, or QAT with the float student as teacher).
-- ``prune``: the reference's channels pruned (an ensemble member by member), recovery by
-  distillation from it, and an int8 ending.
+  recovery; each trained chain is measured as it is and with an int8 ending (static; dynamic
+  too for ``size``).
+- ``prune``: the reference's channels pruned (not for an ensemble), recovery by distillation
+  from it, and the int8 endings.
 
 Every stage's keys are validated by the stage registry before a trial runs them.
 """
@@ -27,7 +28,7 @@ from typing import Any
 from slimfuse.compress.config import CompressConfig
 
 PTQ = ("dynamic", "static-minmax", "static-percentile", "static-entropy", "static-mixed")
-ENDINGS = ("none", "dynamic", "static", "qat")
+ENDING_CHOICES = ("none", "static", "dynamic")
 WIDTH_KEYS = ("widths", "channels", "hidden", "width")
 
 
@@ -85,18 +86,9 @@ def students(arch: tuple[str, dict[str, Any]] | None, ensemble: bool) -> list[St
     return out
 
 
-def _quantize(kind: str, max_drop: float, epochs: int) -> dict[str, Any]:
+def _quantize(kind: str, max_drop: float) -> dict[str, Any]:
     if kind == "dynamic":
         return {"stage": "quantize", "name": "int8", "mode": "dynamic"}
-    if kind == "qat":
-        return {
-            "stage": "quantize",
-            "name": "int8",
-            "mode": "qat",
-            "distill": True,
-            "epochs": epochs,
-            "lr": 1e-3,
-        }
     calibration = kind.partition("-")[2] or "minmax"
     entry: dict[str, Any] = {"stage": "quantize", "name": "int8", "mode": "static"}
     if calibration == "mixed":  # sensitive layers kept fp32 within half the budget
@@ -106,18 +98,34 @@ def _quantize(kind: str, max_drop: float, epochs: int) -> dict[str, Any]:
     return entry
 
 
+def endings(cfg: CompressConfig) -> list[str | None]:
+    """The forms a trained chain is measured in: as it is (``None``), static int8, and for
+    ``size`` dynamic int8 too (its files are the smallest; at batch 64 it is the slowest)."""
+    return [None, "static", *(["dynamic"] if cfg.objective == "size" else [])]
+
+
+def ending_stage(kind: str, cfg: CompressConfig) -> dict[str, Any]:
+    """The quantize stage of an ending (``static``, ``dynamic``)."""
+    return _quantize(kind, cfg.max_drop)
+
+
 def enqueued(cfg: CompressConfig) -> list[dict[str, Any]]:
     """The cheap trials, run first: every post-training int8 of the reference."""
     return [{"move": "ptq", "quant": q} for q in PTQ]
 
 
-def suggest(trial: Any, cfg: CompressConfig, pool: Sequence[Student]) -> list[dict[str, Any]]:
-    """One chain, its choices drawn from ``trial`` (an Optuna trial)."""
-    moves = ["ptq", "prune"] + (["student"] if pool else [])
+def suggest(
+    trial: Any, cfg: CompressConfig, pool: Sequence[Student], ensemble: bool = False
+) -> list[dict[str, Any]]:
+    """One chain, its choices drawn from ``trial`` (an Optuna trial). A chain that trains
+    leaves its ending to the trial (:func:`endings`: each form is measured). Pruning the
+    reference is left out for an ensemble: recovering several pruned members costs more than
+    a student and, in a search's epochs, loses far more."""
+    moves = ["ptq"] + ([] if ensemble else ["prune"]) + (["student"] if pool else [])
     move = trial.suggest_categorical("move", moves)
     recovery = max(1, cfg.epochs // 4)
     if move == "ptq":
-        return [_quantize(trial.suggest_categorical("quant", PTQ), cfg.max_drop, recovery)]
+        return [_quantize(trial.suggest_categorical("quant", PTQ), cfg.max_drop)]
     chain: list[dict[str, Any]] = []
     if move == "student":
         labels = [s.label for s in pool]
@@ -151,7 +159,4 @@ def suggest(trial: Any, cfg: CompressConfig, pool: Sequence[Student]) -> list[di
                 "recovery": "distill",
             }
         )
-    ending = trial.suggest_categorical("ending", ENDINGS)
-    if ending != "none":
-        chain.append(_quantize(ending, cfg.max_drop, max(1, recovery // 2)))
     return chain

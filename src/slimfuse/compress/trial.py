@@ -119,10 +119,9 @@ def val_accuracy(model: nn.Module, data: Data, task: Task) -> float:
     return float(evaluate(model, data.loader("val", batch_size=256), task))
 
 
-def run_chain(
-    recipe: Recipe, data: Data, task: Task, folder: Path, watch: Watch | None
-) -> nn.Module:
-    """The recipe's stages in order from its model, as ``slimfuse run`` runs them."""
+def run_chain(recipe: Recipe, data: Data, task: Task, folder: Path, watch: Watch | None) -> Context:
+    """The recipe's stages in order from its model, as ``slimfuse run`` runs them; the
+    context (``ctx.model``: the last stage's) can go on with :func:`continue_chain`."""
     ctx = Context(
         data=data, task=task, out=folder, seed=recipe.seed, threads=recipe.threads, quiet=True
     )
@@ -130,33 +129,51 @@ def run_chain(
         ctx.callbacks = [watch]
     ctx.model = load_model(recipe.model, data=data, **recipe.model_kwargs)  # type: ignore[arg-type]
     for entry in recipe.stages:
-        name = entry.name or entry.stage
-        ctx.stage_name = name
-        st = STAGES.get(entry.stage)
-        cfg = st.config.parse(entry.config())
-        t0 = time.perf_counter()
-        seed_all(recipe.seed)
-        try:
-            new = st.fn(ctx, cfg)
-        except SlimfuseError as exc:
-            exc.args = (f"stage {name!r} ({entry.stage}): {exc}",)
-            raise
-        if new is None:
-            continue
-        record(
-            new,
-            lineage={
-                "stage": entry.stage,
-                "name": name,
-                "config": cfg.to_dict(),
-                "seconds": round(time.perf_counter() - t0, 2),
-            },
-        )
-        ctx.model = ctx.models[name] = new
-        if watch is not None and entry.stage in ("distill", "prune"):
-            watch.after_stage(name, val_accuracy(new, data, task))
+        new = _stage(ctx, entry, recipe.seed)
+        if new is not None and watch is not None and entry.stage in ("distill", "prune"):
+            watch.after_stage(ctx.stage_name, val_accuracy(new, data, task))
     shutil.rmtree(folder / ".checkpoints", ignore_errors=True)
-    return ctx.model
+    return ctx
+
+
+def continue_chain(ctx: Context, entry: dict[str, Any], seed: int) -> nn.Module:
+    """One more stage after a chain (its model is not kept in ``ctx``: several endings can
+    follow the same chain)."""
+    from slimfuse.pipeline.recipe import StageEntry
+
+    model, models = ctx.model, dict(ctx.models)
+    try:
+        new = _stage(ctx, StageEntry.model_validate(entry), seed)
+        return model if new is None else new
+    finally:
+        ctx.model, ctx.models = model, models
+
+
+def _stage(ctx: Context, entry: Any, seed: int) -> nn.Module | None:
+    name = entry.name or entry.stage
+    ctx.stage_name = name
+    st = STAGES.get(entry.stage)
+    cfg = st.config.parse(entry.config())
+    t0 = time.perf_counter()
+    seed_all(seed)  # every stage from the recipe's seed, as slimfuse run does
+    try:
+        new = st.fn(ctx, cfg)
+    except SlimfuseError as exc:
+        exc.args = (f"stage {name!r} ({entry.stage}): {exc}",)
+        raise
+    if new is None:
+        return None
+    record(
+        new,
+        lineage={
+            "stage": entry.stage,
+            "name": name,
+            "config": cfg.to_dict(),
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+    )
+    ctx.model = ctx.models[name] = new
+    return new
 
 
 def measure_val(
