@@ -65,7 +65,7 @@ def files(model: Any, x: Any, tmp: Path, name: str, int8_ort: Any, calibration: 
 def timing(runners: dict[str, Any], x: Any, batches: tuple[int, ...], rounds: int):
     got: dict[str, dict[int, float]] = {v: {} for v in runners}
     for b in batches:
-        xb = repeat_batch(x, b) if not isinstance(x, list) else x[b]
+        xb = x[b] if isinstance(x, dict) and b in x else repeat_batch(x, b)  # MiniLM: {b: batch}
         fns = {v: (lambda r=r, xb=xb: forward(r, xb)) for v, r in runners.items()}
         for v, ms in interleaved(fns, rounds).items():
             got[v][b] = ms
