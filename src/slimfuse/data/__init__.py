@@ -8,6 +8,9 @@ split's per-feature statistics for the models built for it to standardize with. 
 - ``digits``: scikit-learn's 8x8 digits, flattened to 64 features
 - ``path.npz``: arrays ``X`` and ``y`` (optionally ``X_test`` / ``y_test``)
 - ``path.csv``: numeric feature columns and a label column (``label_column``, default ``label``)
+- text for encoders: ``notes.txt`` / ``.md`` (a paragraph per line), a folder of them (paragraphs
+  between blank lines), ``notes.jsonl`` (a ``text`` field per line) or ``pydocs`` (Python's
+  documentation); see :mod:`slimfuse.data.text`
 - ``file.py:fn`` or ``module:fn``: a factory returning ``(train, val, test)`` or a dict with those
   keys, each a ``DataLoader``, a ``Dataset`` or an ``(X, y)`` pair
 
@@ -37,7 +40,7 @@ from slimfuse.data.core import (
 )
 from slimfuse.data.preprocessing import fit_standardize
 from slimfuse.data.sources import _from_factory, _read_csv, _read_npz
-from slimfuse.data.text import text_corpus
+from slimfuse.data.text import is_text, is_text_source, load_text, text_corpus
 from slimfuse.errors import DataError
 from slimfuse.trust import trusting
 
@@ -53,6 +56,7 @@ __all__ = [
     "fingerprint",
     "fit_standardize",
     "from_arrays",
+    "is_text",
     "load_data",
     "split_record",
     "text_corpus",
@@ -68,6 +72,7 @@ def load_data(
     test_fraction: float = 0.2,
     label_column: str = "label",
     trust_code: bool | None = None,
+    max_length: int | None = None,
     seed: int | None = None,
 ) -> Data:
     """Resolve a data spec (see the module docstring) into validated splits.
@@ -80,17 +85,27 @@ def load_data(
       for the built-in sets (already scaled), text and factories.
 
     A factory (``file.py:fn``, ``module:fn``) is code: it runs only with ``trust_code=True``
-    (see :mod:`slimfuse.trust`)."""
+    (see :mod:`slimfuse.trust`). ``max_length``: tokens per paragraph of text data (default 128)."""
     if seed is not None:
         split_seed = seed
     if isinstance(spec, Data):
         return spec
     if not isinstance(spec, str) or not spec:
         raise DataError(
-            f"data source {spec!r}: expected mnist1d, digits, a .npz, a .csv or file.py:fn"
+            f"data source {spec!r}: expected mnist1d, digits, a .npz, a .csv, text or file.py:fn"
         )
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction {val_fraction}: expected a number in (0, 1)")
+    if is_text_source(spec):
+        return load_text(
+            spec,
+            split_seed=split_seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            max_length=max_length,
+        )
+    if max_length is not None:
+        raise DataError(f"max_length applies to text data; {spec!r} is not text")
     if spec in BUILTIN:
         return BUILTIN[spec](
             split_seed=split_seed, val_fraction=val_fraction, standardize=bool(standardize)
@@ -109,7 +124,8 @@ def load_data(
         return data
     else:
         raise DataError(
-            f"data source {spec!r}: expected mnist1d, digits, a .npz or .csv file, or file.py:fn"
+            f"data source {spec!r}: expected mnist1d, digits, a .npz or .csv file, text "
+            "(.txt, .md, .jsonl, a folder, pydocs) or file.py:fn"
         )
     return from_arrays(
         x,

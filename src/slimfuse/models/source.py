@@ -22,7 +22,8 @@ from slimfuse import trust
 from slimfuse.data import check_fits
 from slimfuse.data.core import split_record
 from slimfuse.data.preprocessing import is_standardized, standardize_inputs
-from slimfuse.errors import ModelError, SlimfuseWarning, validation_error
+from slimfuse.data.text import TEXT_FORMS, is_text, is_tokens
+from slimfuse.errors import DataError, ModelError, SlimfuseWarning, validation_error
 from slimfuse.models.zoo import MODELS
 
 SPEC_ATTR = "slimfuse_spec"
@@ -112,11 +113,43 @@ def task_of(model: nn.Module, default: str = "classification") -> str:
     return spec.task if spec is not None and spec.task else default
 
 
+ENCODER_SOURCES = ("hf_encoder", "minilm")
+
+
+def takes_tokens(model: nn.Module) -> bool:
+    """``model`` reads token ids + an attention mask (an encoder): built as one, or its
+    ``forward`` takes ``input_ids``."""
+    spec = spec_of(model)
+    if spec is not None and spec.source in ENCODER_SOURCES:
+        return True
+    try:
+        return "input_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return False
+
+
 def check_model_fits(model: nn.Module, data: Any, task: str, what: str = "the model") -> None:
     """Fail with one line naming ``what`` if ``data``'s inputs do not fit ``model`` (its recorded
-    input shape, then one forward pass on two samples). Encoders (task ``embedding``) take text:
-    not checked."""
-    if data is None or task == "embedding":
+    input shape, then one forward pass on two samples). An encoder takes text (or token data)
+    and nothing else; text fits only an encoder. Other inputs of task ``embedding``: not
+    checked."""
+    if data is None:
+        return
+    tokens, text = takes_tokens(model), is_text(data) or is_tokens(data)
+    if tokens and not text:
+        raise DataError(
+            f"{what} takes token ids + attention mask: give text data ({TEXT_FORMS}); "
+            f"{data.name} holds inputs of shape {tuple(data.input_shape)}"
+        )
+    if text and not tokens:
+        spec = spec_of(model)
+        shape = f" of shape {tuple(spec.input_shape)}" if spec and spec.input_shape else ""
+        raise DataError(
+            f"{data.name} is text, but {what} takes numeric inputs{shape}: text data is for "
+            "encoders (minilm, a Hugging Face folder); give it numeric data (mnist1d, digits, "
+            ".npz, .csv)"
+        )
+    if tokens or task == "embedding":
         return
     spec = spec_of(model)
     check_fits(model, data, spec.input_shape if spec and spec.input_shape else None, what)
@@ -156,6 +189,24 @@ def record(
         spec.edits.append(json.loads(json.dumps(edit)))
     if lineage is not None:
         spec.lineage.append(json.loads(json.dumps(lineage, default=str)))
+
+
+def _check_not_text(fn: Callable[..., Any], kwargs: dict[str, Any], data: Any, source: str) -> None:
+    """Text data cannot size a model built for numbers (its inputs or classes): one line."""
+    if not is_text(data):
+        return
+    params = inspect.signature(fn).parameters
+    sized = [
+        k
+        for k in ("in_features", "in_length", "num_classes")
+        if k in params and k not in kwargs and params[k].default is inspect.Parameter.empty
+    ]
+    if sized:
+        raise DataError(
+            f"{data.name} is text, but model {source!r} takes numeric inputs (its "
+            f"{', '.join(sized)} come from the data): text data is for encoders (minilm, a "
+            "Hugging Face folder); give it numeric data (mnist1d, digits, .npz, .csv)"
+        )
 
 
 def _fill_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], data: Any) -> dict[str, Any]:
@@ -281,6 +332,7 @@ def build_model(
     """
     with trust.trusting(trust_code):
         fn, resolved, digest = _builder(source)
+        _check_not_text(fn, kwargs, data, source)
         kwargs = _fill_kwargs(fn, kwargs, data)
         model = _call(fn, source, kwargs)
     # a model class may say what it is for (an encoder: "embedding"); data and bundles may refine it
