@@ -95,10 +95,18 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--data",
         required=required,
-        help="mnist1d, digits, path.npz, path.csv or file.py:fn"
+        help="mnist1d, digits, path.npz, path.csv or file.py:fn; text for encoders: notes.txt/.md "
+        "(a paragraph per line), a folder of .txt/.md (paragraphs between blank lines), a .jsonl "
+        'with a "text" field per line, or pydocs'
         + (" (required)" if required else " (default: none)"),
     )
     p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="text data: tokens an encoder reads per paragraph, the rest cut off (default: 128)",
+    )
     p.add_argument(
         "--task",
         default=None,
@@ -165,6 +173,37 @@ def load_data_arg(args: argparse.Namespace) -> Any:
         split_seed=args.split_seed,
         standardize=False if args.no_standardize else None,
         label_column=args.label_column,
+        max_length=args.max_length,
+    )
+
+
+def text_data_arg(
+    args: argparse.Namespace,
+    model: Any,
+    data: Any,
+    *,
+    train_targets: bool = True,
+    source: Any = None,
+    what: str | None = None,
+) -> Any:
+    """``data`` as ``model`` (given as ``source``, default ``--model``) reads it: text data
+    becomes token data, tokenized by the model's tokenizer (a Hugging Face folder's own, else
+    all-MiniLM-L6-v2's) with the model's embeddings as targets; other data is returned as is.
+    ``train_targets=False`` skips embedding the train split (when nothing trains on it)."""
+    from slimfuse.data.text import is_text
+
+    if not is_text(data):
+        return data
+    from slimfuse.distillation.text import encode_text
+    from slimfuse.models.hf import tokenizer_for
+
+    source = args.model if source is None else source
+    return encode_text(
+        model,
+        data,
+        tokenizer=tokenizer_for(source),
+        train_targets=train_targets,
+        what=what or f"the model {str(source)!r}",
     )
 
 
@@ -207,7 +246,9 @@ def load_model_arg(args: argparse.Namespace, data: Any, flag: str = "model") -> 
         unsafe_pickle=args.unsafe_pickle,
         **parse_kv(args.kw),
     )
-    check_model_fits(model, data, resolve_task(args, model))
+    check_model_fits(
+        model, data, resolve_task(args, model), what=f"the model {getattr(args, flag)!r}"
+    )
     return model
 
 

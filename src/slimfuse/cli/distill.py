@@ -25,6 +25,7 @@ from slimfuse.cli.common import (
     load_data_arg,
     parse_kv,
     resolve_task,
+    text_data_arg,
 )
 from slimfuse.config import add_flags, help_text
 from slimfuse.distillation.config import (
@@ -82,6 +83,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     for src, teacher in zip(sources, teachers, strict=True):
         check_model_fits(teacher, data, task, what=f"teacher {src!r}")
         check_same_split(teacher, data, f"teacher {src!r}")
+    # text: the first teacher tokenizes it and its embeddings are the reference measured
+    data = text_data_arg(
+        args,
+        teachers[0],
+        data,
+        source=sources[0],
+        what=f"teacher {sources[0]!r}",
+    )
     import torch
 
     torch.manual_seed(args.seed)  # the same student initialisation in every process and run

@@ -29,6 +29,7 @@ from slimfuse.cli.common import (
     os_error_line,
     print_rows,
     show_progress,
+    text_data_arg,
     train_config_arg,
 )
 
@@ -40,7 +41,6 @@ FAMILIES: tuple[str, ...] = (
     "slimfuse.cli.distill",
     "slimfuse.cli.quantize",
     "slimfuse.cli.lowrank",
-    "slimfuse.cli.compress",
     "slimfuse.cli.members",
 )
 
@@ -91,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data = load_data_arg(args)
     model = load_model_arg(args, data)
+    data = text_data_arg(args, model, data)
     cfg = train_config_arg(args)
     out = Path(args.out)
     result = train(
@@ -110,6 +111,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_text(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    """Text data for ``eval``: token data whose targets are ``--reference``'s embeddings (the
+    model's own without it: a cosine of 1 by construction, said in a warning)."""
+    from slimfuse.data.text import is_text
+    from slimfuse.errors import ConfigError, SlimfuseWarning
+
+    if args.reference is not None and not is_text(data):
+        raise ConfigError("--reference applies to text data (an encoder's reference embeddings)")
+    if not is_text(data):
+        return data
+    reference = model
+    if args.reference is None:
+        warnings.warn(
+            "the reference embeddings are the model's own, so its cosine is 1 by construction; "
+            "--reference MODEL (the model it was made from) measures fidelity",
+            SlimfuseWarning,
+            stacklevel=1,
+        )
+    else:
+        from slimfuse.models.resolve import load_model
+        from slimfuse.models.source import check_model_fits
+
+        reference = load_model(args.reference, data=data, unsafe_pickle=args.unsafe_pickle)
+        check_model_fits(reference, data, args.task, what=f"the reference {args.reference!r}")
+    return text_data_arg(
+        args,
+        reference,
+        data,
+        train_targets=args.split == "train",
+        source=args.reference or args.model,
+        what=f"the {'reference' if args.reference else 'model'} {args.reference or args.model!r}",
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from slimfuse.errors import SlimfuseWarning
     from slimfuse.measuring import measure, write_metrics
@@ -117,6 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_out_is_a_file(args, "a metrics .json file")
     data = load_data_arg(args)
     model = load_model_arg(args, data)
+    data = _eval_text(args, model, data)
     from slimfuse.errors import ExportError
 
     def rows_for(engines: list[str]) -> list[dict[str, Any]]:
@@ -163,6 +199,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     data = load_data_arg(args)
     model = load_model_arg(args, data)
+    data = text_data_arg(args, model, data, train_targets=args.int8)
     x = data.example_input(1)
     kwargs: dict[str, Any] = {"atol": args.atol}
     if fmt != "pte":
@@ -242,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "val", "test"],
         default="test",
         help="the split the metric is measured on (default: test)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="text data: the encoder whose embeddings the cosine is measured against, e.g. the "
+        "model a quantized or pruned one was made from (default: the model itself)",
     )
     p.add_argument(
         "--engine",

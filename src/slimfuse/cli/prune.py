@@ -98,7 +98,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from slimfuse.api import prune
-    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows
+    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows, text_data_arg
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import record
@@ -111,6 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if data is None and (train.epochs or cfg.method != "transformer"):
         raise ConfigError("prune needs --data (example inputs and fine-tuning data)")
     model = load_model_arg(args, data)
+    data = text_data_arg(args, model, data, train_targets=train.epochs > 0)
     pruned = prune(
         model, cfg, data, train=train, task=args.task, checkpoint_dir=Path(f"{args.out}.ckpt")
     )

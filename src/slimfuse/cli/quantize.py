@@ -45,7 +45,7 @@ def _bits_for_every_mode(p: argparse.ArgumentParser) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from slimfuse.api import quantize
-    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows
+    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows, text_data_arg
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.quantization.graph import summary
@@ -53,6 +53,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     cfg, train = QuantConfig.from_flags(args, seed=args.seed, quiet=args.quiet)  # before loading
     data = load_data_arg(args)
     model = load_model_arg(args, data)
+    data = text_data_arg(args, model, data, train_targets=cfg.mode == "qat")
     q = quantize(model, cfg, data, train=train, task=args.task, seed=args.seed)
     rows = measure(q, data, args.task, stage="quantize", threads=args.threads)
     save(q, args.out, metrics={"task": args.task, "metric": rows[0]["metric"], "stages": rows})

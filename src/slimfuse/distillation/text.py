@@ -1,13 +1,16 @@
-"""Text as :class:`~slimfuse.data.Data` for embedding distillation.
+"""Text as :class:`~slimfuse.data.Data` for encoders (distillation, pruning, quantization).
 
-:func:`embedding_data` tokenizes train / val / test texts once and pairs each with its teacher
-embedding (the reference of the ``embedding`` task, whose metric is the mean cosine to it).
+:func:`encode_text` turns text data (``load_data("notes.txt")``, ``pydocs``, ...) into the
+token data an encoder reads; :func:`embedding_data` tokenizes train / val / test texts once
+and pairs each with its teacher embedding (the reference of the ``embedding`` task, whose
+metric is the mean cosine to it).
 A sample is ``({"input_ids", "attention_mask"}, target)``; the distillation objective drops
 all-padding columns per batch, so padding to ``max_length`` costs nothing in training.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -15,9 +18,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from slimfuse.data import Data
+from slimfuse.data.text import MAX_LENGTH, is_text
 from slimfuse.distillation.objectives import trim_padding
 from slimfuse.errors import DataError
 from slimfuse.models.hf import tokenize
+from slimfuse.models.hf import tokenizer as default_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class TokenDataset(Dataset):
@@ -97,3 +104,53 @@ def embedding_data(
         input_shape=(max_length,),
         meta={"max_length": max_length, "train_max_length": train_max_length or max_length},
     )
+
+
+def encode_text(
+    model: nn.Module,
+    data: Data,
+    *,
+    tokenizer: Any = None,
+    train_targets: bool = True,
+    what: str = "the model",
+) -> Data:
+    """Text data as token data for the encoder ``model``; any other data is returned as is.
+
+    Every split is tokenized by :func:`~slimfuse.models.hf.tokenize` (``tokenizer``: default
+    all-MiniLM-L6-v2's) to ``data.meta["max_length"]`` tokens (default 128), and each
+    paragraph's target is ``model``'s own embedding of it: the reference the ``embedding``
+    task's cosine measures a compressed model's fidelity to. ``train_targets=False``: see
+    :func:`embedding_data` (distillation asks its teachers itself).
+    """
+    if not is_text(data):
+        return data
+    max_length = int(data.meta.get("max_length", MAX_LENGTH))
+    config = getattr(getattr(model, "encoder", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise DataError(
+            f"max_length {max_length}: {what} reads at most {positions} tokens per paragraph"
+        )
+    tok = tokenizer or default_tokenizer()
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise DataError(
+            f"the tokenizer has {len(tok):,} tokens but {what} embeds {vocab:,}; expected the "
+            "model's own tokenizer (a Hugging Face folder with its tokenizer files)"
+        )
+    texts = {s: list(getattr(data.split(s), "texts", [])) for s in ("train", "val", "test")}
+    n = sum(len(t) for s, t in texts.items() if train_targets or s != "train")
+    log.info(
+        f"{data.name}: {sum(map(len, texts.values())):,} paragraphs, tokenized to at most "
+        f"{max_length} tokens; reference embeddings of {n:,} from {what}"
+    )
+    out = embedding_data(
+        model,
+        texts,
+        tokenizer=tok,
+        max_length=max_length,
+        train_targets=train_targets,
+        name=data.name,
+    )
+    out.meta = {**data.meta, **out.meta, "kind": "tokens"}
+    return out

@@ -30,6 +30,7 @@ def _transformers() -> Any:
             "Hugging Face models need the [hf] extra: pip install 'slimfuse[hf]'"
         ) from None
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per load
     return transformers
 
 
@@ -116,6 +117,22 @@ def tokenizer(path: str | Path | None = None) -> Any:
     """The tokenizer of an HF folder (all-MiniLM-L6-v2's by default)."""
     tf = _transformers()
     return tf.AutoTokenizer.from_pretrained(str(path or minilm_path()))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def tokenizer_for(source: Any) -> Any:
+    """The tokenizer for a model given as ``source``: a Hugging Face folder's own (it holds
+    tokenizer files), else all-MiniLM-L6-v2's (the zoo's encoder, and what its bundles read)."""
+    folder = Path(str(source)) if isinstance(source, (str, Path)) else None
+    if (
+        folder is not None
+        and folder.is_dir()
+        and any((folder / f).is_file() for f in TOKENIZER_FILES)
+    ):
+        return tokenizer(folder)
+    return tokenizer()
 
 
 def tokenize(texts: list[str], tok: Any = None, max_length: int = 128) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slimfuse.data import load_data
+from slimfuse.data.text import is_text
 from slimfuse.errors import SlimfuseError
 from slimfuse.exporting import export_onnx
 from slimfuse.measuring import measure, write_metrics
@@ -78,6 +79,13 @@ def _run(
     if recipe.model is not None:
         ctx.model = load_model(recipe.model, data=data, **recipe.model_kwargs)
         check_model_fits(ctx.model, data, task.name)
+        if is_text(data):  # an encoder's: token data, the recipe's model's embeddings as reference
+            from slimfuse.distillation.text import encode_text
+            from slimfuse.models.hf import tokenizer_for
+
+            data = ctx.data = encode_text(
+                ctx.model, data, tokenizer=tokenizer_for(recipe.model), what="the recipe's model"
+            )
     metrics_path = out / "metrics.json"
     rows: list[dict[str, Any]] = []
     if resume and metrics_path.is_file():
