@@ -207,3 +207,21 @@ def test_stacking_falls_back_to_the_mean_when_the_meta_learner_does_not_help():
     errors = {c: (1 - acc) * 300 for c, (_, acc) in stack.C_curve_.items()}
     fewest = min(errors.values())
     assert all(errors[c] - fewest > 1 for c in errors if c < stack.C_)
+
+
+def test_fold_models_standardize_with_their_own_folds_statistics():
+    from slimfuse.data import fit_standardize
+    from slimfuse.fusion.folds import fit_scaling
+    from slimfuse.models.source import rebuild, spec_of
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3)) * [1.0, 100.0, 0.01] + [0.0, 500.0, -3.0]
+    data = from_arrays(x, (x[:, 0] > 0).astype(np.int64), name="scaled", standardize=True)
+    member = slimfuse.build_model("mlp", data=data, hidden=[4])
+    fresh = rebuild(spec_of(member))  # what a fold retrains: placeholders until fitted
+    assert not fresh.input_mean.any() and bool((fresh.input_std == 1).all())
+    idx = np.arange(0, len(data.train), 2)
+    fit_scaling(fresh, data, idx)
+    want = fit_standardize(data.arrays("train")[0][idx])
+    np.testing.assert_allclose(fresh.input_mean.numpy(), want["mean"], rtol=1e-5)
+    np.testing.assert_allclose(fresh.input_std.numpy(), want["std"], rtol=1e-5)

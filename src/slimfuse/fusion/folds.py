@@ -13,7 +13,8 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from slimfuse.data import Data
+from slimfuse.data import Data, fit_standardize
+from slimfuse.data.preprocessing import MEAN, STD, TARGET_MEAN, TARGET_STD
 from slimfuse.errors import FusionError
 from slimfuse.fusion.predict import as_loader, collect
 from slimfuse.models.source import rebuild, spec_of
@@ -67,6 +68,27 @@ def labels(data: Data, split: str = "train") -> np.ndarray:
     return np.asarray(data.arrays(split)[1])
 
 
+@torch.no_grad()
+def fit_scaling(model: nn.Module, data: Data, indices: np.ndarray) -> nn.Module:
+    """A rebuilt member's standardization fitted on the training samples ``indices`` (in place),
+    as a scaler in a scikit-learn pipeline is refitted per fold: a rebuild holds placeholders
+    (mean 0, std 1) that a bundle's weights would fill. Input statistics (``input_mean`` /
+    ``input_std``) and regression target statistics (``target_mean`` / ``target_std``), where
+    the model has them."""
+    has = {n for n, _ in model.named_buffers(recurse=False)}
+    if not has & {MEAN, TARGET_MEAN}:
+        return model
+    x, y = data.arrays("train")
+    for (mean, std), values in (((MEAN, STD), x), ((TARGET_MEAN, TARGET_STD), y)):
+        if mean in has:
+            part = values[indices]
+            stats = fit_standardize(part.reshape(len(part), -1))
+            buf_mean, buf_std = getattr(model, mean), getattr(model, std)
+            buf_mean.copy_(torch.tensor(stats["mean"]).reshape(buf_mean.shape))
+            buf_std.copy_(torch.tensor(stats["std"]).reshape(buf_std.shape))
+    return model
+
+
 def out_of_fold(
     members: Sequence[tuple[str, nn.Module]],
     data: Data,
@@ -79,9 +101,10 @@ def out_of_fold(
     """The members' out-of-fold predictions of the training split.
 
     The training data is split into ``k`` stratified folds; for each fold, every member is
-    rebuilt from its recorded source and retrained with the one training loop on the other
-    ``k - 1`` folds (``train_config``: one :class:`~slimfuse.training.TrainConfig` for all, or
-    one per member; fold ``f`` trains with the member's seed + 1000 f), then predicts the
+    rebuilt from its recorded source (its standardization refitted on those folds,
+    :func:`fit_scaling`) and retrained with the one training loop on the other ``k - 1``
+    folds (``train_config``: one :class:`~slimfuse.training.TrainConfig` for all, or one per
+    member; fold ``f`` trains with the member's seed + 1000 f), then predicts the
     held-out fold, so every training sample is predicted by models that never saw it.
     Returns ``(outputs, labels, folds)``: raw outputs ``(members, samples, classes)`` in the
     training split's order, and the ``[(train_idx, test_idx)]``.
@@ -111,7 +134,7 @@ def out_of_fold(
             seed_i = base.seed if configs is not None else base.seed + i
             cfg = base.replace(seed=seed_i + 1000 * f)
             torch.manual_seed(cfg.seed)
-            fresh = rebuild(spec)  # type: ignore[arg-type]
+            fresh = fit_scaling(rebuild(spec), data, tr)  # type: ignore[arg-type]
             train(fresh, fold_data, task, cfg, description=f"fold {f + 1} {name}")
             outs, _ = collect([(name, fresh)], held, task)
             if oof[i] is None:
