@@ -21,7 +21,7 @@ from torch import nn
 from slimfuse import trust
 from slimfuse.data import check_fits
 from slimfuse.data.core import split_record
-from slimfuse.data.preprocessing import is_standardized, standardize_inputs
+from slimfuse.data.preprocessing import is_standardized, standardize_inputs, standardize_targets
 from slimfuse.data.text import TEXT_FORMS, is_text, is_tokens
 from slimfuse.errors import DataError, ModelError, SlimfuseWarning, validation_error
 from slimfuse.models.zoo import MODELS
@@ -44,6 +44,8 @@ class ModelSpec:
     # the model standardizes its raw inputs (slimfuse.data.preprocessing): {"shape": [...]};
     # the statistics are buffers in the weights
     standardize: dict[str, Any] | None = None
+    # the model outputs de-standardized regression targets: {"shape": [targets]}
+    standardize_targets: dict[str, Any] | None = None
     split: dict[str, Any] | None = None  # the data split it was built for (split_record)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +94,7 @@ class _SpecSchema(BaseModel):
     num_classes: Annotated[int, Field(ge=1)] | None = None
     code_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
     standardize: _Standardize | None = None
+    standardize_targets: _Standardize | None = None
     split: _Split | None = None
 
     @field_validator("edits")
@@ -219,8 +222,9 @@ def _fill_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], data: Any) -> d
     n_in = 1
     for s in shape:
         n_in *= s
-    if "num_classes" in params and "num_classes" not in out and getattr(data, "num_classes", None):
-        out["num_classes"] = data.num_classes
+    outputs = getattr(data, "num_classes", None) or getattr(data, "meta", {}).get("targets")
+    if "num_classes" in params and "num_classes" not in out and outputs:
+        out["num_classes"] = outputs  # classes, or regression targets
     if "in_features" in params and "in_features" not in out and shape:
         out["in_features"] = n_in
     if "in_length" in params and "in_length" not in out and len(shape) == 1:
@@ -346,7 +350,14 @@ def build_model(
         spec.input_shape = list(data.input_shape)
         spec.num_classes = data.num_classes
         spec.split = split_record(data)
-        stats = getattr(data, "meta", {}).get("standardize")
+        meta = getattr(data, "meta", {})
+        if meta.get("targets") and spec.task is None:
+            spec.task = "regression"  # real-valued targets
+        targets = meta.get("standardize_targets")
+        if targets is not None and resolved != "fused":  # before the inputs' (the outer class)
+            standardize_targets(model, targets)
+            spec.standardize_targets = {"shape": list(targets["shape"])}
+        stats = meta.get("standardize")
         if stats is not None and resolved != "fused":
             standardize_inputs(model, stats)
             spec.standardize = {"shape": list(stats["shape"])}
@@ -394,6 +405,8 @@ def rebuild(spec: ModelSpec) -> nn.Module:
     """
     fn, _, _ = _builder(spec.source, spec.code_sha256)
     model = _call(fn, spec.source, dict(spec.kwargs))
-    if spec.standardize is not None:  # its statistics come with the weights
+    if spec.standardize_targets is not None:  # its statistics come with the weights
+        standardize_targets(model, spec.standardize_targets)
+    if spec.standardize is not None:
         standardize_inputs(model, spec.standardize)
     return model
