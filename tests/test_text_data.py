@@ -263,7 +263,7 @@ def test_quantize_minilm_on_a_text_file(notes, tmp_path, capsys, monkeypatch):
     assert "| quantize | onnxruntime | " in printed
     metrics = json.loads((out / "metrics.json").read_text())
     cosine = metrics["stages"][0]["metric_value"]
-    assert metrics["metric"] == "cosine" and 0.5 < cosine < 1.0
+    assert metrics["metric"] == "cosine" and 0.97 < cosine < 1.0  # dynamic: the encoder default
     # the bundle loads and measures: the same fidelity against the fp32 model's embeddings
     from slimfuse.distillation.text import encode_text
     from slimfuse.models.hf import minilm
