@@ -74,7 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_factorize(args: argparse.Namespace) -> int:
     from slimfuse.api import factorize
-    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows
+    from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows, text_data_arg
     from slimfuse.measuring import measure
     from slimfuse.models.bundle import save
     from slimfuse.models.source import record
@@ -88,6 +88,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
             "factorize needs --data for --budget (calibration) and for recovery epochs"
         )
     model = load_model_arg(args, data)
+    data = text_data_arg(args, model, data, train_targets=train.epochs > 0)
     small = factorize(
         model, cfg, data, train=train, task=args.task, checkpoint_dir=Path(f"{args.out}.ckpt")
     )
