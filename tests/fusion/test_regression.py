@@ -126,3 +126,26 @@ def test_multi_output_targets_train_fuse_and_export(tmp_path):
     xb = data.example_input(4)
     torch.testing.assert_close(back(xb), stack(xb))
     slimfuse.export(back, xb, tmp_path / "s.onnx")
+
+
+def test_a_regression_csv_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from sklearn.datasets import load_diabetes
+
+    from slimfuse.cli import main
+
+    x, y = load_diabetes(return_X_y=True)
+    rows = [",".join([*(f"f{i}" for i in range(10)), "target"])]
+    rows += [",".join([*(f"{v:.6g}" for v in r), f"{t:g}"]) for r, t in zip(x, y, strict=True)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    data = ["--data", str(tmp_path / "d.csv"), "--label-column", "target", "--task", "regression"]
+    out = tmp_path / "m"
+    assert (
+        main(["train", "--model", "mlp", *data, "--epochs", "20", "--quiet", "--out", str(out)])
+        == 0
+    )
+    assert "test mse " in capsys.readouterr().out
+    assert main(["eval", "--model", str(out), *data, "--engine", "onnxruntime", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["metric"] == "mse" and 0.2 < row["r2"] < 1 and row["mae"] > 10  # its own units

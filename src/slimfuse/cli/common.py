@@ -174,6 +174,7 @@ def load_data_arg(args: argparse.Namespace) -> Any:
         standardize=False if args.no_standardize else None,
         label_column=args.label_column,
         max_length=args.max_length,
+        task=getattr(args, "task", None),  # regression: whole-number targets are amounts
     )
 
 

@@ -74,6 +74,7 @@ def load_data(
     trust_code: bool | None = None,
     max_length: int | None = None,
     seed: int | None = None,
+    task: str | None = None,
 ) -> Data:
     """Resolve a data spec (see the module docstring) into validated splits.
 
@@ -82,7 +83,10 @@ def load_data(
     - ``standardize``: fit per-feature mean and std on the train split (``meta["standardize"]``)
       for the models built for this data to standardize their raw inputs with
       (:mod:`slimfuse.data.preprocessing`); ``None``: on for ``.csv`` and ``.npz`` files, off
-      for the built-in sets (already scaled), text and factories.
+      for the built-in sets (already scaled), text and factories. For real-valued targets of
+      ``.csv`` / ``.npz`` files (regression) the targets' mean and std too.
+    - ``task``: ``"regression"`` reads a file's whole-number targets as amounts, not classes
+      (:func:`from_arrays`).
 
     A factory (``file.py:fn``, ``module:fn``) is code: it runs only with ``trust_code=True``
     (see :mod:`slimfuse.trust`). ``max_length``: tokens per paragraph of text data (default 128)."""
@@ -137,4 +141,5 @@ def load_data(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         standardize=standardize is not False,
+        task=task if task in ("classification", "regression") else None,
     )
