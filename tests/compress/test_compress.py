@@ -97,7 +97,7 @@ def test_resume_continues_without_redoing_trials(search):
 def test_chosen_within_budget_and_a_trial_over_budget_never_chosen(search):
     result = search["result"]
     cfg = CompressConfig(**KW)
-    assert result.chosen is not None and result.chosen["drop"] <= cfg.max_drop
+    assert result.chosen is not None and result.chosen["drop"] <= cfg.max_drop + 1e-9
     rows = result.trials
     # a budget the best trial on the objective misses: it is never chosen
     fastest = min(rows, key=lambda r: r["latency_ms"])

@@ -39,6 +39,7 @@ from slimfuse.training import TrainingInterrupted
 log = logging.getLogger("slimfuse.compress")
 STUDY = "compress"
 # what a resumed search must share with the one it continues
+TOL = 1e-9  # a drop of exactly max_drop (0.99 - 0.98 in floats) is within the budget
 KEPT = ("max_drop", "objective", "batch", "epochs", "seed", "fusion")
 
 
@@ -182,7 +183,7 @@ def choose(rows: Sequence[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any
     """The trial with the lowest objective among those whose validation accuracy dropped by
     at most ``max_drop`` (ties: the more accurate, then the smaller); ``None`` if none did."""
     key = _objective_key(cfg)
-    feasible = [r for r in rows if r["drop"] <= cfg.max_drop]
+    feasible = [r for r in rows if r["drop"] <= cfg.max_drop + TOL]
     return min(feasible, key=lambda r: (r[key], -r["val_accuracy"], r["onnx_bytes"]), default=None)
 
 
@@ -228,7 +229,7 @@ def _table(
             f"| {r['number']}{mark} | {_describe(r['chain'])} | {r['val_accuracy']:.4f} | "
             f"{r['drop'] * 100:.2f} | {r['onnx_bytes'] / 1024:.1f} | "
             f"{r['onnx_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
-            f"{'yes' if r['drop'] <= cfg.max_drop else 'no'} |"
+            f"{'yes' if r['drop'] <= cfg.max_drop + TOL else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -432,7 +433,9 @@ def _search(
         seconds = round(time.perf_counter() - t0, 2)
         # the trial stands for its best variant (within the budget first); the others are
         # added to the study as trials of their own (same choices, their ending)
-        best_v = min(variants, key=lambda v: (v["drop"] > cfg.max_drop, v[key], -v["val_accuracy"]))
+        best_v = min(
+            variants, key=lambda v: (v["drop"] > cfg.max_drop + TOL, v[key], -v["val_accuracy"])
+        )
         for v in variants:
             v["seconds"] = seconds
             if v is best_v:
@@ -445,14 +448,14 @@ def _search(
                     distributions=dists,
                     values=[float(v[key]), float(v["val_accuracy"])],
                     user_attrs={**v, "base": trial.number},
-                    constraints={"drop": v["drop"] - cfg.max_drop},
+                    constraints={"drop": v["drop"] - cfg.max_drop - TOL},
                 )
             )
         record.update(state="complete", seconds=seconds, variants=variants)
         (folder / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
         for k, v in best_v.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint("drop", best_v["drop"] - cfg.max_drop)
+        trial.set_constraint("drop", best_v["drop"] - cfg.max_drop - TOL)
         return float(best_v[key]), float(best_v["val_accuracy"])
 
     best: dict[str, Any] = {}
@@ -466,7 +469,7 @@ def _search(
                 f"val {a['val_accuracy']:.4f} (drop {a['drop'] * 100:.2f} pts), "
                 f"{a['onnx_bytes'] / 1024:.1f} KiB, {a['latency_ms']:.3f} ms"
             )
-            if a["drop"] <= cfg.max_drop and (not best or a[key] < best[key]):
+            if a["drop"] <= cfg.max_drop + TOL and (not best or a[key] < best[key]):
                 best.clear()
                 best.update(a, number=trial.number)
         else:
@@ -481,21 +484,26 @@ def _search(
         if time.time() >= deadline:
             study_.stop()
 
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and not t.user_attrs.get("interrupted")
-    ]
-    remaining = cfg.trials - len(done)
-    if remaining > 0 and time.time() < deadline:
+    def ran() -> int:  # chains run: not a variant of one, not one drawn again, not interrupted
+        return sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and not {"interrupted", "twin", "base"} & set(t.user_attrs)
+        )
+
+    while time.time() < deadline and ran() < cfg.trials:
+        before = ran()
         study.optimize(
             objective,
-            n_trials=remaining,
+            n_trials=cfg.trials - before,
             timeout=max(1.0, deadline - time.time()),
             callbacks=[progress],
             catch=(_ChainFailed,),
             gc_after_trial=False,
         )
+        if ran() == before:  # only chains already run were drawn: the sampler has settled
+            log.info("the sampler draws only chains already run: the search stops")
+            break
     return _finish(study, out, cfg, ref, data, task, recipe_of, time.time() - started)
 
 
@@ -527,7 +535,7 @@ def _finish(
         elif t.state == TrialState.FAIL:
             counts["failed"] += 1
     chosen = choose(rows, cfg)
-    feasible = [r for r in rows if r["drop"] <= cfg.max_drop]
+    feasible = [r for r in rows if r["drop"] <= cfg.max_drop + TOL]
     front = _pareto(rows)
     table = _table(ref, front, chosen["number"] if chosen else None, cfg)
     (out / "pareto.md").write_text(table)
