@@ -96,7 +96,8 @@ def sparse_keys(model: nn.Module) -> list[str]:
 
 def shared_layers(model: nn.Module) -> dict[str, int]:
     """``{module name: bits}`` of the layers that ``shared`` edits in the specs of ``model``
-    and its submodules record as weight-shared (stored in ``model.sfz``)."""
+    and its submodules record as weight-shared (stored in ``model.sfz``): a layer's own
+    ``bits``, else the edit's."""
     out: dict[str, int] = {}
     for name, module in model.named_modules():
         spec = spec_of(module)
@@ -105,8 +106,9 @@ def shared_layers(model: nn.Module) -> dict[str, int]:
         prefix = f"{name}." if name else ""
         for edit in spec.edits:
             if edit.get("kind") == "shared" and isinstance(edit.get("layers"), dict):
-                for layer in edit["layers"]:
-                    out[prefix + layer] = edit.get("bits")
+                for layer, info in edit["layers"].items():
+                    own = info.get("bits") if isinstance(info, dict) else None
+                    out[prefix + layer] = edit.get("bits") if own is None else own
     return out
 
 

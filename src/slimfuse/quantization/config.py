@@ -16,9 +16,9 @@ settings are a :class:`~slimfuse.config.TrainConfig` (default 5 epochs at lr 1e-
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimfuse.config import Config, Family
 from slimfuse.hardware import has_vnni
@@ -199,6 +199,21 @@ class Shared(_Layers):
         "weight (linear), quantiles of the weights (density) or weights drawn at random",
     )
     kmeans_iters: int = Field(30, ge=0, le=1000, description="k-means iterations at most")
+    layer_bits: dict[str, Annotated[int, Field(ge=2, le=8)]] = Field(
+        {},
+        description="index bits per layer in place of bits: SELECTOR=BITS (a name, re:<regex> or "
+        "type:<Class>; the first that matches a layer sets its bits; each must match a targeted "
+        "layer), e.g. net.0=4",
+    )
+
+    @field_validator("layer_bits", mode="before")
+    @classmethod
+    def _whole_bits(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, bits in value.items():
+                if isinstance(bits, bool) or not isinstance(bits, int):
+                    raise ValueError(f"{key}={bits!r}: expected whole bits 2..8")
+        return value
 
 
 QuantConfig = Family(

@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimfuse.errors import ModelError, UnsupportedLayerError
+from slimfuse.errors import ConfigError, ModelError, UnsupportedLayerError
 from slimfuse.models.sfz import SharedTensor
 from slimfuse.models.source import record
 from slimfuse.quantization.config import Shared
 from slimfuse.quantization.sqnr import sqnr_db
+from slimfuse.targeting import matches
 from slimfuse.training import train
 
 log = logging.getLogger("slimfuse.quantization")
@@ -180,6 +181,28 @@ def share_layer(layer: nn.Module, bits: int, init: str, iters: int, seed: int) -
     return new.to(layer.weight.device)
 
 
+def layer_bits(cfg: Shared, layers: dict[str, nn.Module]) -> dict[str, int]:
+    """The index bits of each layer: the first ``layer_bits`` selector that matches it, else
+    ``bits``; a selector that matches none of ``layers`` is an error (one line)."""
+    out: dict[str, int] = {}
+    used: set[str] = set()
+    for name, layer in layers.items():
+        for selector, bits in cfg.layer_bits.items():
+            if matches(selector, name, layer):
+                out[name] = bits
+                used.add(selector)
+                break
+        else:
+            out[name] = cfg.bits
+    unused = [s for s in cfg.layer_bits if s not in used]
+    if unused:
+        raise ConfigError(
+            f"layer_bits {', '.join(unused)[:80]}: matches no layer that weight sharing "
+            f"takes (targeted: {', '.join(layers)[:120]})"
+        )
+    return out
+
+
 def share_weights(model: nn.Module, cfg: Shared, seed: int = 0) -> nn.Module:
     """Weight sharing of the selected layers, in place (no fine-tuning); records the edit."""
     chosen = cfg.targeting.select(model, default_types=KINDS, what="weight sharing")
@@ -194,10 +217,11 @@ def share_weights(model: nn.Module, cfg: Shared, seed: int = 0) -> nn.Module:
             f"weight sharing found no layer in {type(model).__name__}; expected Linear, Conv1d "
             "or Conv2d layers"
         )
+    bits = layer_bits(cfg, chosen)
     layers: dict[str, Any] = {}
     sqnr: dict[str, float] = {}
     for name, layer in chosen.items():
-        new = share_layer(layer, cfg.bits, cfg.init, cfg.kmeans_iters, seed)
+        new = share_layer(layer, bits[name], cfg.init, cfg.kmeans_iters, seed)
         sqnr[name] = round(sqnr_db(layer.weight, new.weight), 2)
         layers[name] = {
             "kind": new.kind,
@@ -205,6 +229,7 @@ def share_weights(model: nn.Module, cfg: Shared, seed: int = 0) -> nn.Module:
             "k": len(new.codebook),
             "conv": new.conv,
             "bias": new.bias is not None,
+            "bits": new.bits,
         }
         model.set_submodule(name, new)
     record(model, edit={"kind": EDIT_KIND, "bits": cfg.bits, "layers": layers})
@@ -237,6 +262,7 @@ def quantize_shared(model: nn.Module, cfg: Shared, job: Any) -> nn.Module:
             "stage": "quantize",
             "mode": "shared",
             "bits": cfg.bits,
+            **({"layer_bits": {n: m.bits for n, m in layers.items()}} if cfg.layer_bits else {}),
             "init": cfg.init,
             "values": {n: len(m.codebook) for n, m in layers.items()},
             "sqnr_db_before_training": before,
@@ -253,10 +279,11 @@ def load_shared(
     ``model.sfz``, decoded against these layers). What the edit says comes from a file: each
     layer must replace a Linear / Conv of the same kind and weight shape in the rebuilt model,
     with at most ``2^bits`` values; the convolution settings are taken from that layer."""
-    bits = edit["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ModelError(f"shared edit: bits {bits!r} not valid (expected 2..8)")
+    default = edit["bits"]
     for name, spec in edit["layers"].items():
+        bits = spec.get("bits", default) if isinstance(spec, dict) else default
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ModelError(f"shared edit: bits {str(bits)[:20]} not valid (expected 2..8)")
         try:
             old = model.get_submodule(name)
         except AttributeError:
