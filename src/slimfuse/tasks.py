@@ -15,7 +15,7 @@ tensors (passed to the model as ``*args`` / ``**kwargs``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,8 @@ class Task:
     name: str
     metric: str
     higher_is_better: bool
+    # further scores of :func:`scores` that :func:`slimfuse.measure` reports beside the metric
+    reported: ClassVar[tuple[str, ...]] = ()
 
     def unpack(self, batch: Any) -> tuple[Any, torch.Tensor]:
         if isinstance(batch, dict):
@@ -94,6 +96,8 @@ class Classification(Task):
 class Regression(Task):
     """MSE loss and metric; :func:`scores` adds MAE and R² (the mean over targets of
     ``1 - SSE / SST``, scikit-learn's ``r2_score``), all in the targets' units."""
+
+    reported: ClassVar[tuple[str, ...]] = ("mae", "r2")
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output.reshape(target.shape), target)
