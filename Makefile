@@ -7,14 +7,19 @@ STAMP := $(VENV)/.installed
 # (an unpinned torch would pull several GB of CUDA packages).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo lint format bench bench-prune bench-quantize bench-distill bench-fuse clean
+.PHONY: install test demo docs lint format bench bench-prune bench-quantize bench-distill bench-fuse clean
 
 $(STAMP): pyproject.toml
+	@echo "set-up 1/4: a virtual environment in $(VENV) ($(PY) -m venv)"
 	$(PY) -m venv $(VENV)
+	@echo "set-up 2/4: the latest pip"
 	$(BIN)/pip install --quiet --upgrade pip
+	@echo "set-up 3/4: $(TORCH_PIN) (the CPU build; the largest download)"
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	@echo "set-up 4/4: slimfuse and its extras (dev, hf, mobile) in editable mode"
 	$(BIN)/pip install --quiet -e '.[dev,hf,mobile]'
 	touch $(STAMP)
+	@echo "set-up done: source $(VENV)/bin/activate puts the slimfuse command on the PATH"
 
 install: $(STAMP)
 
@@ -23,9 +28,16 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: $(STAMP)
+	@echo "demo: the stages of src/slimfuse/recipes/demo.yaml into runs/demo, measured after each"
 	$(BIN)/slimfuse demo --out runs/demo
+	@echo "demo done: runs/demo/report.html (the report), runs/demo/model.onnx (the result)"
+
+docs: $(STAMP)
+	$(BIN)/python docs/gen_cli.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -56,4 +68,4 @@ bench-quantize: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python quantize_minilm.py
 
 clean:
-	rm -rf runs .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf runs site .pytest_cache build *.egg-info src/*.egg-info

@@ -126,9 +126,19 @@ def _check_sources(recipe: Recipe, source: str) -> None:
             trust.require_trust(value, f"{source}: {where}:")
 
 
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"  # the source tree's example recipes
+
+
+def where_examples() -> str:
+    """Where example recipes are, for the line a missing recipe prints."""
+    if EXAMPLES.is_dir():
+        return f"example recipes: {EXAMPLES}"
+    return "example recipes: examples/ in the slimfuse source tree"
+
+
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} not found")
+        raise ConfigError(f"recipe {str(path)!r} not found ({where_examples()})")
     text = path.read_text()
     return parse_recipe(text, path.name), text
