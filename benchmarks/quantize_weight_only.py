@@ -20,7 +20,7 @@ beside it the interquartile range of the per-round ratios. Memory: what a fresh 
 resident set grows by when it loads the file and runs it once. Fidelity: cosine of each variant's
 embeddings to fp32's over the held-out texts, and the largest difference to the quantized
 PyTorch model (what the export's parity check measures). Also the MLP on ``digits`` (the
-README's weight-only example): file sizes and speed at batch 1 and 64. Writes
+docs/quantization.md's weight-only example): file sizes and speed at batch 1 and 64. Writes
 ``benchmarks/results/quantize_weight_only.md``.
 
     .venv/bin/python benchmarks/quantize_weight_only.py     # about 10 min on 2 cores

@@ -1,4 +1,4 @@
-"""The architecture the README draws, checked: no import cycle, and the layers one way (the
+"""The architecture docs/architecture.md draws, checked: no import cycle, and the layers one way (the
 import-linter contract in pyproject.toml, also run by `make test`)."""
 
 from __future__ import annotations

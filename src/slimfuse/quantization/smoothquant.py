@@ -6,7 +6,7 @@ weight (quantized per output channel) absorbs the range. Two ways to choose ``s`
 
 - ``smoothquant``, as published (Xiao et al., 2023): ``s_j = max|x_j|^a / max|W_:,j|^(1-a)``
   (``a``: the migration strength, 0.5 in the paper).
-- ``outlier`` (the default: it measured better on all-MiniLM-L6-v2, see the README): the
+- ``outlier`` (the default: it measured better on all-MiniLM-L6-v2, see docs/quantization.md): the
   weights are ignored and only channels above the input's 90th-percentile channel maximum
   move, ``s_j = max(1, max|x_j| / q90)^a``.
 
