@@ -113,10 +113,9 @@ def test_every_readme_command_is_exercised(tmp_path):
 
 def test_the_demo_recipe_validates():
     """`make demo` runs `slimfuse demo` on this recipe (the full run takes minutes)."""
-    from slimfuse.cli.main import DEMO_RECIPE
     from slimfuse.pipeline.recipe import load_recipe
 
-    recipe, _ = load_recipe(DEMO_RECIPE)
+    recipe, _ = load_recipe(ROOT / "src" / "slimfuse" / "recipes" / "demo.yaml")
     assert recipe.stages
 
 
