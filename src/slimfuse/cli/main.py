@@ -32,6 +32,7 @@ from slimfuse.cli.common import (
     text_data_arg,
     train_config_arg,
 )
+from slimfuse.cli.demo import DEMO_RECIPE, run_demo
 
 # technique families: module with ``add_commands(subparsers)``; imported when the CLI starts,
 # so these modules keep their heavy imports inside the handlers.
@@ -41,6 +42,7 @@ FAMILIES: tuple[str, ...] = (
     "slimfuse.cli.distill",
     "slimfuse.cli.quantize",
     "slimfuse.cli.lowrank",
+    "slimfuse.cli.compress",
     "slimfuse.cli.members",
 )
 
@@ -234,14 +236,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_RECIPE = Path(__file__).parents[1] / "recipes" / "demo.yaml"
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from slimfuse.pipeline.run import run_recipe
+    from slimfuse.compress.search import describe
 
-    result = run_recipe(DEMO_RECIPE, args.out, quiet=args.quiet, resume=args.resume)
+    result = run_demo(args.out, recipe=DEMO_RECIPE, quiet=args.quiet, resume=args.resume)
+    found, out = result["search"], Path(args.out)
+    print((found.out / "pareto.md").read_text())
     print_rows(result["stages"])
+    t = found.test
+    print(
+        f"compressed: {describe(found.chosen['chain'])}\n"
+        f"test accuracy {t['chosen']:.4f} vs {t['reference']:.4f} for the ensemble "
+        f"({t['drop'] * 100:+.2f} points drop), ONNX {t['onnx_ratio']:.3f}x its size, "
+        f"{t['latency_ratio_b64']:.2f}x its batch-64 latency\n"
+        f"model: {out / 'model.onnx'}; report: {out / 'report.html'}; search: {found.out}; "
+        f"recipe of the chosen chain: {found.out / 'recipe.yaml'}\n"
+        f"{result['seconds'] / 60:.1f} min wall, {result['cpu_seconds'] / 60:.1f} min CPU"
+    )
     return 0
 
 
@@ -365,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the end-to-end demo (what `make demo` runs)")
+    p = sub.add_parser(
+        "demo",
+        help="the end-to-end demo (what `make demo` runs): 5 members, fused, then compress",
+    )
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted demo (default: off)"

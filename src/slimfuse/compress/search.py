@@ -63,7 +63,7 @@ def _objective_key(cfg: CompressConfig) -> str:
     return "latency_ms" if cfg.objective == "latency" else "onnx_bytes"
 
 
-def _describe(chain: Sequence[dict[str, Any]]) -> str:
+def describe(chain: Sequence[dict[str, Any]]) -> str:
     parts = []
     for e in chain:
         if e["stage"] == "distill":
@@ -226,7 +226,7 @@ def _table(
     for r in rows:
         mark = " **(chosen)**" if r["number"] == chosen else ""
         lines.append(
-            f"| {r['number']}{mark} | {_describe(r['chain'])} | {r['val_accuracy']:.4f} | "
+            f"| {r['number']}{mark} | {describe(r['chain'])} | {r['val_accuracy']:.4f} | "
             f"{r['drop'] * 100:.2f} | {r['onnx_bytes'] / 1024:.1f} | "
             f"{r['onnx_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
             f"{'yes' if r['drop'] <= cfg.max_drop + TOL else 'no'} |"
@@ -462,7 +462,7 @@ def _search(
 
     def progress(study_: Any, trial: Any) -> None:
         state = trial.state.name.lower()
-        what = _describe(trial.user_attrs.get("chain", []))
+        what = describe(trial.user_attrs.get("chain", []))
         if trial.state == optuna.trial.TrialState.COMPLETE:
             a = trial.user_attrs
             line = (
@@ -569,7 +569,7 @@ def _finish(
     recipe = recipe_of(chosen["chain"], export=True)
     header = (
         f"# The chain slimfuse compress chose (trial {chosen['number']}): "
-        f"{_describe(chosen['chain'])}\n"
+        f"{describe(chosen['chain'])}\n"
         f"# val accuracy {chosen['val_accuracy']:.4f} (reference {ref['val_accuracy']:.4f}), "
         f"{chosen['onnx_bytes']:,} ONNX bytes, {chosen['latency_ms']:.3f} ms at batch "
         f"{cfg.batch}. `slimfuse run` reproduces it from the reference bundle.\n"
@@ -604,7 +604,7 @@ def _finish(
         "chosen: trial %d (%s); test accuracy %.4f vs reference %.4f (drop %.2f points), "
         "ONNX %.3fx the reference's",
         chosen["number"],
-        _describe(chosen["chain"]),
+        describe(chosen["chain"]),
         result.test["chosen"],
         result.test["reference"],
         result.test["drop"] * 100,
