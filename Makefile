@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (an unpinned torch would pull several GB of CUDA packages).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo docs lint format bench bench-prune bench-quantize bench-distill bench-fuse clean
+.PHONY: install test demo docs lint format bench bench-prune bench-quantize bench-distill bench-fuse bench-tabular clean
 
 $(STAMP): pyproject.toml
 	@echo "set-up 1/4: a virtual environment in $(VENV) ($(PY) -m venv)"
@@ -51,6 +51,9 @@ bench-fuse: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_weighted.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_soup.py
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_mutual.py
+
+bench-tabular: $(STAMP)
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python tabular.py
 
 bench-prune: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_unstructured.py
