@@ -134,3 +134,19 @@ stages:
     for member in meta["model"]["kwargs"]["members"]:
         rec = next(e for e in member["spec"]["lineage"] if e["stage"] == "train-members")
         assert (rec["config"]["restore_best"], rec["config"]["patience"]) == (False, 3)
+
+
+def test_a_recipe_logs_what_stacking_chose(tmp_path, caplog):
+    recipe = """
+data: digits
+measure_engines: [torch]
+stages:
+  - {stage: train-members, name: many, model: mlp, model_kwargs: {hidden: [8]}, n: 2, epochs: 1}
+  - {stage: fuse, name: stack, method: stack}
+"""
+    with caplog.at_level("INFO", logger="slimfuse.fusion"):
+        run_recipe(recipe, tmp_path, quiet=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "slimfuse.fusion"]
+    assert any(
+        line.startswith("stack: meta-learner: ") and "held-out accuracy" in line for line in lines
+    ), lines
