@@ -111,10 +111,11 @@ def test_cli_mixed_precision_shows_progress_and_a_missed_budget(tmp_path) -> Non
     assert main(["train", "--model", "mlp", "--data", "mnist1d", "--epochs", "3",
                  "--out", str(tmp_path / "m"), "--quiet"]) == 0  # fmt: skip
     run = run_cli(
-        "quantize", "--model", str(tmp_path / "m"), "--data", "mnist1d", "--mode", "dynamic",
+        "quantize", "--model", str(tmp_path / "m"), "--data", "mnist1d", "--mode", "static",
         "--max-drop", "0", "--calibration-batches", "2", "--held-out-batches", "8",
         "--out", str(tmp_path / "q"),
-    )  # fmt: skip  # the budget is checked on the whole validation split (400 samples)
+    )  # fmt: skip  # checked on the whole validation split (400 samples); static int8 of this
+    # 3-epoch MLP still drops 3 of them with only one layer int8 (dynamic drops none there)
     assert run.returncode == 0, run.stderr
     err = run.stderr.splitlines()
     assert [line.split(":")[0] for line in err if line.startswith("sensitivity")] == [
