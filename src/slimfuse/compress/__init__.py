@@ -12,13 +12,22 @@ import types
 from typing import Any
 
 from slimfuse.compress.config import CompressConfig
-from slimfuse.compress.search import CompressResult, compress
 
 __all__ = ["CompressConfig", "CompressResult", "compress"]
 
 
+def __getattr__(name: str) -> Any:  # the search (and torch) load on first use: the CLI starts light
+    if name in ("compress", "CompressResult"):
+        from slimfuse.compress import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class _CallablePackage(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> CompressResult:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from slimfuse.compress.search import compress
+
         return compress(*args, **kwargs)
 
 
