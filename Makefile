@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (an unpinned torch would pull several GB of CUDA packages).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo docs lint format bench bench-prune bench-quantize bench-distill bench-fuse bench-tabular clean
+.PHONY: install test demo docs lint format bench bench-prune bench-quantize bench-distill bench-fuse bench-tabular bench-compress clean
 
 $(STAMP): pyproject.toml
 	@echo "set-up 1/4: a virtual environment in $(VENV) ($(PY) -m venv)"
@@ -31,7 +31,7 @@ test: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: $(STAMP)
-	@echo "demo: the stages of src/slimfuse/recipes/demo.yaml into runs/demo, measured after each"
+	@echo "demo: 5 members and their fusion (src/slimfuse/recipes/demo.yaml), then slimfuse compress (demo_compress.yaml), into runs/demo"
 	$(BIN)/slimfuse demo --out runs/demo
 	@echo "demo done: runs/demo/report.html (the report), runs/demo/model.onnx (the result)"
 
@@ -54,6 +54,11 @@ bench-fuse: $(STAMP)
 
 bench-tabular: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python tabular.py
+
+# the peer (NNCF) runs in its own environment, kept out of slimfuse's: .peers
+bench-compress: $(STAMP)
+	test -x .peers/bin/python || ($(PY) -m venv .peers && .peers/bin/pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.31.1)
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python compress_cnn.py
 
 bench-prune: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_unstructured.py

@@ -1,0 +1,344 @@
+"""slimfuse compress vs NNCF accuracy-aware quantization on the demo's residual CNN ensemble.
+
+Reference: five ``resnet1d`` (16/32/32, BatchNorm) members trained 20 epochs each on MNIST-1D,
+weighted fusion (the demo recipe, ``src/slimfuse/recipes/demo.yaml``). Budgets: 0.5 / 1 / 2
+points of validation accuracy; objectives: ONNX bytes (size) and ONNX Runtime latency at batch
+64 on one thread.
+
+- slimfuse: one ``slimfuse.compress`` search per objective at the widest budget (2 points:
+  its early stops are the loosest, so its trials hold every tighter budget's candidates); the
+  pick per budget is compress's own rule (:func:`slimfuse.compress.search.choose`: the lowest
+  objective among the trials within that budget on validation) applied to the search's trials.
+  A search run at a tighter budget would steer its sampler differently.
+- NNCF (``nncf.quantize_with_accuracy_control``, ONNX backend) on the fused model's ONNX file,
+  per budget (absolute drop on the same validation split), calibrated on the same 512 training
+  samples slimfuse's static int8 reads (8 batches of 64); run as a subprocess with the peers'
+  Python (``.peers/bin/python``: ``python3 -m venv .peers && .peers/bin/pip install nncf
+  onnx onnxruntime``), the arrays handed over as ``.npz``.
+- Olive's auto-optimizer is not run: it calibrates on a Hub dataset, which cannot be fetched
+  here (see the results).
+
+Every ONNX file is measured the same way afterwards: test accuracy with ONNX Runtime, file
+bytes, latency at batch 64 on one thread (the files timed in turn, median of 5 rounds).
+
+Run: ``python benchmarks/compress_cnn.py [--trials 12 --epochs 30]`` (members and searches
+are kept in ``runs/compress_cnn``: ``--reuse`` takes finished searches from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import slimfuse
+from prune_common import cpu_line, interleaved, write
+from quantize_common import ort_session, table
+from slimfuse.compress.config import CompressConfig
+from slimfuse.compress.search import choose, describe
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / ".peers" / "bin" / "python"
+BUDGETS = (0.005, 0.01, 0.02)
+OBJECTIVES = ("size", "latency")
+BATCH = 64
+CALIBRATION = 512  # slimfuse's static int8: 8 batches of 64 training samples
+
+
+def data_kwargs() -> dict[str, Any]:
+    """The demo recipe's data settings (its validation fraction): the searches, NNCF and the
+    measurements all read the splits the members were trained on."""
+    from slimfuse.cli.demo import DEMO_RECIPE
+    from slimfuse.pipeline.recipe import load_recipe
+
+    return dict(load_recipe(DEMO_RECIPE)[0].data_kwargs)
+
+
+def reference(work: Path) -> Path:
+    """The fused ensemble's bundle (the demo recipe's members and fusion), trained once."""
+    from slimfuse.cli.demo import DEMO_RECIPE
+    from slimfuse.pipeline.run import run_recipe
+
+    run = work / "run"
+    if not (run / "ensemble" / "slimfuse.json").is_file():
+        run_recipe(DEMO_RECIPE, run, quiet=True)
+    return run / "ensemble"
+
+
+def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    session = ort_session(path, 1)
+    name = session.get_inputs()[0].name
+    right = 0
+    for i in range(0, len(x), BATCH):
+        right += int(
+            (session.run(None, {name: x[i : i + BATCH]})[0].argmax(-1) == y[i : i + BATCH]).sum()
+        )
+    return right / len(y)
+
+
+def search(ensemble: Path, objective: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    out = work / f"search-{objective}"
+    info = out / "bench.json"
+    if args.reuse and info.is_file() and (out / "compress.json").is_file():
+        return json.loads(info.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = slimfuse.compress(
+        str(ensemble),
+        "mnist1d",
+        data_kwargs=data_kwargs(),
+        out=out,
+        max_drop=max(BUDGETS),
+        objective=objective,
+        trials=args.trials,
+        epochs=args.epochs,
+        budget_minutes=120,
+        seed=0,
+    )
+    chains = sum(1 for r in result.trials if "base" not in r)
+    got = {
+        "out": str(out),
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+        "chains": chains,
+        "records": len(result.trials),
+        "reference_val": result.reference["val_accuracy"],
+        "rows": result.trials,
+    }
+    info.write_text(json.dumps(got, indent=2, default=str) + "\n")
+    return got
+
+
+def nncf(onnx_path: Path, arrays: Path, budget: float, work: Path) -> dict[str, Any]:
+    dst = work / f"nncf-{budget:g}.onnx"
+    t0 = time.perf_counter()
+    run = subprocess.run(
+        [
+            str(PEERS),
+            str(ROOT / "benchmarks" / "compress_cnn_nncf.py"),
+            str(onnx_path),
+            str(arrays),
+            str(budget),
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if run.returncode != 0:
+        return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "path": None}
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    return {**got, "wall": time.perf_counter() - t0, "path": str(dst)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trials", type=int, default=12, help="chains per search (default 12)")
+    p.add_argument("--epochs", type=int, default=30, help="longest distillation (default 30)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "compress_cnn"))
+    p.add_argument("--reuse", action="store_true", help="reuse finished searches in --work")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+
+    ensemble = reference(work)
+    data = slimfuse.load_data("mnist1d", **data_kwargs())
+    train_x, _ = data.arrays("train")
+    val_x, val_y = data.arrays("val")
+    test_x, test_y = data.arrays("test")
+    arrays = work / "arrays.npz"
+    np.savez(arrays, calib_x=train_x[:CALIBRATION], val_x=val_x, val_y=val_y)
+    fp32 = work / "ensemble.onnx"
+    slimfuse.export(slimfuse.load(ensemble), data.example_input(1), fp32)
+
+    searches = {o: search(ensemble, o, work, args) for o in OBJECTIVES}
+    peers = {}
+    if PEERS.is_file():
+        peers = {b: nncf(fp32, arrays, b, work) for b in BUDGETS}
+
+    files: dict[str, Path] = {"ORT fp32 ensemble": fp32}
+    entries: list[dict[str, Any]] = []
+    for b in BUDGETS:
+        peer = peers.get(b)
+        if peer and peer.get("path"):
+            files[f"nncf {b:g}"] = Path(peer["path"])
+            entries.append(
+                {
+                    "budget": b,
+                    "objective": "-",
+                    "method": "NNCF accuracy-aware int8",
+                    "key": f"nncf {b:g}",
+                    "chain": "int8 (layers reverted to fp32 as needed)",
+                    "cost": f"{peer['wall']:.0f} s",
+                }
+            )
+        for o in OBJECTIVES:
+            s = searches[o]
+            pick = choose(s["rows"], CompressConfig(max_drop=b, objective=o))
+            if pick is None:
+                entries.append(
+                    {
+                        "budget": b,
+                        "objective": o,
+                        "method": "slimfuse compress",
+                        "key": None,
+                        "chain": "none within the budget",
+                    }
+                )
+                continue
+            path = Path(s["out"]) / pick["folder"] / "bundle" / "model.onnx"
+            key = f"{o} {pick['folder']}"
+            files[key] = path
+            entries.append(
+                {
+                    "budget": b,
+                    "objective": o,
+                    "method": "slimfuse compress",
+                    "key": key,
+                    "chain": describe(pick["chain"]),
+                    "cost": f"{s['seconds'] / 60:.1f} min, {s['chains']} chains "
+                    f"({s['records']} records)",
+                }
+            )
+
+    x64 = test_x[:BATCH]
+    fns = {}
+    for k, path in files.items():
+        sess = ort_session(path, 1)
+        name = sess.get_inputs()[0].name
+        fns[k] = lambda s=sess, n=name: s.run(None, {n: x64})
+    latency = interleaved(fns, rounds=5, budget_s=0.3)
+    test = {k: accuracy(path, test_x, test_y) for k, path in files.items()}
+    val = {k: accuracy(path, val_x, val_y) for k, path in files.items()}
+    size = {k: path.stat().st_size for k, path in files.items()}
+    ref = "ORT fp32 ensemble"
+
+    rows = [
+        [
+            "-",
+            "-",
+            "ORT fp32 (the fused ensemble)",
+            "-",
+            "0",
+            f"{test[ref] * 100:.2f}",
+            "0",
+            f"{size[ref] / 1024:.1f}",
+            "1",
+            f"{latency[ref]:.3f}",
+            "1",
+            "-",
+            "-",
+            "-",
+        ]
+    ]
+    for e in entries:
+        if e["key"] is None:
+            rows.append(
+                [f"{e['budget'] * 100:g}", e["objective"], e["method"], e["chain"]] + ["-"] * 10
+            )
+            continue
+        k = e["key"]
+        peer = f"nncf {e['budget']:g}"
+        vs_size = f"{size[k] / size[peer]:.3f}" if peer in size and k != peer else "-"
+        vs_lat = f"{latency[k] / latency[peer]:.2f}" if peer in size and k != peer else "-"
+        e.update(val=val[k], test=test[k], onnx_bytes=size[k], latency_ms=latency[k])
+        rows.append(
+            [
+                f"{e['budget'] * 100:g}",
+                e["objective"],
+                e["method"],
+                e["chain"],
+                f"{(val[ref] - val[k]) * 100:.2f}",
+                f"{test[k] * 100:.2f}",
+                f"{(test[ref] - test[k]) * 100:.2f}",
+                f"{size[k] / 1024:.1f}",
+                f"{size[k] / size[ref]:.3f}",
+                f"{latency[k]:.3f}",
+                f"{latency[k] / latency[ref]:.2f}",
+                vs_size,
+                vs_lat,
+                e.get("cost", "-"),
+            ]
+        )
+    load_after = os.getloadavg()
+    total = time.perf_counter() - started
+    header = [
+        "budget (points, val)",
+        "objective",
+        "method",
+        "chain",
+        "val drop (points)",
+        "test acc %",
+        "test drop (points)",
+        "ONNX KiB",
+        "x fp32 size",
+        "ms, batch 64",
+        "x fp32 latency",
+        "size vs NNCF",
+        "latency vs NNCF",
+        "cost",
+    ]
+    peer_note = (
+        f"NNCF {next(iter(peers.values())).get('nncf', '?')} in `.peers` (ONNX backend)"
+        if peers
+        else "NNCF not run: no `.peers/bin/python`"
+    )
+    errors = {b: p["error"] for b, p in peers.items() if p.get("error")}
+    md = "\n".join(
+        [
+            "# slimfuse compress vs NNCF accuracy-aware quantization (MNIST-1D residual CNN ensemble)",
+            "",
+            f"CPU: {cpu_line(1)}. Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/"
+            f"{load_before[2]:.1f} at the start, {load_after[0]:.1f}/{load_after[1]:.1f}/"
+            f"{load_after[2]:.1f} at the end (2 cores, shared). Total {total / 60:.1f} min.",
+            "",
+            "Reference: 5 resnet1d 16/32/32 members (20 epochs), weighted fusion (the demo recipe). "
+            f"Budgets are kept on the validation split ({len(val_y):,} samples, the recipe's "
+            "val_fraction 0.25); "
+            "test (1,000 samples) is measured afterwards with ONNX Runtime, the same for every "
+            f"file. {peer_note}; Olive not run (its auto-optimizer calibrates on a Hub dataset, "
+            "not reachable offline here).",
+            "",
+            f"slimfuse: one search per objective at the 2-point budget, {args.trials} chains, "
+            f"distillation up to {args.epochs} epochs, seed 0; the pick per budget is compress's "
+            "own choice rule on that search's trials (a search at a tighter budget would steer "
+            "differently). The cost column is the whole search's (shared by its three picks). "
+            "Latency: batch 64, one thread, files timed in turn, median of 5 rounds.",
+            "",
+            table(header, rows),
+            "",
+            *([f"NNCF errors: {errors}", ""] if errors else []),
+        ]
+    )
+    payload = {
+        "cpu": cpu_line(1),
+        "load_before": load_before,
+        "load_after": load_after,
+        "seconds": total,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "reference": {
+            "val": val[ref],
+            "test": test[ref],
+            "onnx_bytes": size[ref],
+            "latency_ms": latency[ref],
+        },
+        "entries": entries,
+        "peers": {str(b): p for b, p in peers.items()},
+        "searches": {o: {k: v for k, v in s.items() if k != "rows"} for o, s in searches.items()},
+    }
+    write("compress_cnn", md, payload)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
