@@ -42,14 +42,10 @@ the first step and after every optimizer step, so no training, whoever runs it, 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 import os
-import random
-import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,40 +53,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
-from slimfuse.atomic import atomic_file
 from slimfuse.config import TrainConfig
 from slimfuse.data import Data, check_val_size
 from slimfuse.errors import ConfigError, DataError, SlimfuseError, TrainingError
 from slimfuse.hardware import autocast, check_precision, resolve_device, to_cpu, to_device
 from slimfuse.models.source import check_float_model
 from slimfuse.tasks import Task, forward, get_task, scores
+from slimfuse.training.batches import _epoch_loader, _last_batch_dropped, _Progress
+from slimfuse.training.checkpoint import (
+    CHECKPOINT,
+    _check_same_settings,
+    _not_ours,
+    _rng_restorer,
+    _rng_state,
+    _save_checkpoint,
+    _summary,
+    load_checkpoint,
+    seed_all,
+)
 
-CHECKPOINT = "checkpoint.pt"
 # a module's own callable ``constraint(module)``, re-imposed by the loop (apply_constraints)
 CONSTRAINT = "slimfuse_constraint"
 Objective = Callable[[nn.Module, Any], torch.Tensor]
 log = logging.getLogger("slimfuse.training")
-
-# what every checkpoint holds; ``rng_numpy``, ``rng_python`` and ``rng_cuda`` are newer and optional
-_CHECKPOINT_KEYS = (
-    "model",
-    "optimizer",
-    "rng",
-    "epoch",
-    "batch",
-    "step",
-    "best",
-    "best_epoch",
-    "stale",
-    "best_state",
-    "history",
-)  # "best_loss" is newer and optional too
 
 
 class TrainingInterrupted(SlimfuseError):
@@ -264,146 +253,6 @@ def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()  # torch.save's own writer hides why a write failed (a full disk)
-    torch.save(state, buffer)
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`train` (tensors and plain values only: ``weights_only``).
-
-    Anything else (random bytes, a truncated file, a foreign zip or pickle, a dict without the
-    loop's keys) is a one-line :class:`TrainingError`.
-    """
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: what torch raises depends on the bytes
-        empty = path.is_file() and path.stat().st_size == 0
-        raise _not_ours(path, "empty file" if empty else f"torch.load: {_summary(exc)}") from exc
-    if not isinstance(state, dict):
-        raise _not_ours(path, f"it holds a {type(state).__name__}, expected a dict")
-    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise _not_ours(path, f"no {', '.join(missing)}")
-    return state
-
-
-def _not_ours(path: Path, why: str) -> TrainingError:
-    return TrainingError(
-        f"checkpoint {path} is not a slimfuse checkpoint ({why}); delete it to start over"
-    )
-
-
-def _summary(exc: BaseException, limit: int = 160) -> str:
-    """One short line of an exception's message (torch's are long, multi-line, with ANSI codes)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    if "WeightsUnpickler error:" in text:  # the reason, not torch's advice to drop weights_only
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    line = lines[0]
-    if line.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for MLP:"
-        line = f"{line} {lines[1]}"
-    line = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", line)
-    line = re.split(r"(?<=\.)\s+(?=[A-Z])", line)[0]  # the first sentence
-    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
-
-
-def _rng_state() -> dict[str, Any]:
-    """The global random states, as tensors and plain values (``weights_only`` loads them)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
-    version, words, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "rng": torch.get_rng_state(),
-        "rng_numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "rng_python": {
-            "version": int(version),
-            "state": torch.tensor(words, dtype=torch.int64),
-            "gauss_next": gauss_next,
-        },
-    }
-    # CUDA draws happen only once CUDA is in use; asking earlier would start it for nothing
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _rng_restorer(state: dict[str, Any]) -> Callable[[], None]:
-    """Checks a checkpoint's random states now; the returned call sets them (what there is:
-    a checkpoint from before numpy and ``random`` states were kept restores torch's only)."""
-    cpu = state["rng"]
-    if not isinstance(cpu, torch.Tensor) or cpu.dtype != torch.uint8:
-        raise TypeError("its 'rng' is not a torch random state")
-    torch.Generator().set_state(cpu)  # each state is tried on a throwaway generator first
-    np_state = py_state = None
-    if "rng_numpy" in state:
-        n = state["rng_numpy"]
-        keys = n["keys"].numpy().astype(np.uint32)
-        np_state = (
-            "MT19937",
-            keys,
-            int(n["pos"]),
-            int(n["has_gauss"]),
-            float(n["cached_gaussian"]),
-        )
-        np.random.RandomState().set_state(np_state)
-    if "rng_python" in state:
-        p = state["rng_python"]
-        py_state = (int(p["version"]), tuple(int(w) for w in p["state"].tolist()), p["gauss_next"])
-        random.Random().setstate(py_state)
-    cuda = state.get("rng_cuda")
-    if cuda is not None and not all(isinstance(c, torch.Tensor) for c in cuda):
-        raise TypeError("its 'rng_cuda' is not a list of CUDA random states")
-
-    def restore() -> None:
-        torch.set_rng_state(cpu)
-        if np_state is not None:
-            np.random.set_state(np_state)
-        if py_state is not None:
-            random.setstate(py_state)
-        if (
-            cuda is not None
-            and torch.cuda.is_available()
-            and torch.cuda.device_count() >= len(cuda)
-        ):
-            torch.cuda.set_rng_state_all(cuda)
-
-    return restore
-
-
-def _check_same_settings(path: Path, saved: Any, batch: int, cfg: TrainConfig) -> None:
-    """Refuse to resume under settings the checkpoint cannot continue: another optimizer (its
-    state does not fit), or, in the middle of an epoch, other batches (``batch_size``, ``seed``,
-    ``group_by_length``: the batches already taken would not be the ones left out). Other
-    settings (more epochs, another learning rate) may change on purpose, as before."""
-    if not isinstance(saved, dict):
-        return  # no record of them: use what is there
-    keys = ["optimizer"] + (["batch_size", "seed", "group_by_length"] if batch else [])
-    now = cfg.to_dict()
-    changed = [f"{k} {saved[k]!r}, now {now[k]!r}" for k in keys if saved.get(k, now[k]) != now[k]]
-    if changed:
-        raise ConfigError(
-            f"checkpoint {path} was written with other training settings ({'; '.join(changed)}); "
-            "resume with the same settings or delete it to start over"
-        )
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch, numpy and Python's ``random`` (what a run's randomness draws from)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def train(
@@ -692,126 +541,3 @@ def _on_cpu(evaluate_fn: Callable[[nn.Module], Any], device: torch.device) -> Ca
             model.to(device)
 
     return run
-
-
-def _last_batch_dropped(n: int, per_rank: int, world: int) -> bool:
-    """Whether :func:`_epoch_loader` with ``min_batch=2`` leaves out a last batch that it keeps
-    with ``min_batch=1``: some process's share of the last global batch is one sample."""
-    last = n % (per_rank * world)
-    return world <= last < 2 * world
-
-
-def _epoch_loader(
-    dataset: Any,
-    batch_size: int,
-    seed: int,
-    world: int,
-    rank: int,
-    by_length: bool = False,
-    *,
-    skip: int = 0,
-    min_batch: int = 1,
-) -> Any:
-    """This process's batches of one epoch: slices of the same global batches in every process.
-
-    One permutation of the whole set (seeded per epoch, the permutation a shuffled ``DataLoader``
-    draws) is cut into global batches of ``batch_size * world``; process ``rank`` takes the
-    ``rank``-th slice of each. DDP averages the gradients of the slices, so ``world`` processes
-    take the same steps as one process with the global batch (up to float summation order).
-    A last global batch too small to give every process a sample is dropped. ``by_length``
-    (for datasets with ``lengths()``, such as token data) first sorts each run of 50 global
-    batches of the permutation by length, then shuffles the batches: each batch holds texts of
-    similar length, so little of it is padding.
-
-    The loader draws from its own generator, never from the global torch RNG (a ``DataLoader``
-    draws a seed each time it is iterated), so Dropout and augmentation see the same random
-    streams whether or not a run was resumed. ``skip`` leaves out the first batches without
-    loading them (a resumed epoch); ``min_batch`` leaves out a last batch whose share in some
-    process would be smaller (2 for BatchNorm). Neither changes any other batch.
-    """
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=g)
-    if by_length:
-        order = _grouped_by_length(order, dataset, batch_size * world, g)
-    if world == 1 and not by_length:
-        if len(order) % batch_size and len(order) % batch_size < min_batch:
-            order = order[: len(order) - len(order) % batch_size]
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=order[skip * batch_size :].tolist(), generator=g
-        )
-    batches = []
-    for chunk in order.split(batch_size * world):
-        if len(chunk) < world * min_batch:
-            break
-        batches.append(torch.tensor_split(chunk, world)[rank].tolist())
-    return DataLoader(dataset, batch_sampler=batches[skip:], generator=g)
-
-
-def _grouped_by_length(
-    order: torch.Tensor, dataset: Any, batch: int, g: torch.Generator
-) -> torch.Tensor:
-    if not callable(getattr(dataset, "lengths", None)):
-        raise ConfigError(
-            f"group_by_length needs a data set with lengths() (token data); "
-            f"{type(dataset).__name__} has none"
-        )
-    lengths = torch.as_tensor(dataset.lengths())
-    groups = []
-    for mega in order.split(50 * batch):
-        mega = mega[torch.argsort(lengths[mega], descending=True, stable=True)]
-        groups += list(mega.split(batch))
-    keep = torch.randperm(len(groups), generator=g).tolist()
-    return torch.cat([groups[i] for i in keep])
-
-
-class _Progress:
-    """One progress bar for a whole run (a terminal), or a line every tenth of the epochs (a log)."""
-
-    def __init__(self, show: bool, desc: str, total: int, done: int, epochs: int) -> None:
-        self.show, self.desc, self.epochs = show, desc, epochs
-        self.bar: Any = None
-        if show and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            try:
-                cols, rows = os.get_terminal_size(sys.stderr.fileno())
-            except OSError:
-                cols, rows = 0, 0
-            # a terminal that reports no size (docker -t, script, CI pseudo-terminals) gets
-            # 80x24: tqdm would otherwise hide the bar (0 rows) or draw it 0 columns wide
-            self.bar = tqdm(
-                total=total,
-                initial=done,
-                desc=desc,
-                leave=False,
-                dynamic_ncols=cols > 0,
-                ncols=None if cols > 0 else 80,
-                nrows=None if rows > 0 else 24,
-            )
-        self.every = max(1, epochs // 10)
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def step(self, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-
-    def epoch(self, epoch: int, loss: float, val: str) -> None:
-        line = f"{self.desc} epoch {epoch}/{self.epochs}: loss {loss:.4f}, {val}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"epoch {epoch}/{self.epochs}, loss {loss:.4f}, {val}")
-        elif self.show and (epoch % self.every == 0 or epoch == self.epochs):
-            log.info(line)
-
-    def say(self, line: str) -> None:
-        if self.show:
-            if self.bar is not None:
-                self.bar.write(line)
-            else:
-                log.info(line)
