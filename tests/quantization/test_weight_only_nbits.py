@@ -146,3 +146,29 @@ def test_the_torchscript_exporter_keeps_the_float_decoding(tmp_path) -> None:
     q = quantize(model, QuantConfig(mode="weight-only", bits=4))
     path = export_onnx(q, torch.randn(1, 64), tmp_path / "ts.onnx", dynamo=False)
     assert not _nbits_nodes(path)[0]  # parity-checked like any export
+
+
+def test_cli_export_accuracy_level(tmp_path, capsys) -> None:
+    """``export --accuracy-level 4`` writes MatMulNBits with int8 input blocks (parity checked at
+    the wider default tolerance); a model without weight-only layers is refused in one line."""
+    from slimfuse.cli import main
+
+    m, q = str(tmp_path / "m"), str(tmp_path / "q")
+    assert main(["train", "--model", "mlp", "--data", "digits", "--epochs", "2", "--quiet",
+                 "--out", m]) == 0  # fmt: skip
+    assert main(["quantize", "--model", m, "--data", "digits", "--mode", "weight-only",
+                 "--bits", "4", "--quiet", "--out", q]) == 0  # fmt: skip
+    out = tmp_path / "q4.onnx"
+    assert main(["export", "--model", q, "--data", "digits", "--out", str(out),
+                 "--accuracy-level", "4"]) == 0  # fmt: skip
+    levels = [
+        [a.i for a in n.attribute if a.name == "accuracy_level"]
+        for n in onnx.load(str(out)).graph.node
+        if n.op_type == "MatMulNBits"
+    ]
+    assert levels and all(lv == [4] for lv in levels)
+    capsys.readouterr()
+    assert main(["export", "--model", m, "--data", "digits", "--out", str(tmp_path / "f.onnx"),
+                 "--accuracy-level", "4"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has none" in err[0]
