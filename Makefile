@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (an unpinned torch would pull several GB of CUDA packages).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo docs lint format bench bench-prune bench-quantize bench-distill bench-fuse bench-tabular bench-compress clean
+.PHONY: install test demo docs lint format bench bench-more bench-prune bench-quantize bench-distill bench-fuse bench-tabular bench-compress clean
 
 $(STAMP): pyproject.toml
 	@echo "set-up 1/4: a virtual environment in $(VENV) ($(PY) -m venv)"
@@ -45,6 +45,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+# every benchmark on this machine, one after the other (hours on 2 cores; each writes its own
+# benchmarks/results/<name>.md and .json with the CPU it ran on)
+bench: bench-prune bench-quantize bench-distill bench-fuse bench-tabular bench-compress bench-more
+
+bench-more: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/quantize_weight_only.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/deep_compression.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/lowrank.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/deploy_mobile.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/standardize_wine.py
+	$(BIN)/python benchmarks/train_members_parallel.py
 
 bench-fuse: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python fuse_ensemble.py
