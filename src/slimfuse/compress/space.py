@@ -15,6 +15,10 @@ reference (the recipe's ``model``):
 - ``prune``: the reference's channels pruned (not for an ensemble), recovery by distillation
   from it, and the int8 endings.
 
+Trained stages end with their last epoch's weights (``restore_best: False``): the budget is
+kept on the validation split, and a student whose best epoch was picked on that split would
+look better there than it is.
+
 Every stage's keys are validated by the stage registry before a trial runs them.
 """
 
@@ -142,6 +146,7 @@ def suggest(
                 "alpha": 0.9,
                 "epochs": epochs,
                 "lr": 1e-2,
+                "restore_best": False,
             }
         )
         channels = trial.suggest_categorical("channels", [0.0, 0.25, 0.5])
@@ -157,6 +162,7 @@ def suggest(
                 "epochs": recovery,
                 "lr": 3e-3,
                 "recovery": "distill",
+                "restore_best": False,
             }
         )
     return chain
