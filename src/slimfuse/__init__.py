@@ -29,7 +29,7 @@ _VERBS: dict[str, str] = {
     "measure": "slimfuse.measuring:measure",
     "export": "slimfuse.deploy:export",
     "run": "slimfuse.pipeline.run:run_recipe",
-    "compress": "slimfuse.compress:compress",  # the package is callable too
+    "compress": "slimfuse.autocompress.search:compress",
     "prune": "slimfuse.api:prune",
     "PruneConfig": "slimfuse.pruning.config:PruneConfig",
     "factorize": "slimfuse.api:factorize",

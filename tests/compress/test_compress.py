@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import slimfuse
+from slimfuse.autocompress import CompressConfig, trial
+from slimfuse.autocompress.search import choose
 from slimfuse.cli import main
-from slimfuse.compress import CompressConfig, trial
-from slimfuse.compress.search import choose
 from slimfuse.config import TrainConfig
 
 KW = dict(max_drop=0.05, objective="latency", epochs=2, budget_minutes=5)
@@ -183,7 +183,7 @@ def test_no_validation_data_and_bad_input_are_one_line(members, tmp_path, capsys
 def test_a_trained_chain_with_an_int8_ending_reproduces_with_slimfuse_run(search, tmp_path):
     """The search's own path for a chain that trains (a narrowed student, a channel pruning,
     then the int8 ending measured after the shared prefix) against ``slimfuse run``."""
-    from slimfuse.compress.space import ending_stage
+    from slimfuse.autocompress.space import ending_stage
     from slimfuse.tasks import get_task
 
     out = search["out"]

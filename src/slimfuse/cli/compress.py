@@ -1,5 +1,5 @@
 """``slimfuse compress``: the smallest or fastest model within an accuracy budget, found by a
-search across techniques (:mod:`slimfuse.compress`)::
+search across techniques (:mod:`slimfuse.autocompress`)::
 
     slimfuse compress --model runs/m0 --model runs/m1 --data mnist1d --max-drop 0.01 \\
         --objective size --budget-minutes 10 --out runs/compress
@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from slimfuse.autocompress.config import CompressConfig
 from slimfuse.cli.common import add_common, add_data_args
-from slimfuse.compress.config import CompressConfig
 from slimfuse.config import add_flags, given, validate
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from slimfuse.compress.search import compress
+    from slimfuse.autocompress.search import compress
 
     values = {**given(args, tuple(CompressConfig.model_fields)), "threads": args.threads}
     values["seed"] = args.seed

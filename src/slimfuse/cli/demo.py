@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimfuse.compress.config import CompressConfig
+from slimfuse.autocompress.config import CompressConfig
 from slimfuse.config import validate
 from slimfuse.errors import ConfigError
 
@@ -74,7 +74,7 @@ def _run(
     wall: float,
     cpu: float,
 ) -> dict[str, Any]:
-    from slimfuse.compress.search import compress
+    from slimfuse.autocompress.search import compress
     from slimfuse.measuring import write_metrics
     from slimfuse.pipeline.run import run_recipe
     from slimfuse.report import write_report

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slimfuse.compress.config import CompressConfig
+from slimfuse.autocompress.config import CompressConfig
 
 PTQ = ("dynamic", "static-minmax", "static-percentile", "static-entropy", "static-mixed")
 ENDING_CHOICES = ("none", "static", "dynamic")

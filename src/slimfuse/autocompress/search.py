@@ -1,5 +1,5 @@
-"""``slimfuse.compress``: the smallest or fastest model within an accuracy budget, found by an
-Optuna search over chains of techniques (:mod:`slimfuse.compress.space`).
+"""``slimfuse.compress`` (:func:`compress`): the smallest or fastest model within an accuracy
+budget, found by an Optuna search over chains of techniques (:mod:`slimfuse.autocompress.space`).
 
 The search keeps everything in its ``out`` folder: ``reference/`` (the model the budget is
 measured against: the fused models when several are given), ``search.db`` (the Optuna study,
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimfuse.compress.config import CompressConfig
-from slimfuse.compress.space import (
+from slimfuse.autocompress.config import CompressConfig
+from slimfuse.autocompress.space import (
     ENDING_CHOICES,
     Student,
     ending_stage,
@@ -96,7 +96,7 @@ def _reference(
     models: Sequence[Any], data: Any, out: Path, cfg: CompressConfig, resume: bool
 ) -> tuple[Any, dict[str, Any]]:
     """The reference model (loaded back from ``out/reference``) and its validation figures."""
-    from slimfuse.compress.trial import measure_val
+    from slimfuse.autocompress.trial import measure_val
     from slimfuse.models.bundle import load, save
     from slimfuse.models.resolve import load_model
     from slimfuse.models.source import check_model_fits, task_of
@@ -306,7 +306,7 @@ def _search(
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
-    from slimfuse.compress.trial import (
+    from slimfuse.autocompress.trial import (
         Hopeless,
         Watch,
         chain_recipe,
@@ -519,7 +519,7 @@ def _finish(
 ) -> CompressResult:
     from optuna.trial import TrialState
 
-    from slimfuse.compress.trial import recipe_text
+    from slimfuse.autocompress.trial import recipe_text
     from slimfuse.measuring import measure, write_metrics
     from slimfuse.models.bundle import load, stored_bytes
     from slimfuse.report import write_report
