@@ -133,7 +133,7 @@ def _reference(
     return reference, figures
 
 
-def _open_study(out: Path, cfg: CompressConfig, resume: bool) -> Any:
+def _open_study(out: Path, cfg: CompressConfig, resume: bool, pool: Sequence[Student] = ()) -> Any:
     import optuna
     from optuna.samplers import TPESampler
     from optuna.trial import TrialState
@@ -174,7 +174,7 @@ def _open_study(out: Path, cfg: CompressConfig, resume: bool) -> Any:
         study.set_user_attr("requeued", requeued)
     else:
         study.set_user_attr("settings", settings)
-        for params in enqueued(cfg):
+        for params in enqueued(cfg, pool):
             study.enqueue_trial(params)
     return study
 
@@ -336,7 +336,7 @@ def _search(
     reference, ref = _reference(models, data, out, cfg, resume)
     arch, ensemble = _arch(reference)
     pool: list[Student] = students(arch, ensemble)
-    study = _open_study(out, cfg, resume)
+    study = _open_study(out, cfg, resume, pool)
     key = _objective_key(cfg)
     floor = ref["val_accuracy"] - cfg.max_drop
     log.info(

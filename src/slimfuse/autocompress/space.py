@@ -113,9 +113,23 @@ def ending_stage(kind: str, cfg: CompressConfig) -> dict[str, Any]:
     return _quantize(kind, cfg.max_drop)
 
 
-def enqueued(cfg: CompressConfig) -> list[dict[str, Any]]:
-    """The cheap trials, run first: every post-training int8 of the reference."""
-    return [{"move": "ptq", "quant": q} for q in PTQ]
+def enqueued(cfg: CompressConfig, pool: Sequence[Student] = ()) -> list[dict[str, Any]]:
+    """The trials run first, cheapest first: every post-training int8 of the reference, then
+    each student of the pool once (full epochs, no pruning), widest first: the sampler then
+    starts from one measured point per width instead of drawing widths it may never reach in
+    a small trial budget."""
+    first: list[dict[str, Any]] = [{"move": "ptq", "quant": q} for q in PTQ]
+    for student in reversed(pool):  # students() lists them narrowest first
+        first.append(
+            {
+                "move": "student",
+                "student": student.label,
+                "epochs_frac": 1.0,
+                "temperature": 2.0,
+                "channels": 0.0,
+            }
+        )
+    return first
 
 
 def suggest(
