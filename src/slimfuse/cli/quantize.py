@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from slimfuse.cli.common import add_common, add_data_args, add_model_args, add_out
 from slimfuse.quantization.config import QuantConfig
@@ -22,8 +21,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p,
         help="dynamic or static int8 (an ONNX Runtime graph), weight-only int8/int4 (packed "
         "weights, float compute), qat (fake-quant training, then int8) or shared (weight "
-        "sharing: k-means codebooks, Huffman-coded in the bundle); token models (encoders) "
-        "get dynamic when --mode is not given",
+        "sharing: k-means codebooks, Huffman-coded in the bundle); auto: dynamic for "
+        "transformer encoders (token inputs or attention layers), static otherwise (static "
+        "too when --calibration or --percentile is given)",
     )
     _bits_for_every_mode(p)
     add_out(p)
@@ -45,27 +45,6 @@ def _bits_for_every_mode(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _encoder_default(args: argparse.Namespace, model: Any, cfg: Any, train: Any) -> tuple[Any, Any]:
-    """An encoder quantized without ``--mode`` gets dynamic int8: static int8 (the default for
-    the others) rounds its activations to one calibrated range each, and MiniLM's outliers lose
-    it (mean cosine 0.835 against 0.994 dynamic on held-out text). Kept static when a flag only
-    static reads was given."""
-    from slimfuse.errors import ConfigError
-    from slimfuse.models.source import takes_tokens
-
-    if getattr(args, "mode", None) is not None or cfg.mode != "static" or not takes_tokens(model):
-        return cfg, train
-    args.mode = "dynamic"
-    try:
-        new = QuantConfig.from_flags(args, seed=args.seed, quiet=args.quiet)
-    except ConfigError:
-        args.mode = None
-        return cfg, train
-    if not args.quiet:
-        print("encoder: dynamic int8 (the default for token models; --mode static to override)")
-    return new
-
-
 def cmd_quantize(args: argparse.Namespace) -> int:
     from slimfuse.api import quantize
     from slimfuse.cli.common import load_data_arg, load_model_arg, print_rows, text_data_arg
@@ -76,7 +55,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     cfg, train = QuantConfig.from_flags(args, seed=args.seed, quiet=args.quiet)  # before loading
     data = load_data_arg(args)
     model = load_model_arg(args, data)
-    cfg, train = _encoder_default(args, model, cfg, train)
     data = text_data_arg(args, model, data, train_targets=cfg.mode == "qat")
     q = quantize(model, cfg, data, train=train, task=args.task, seed=args.seed)
     rows = measure(q, data, args.task, stage="quantize", threads=args.threads)

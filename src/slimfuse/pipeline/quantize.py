@@ -3,10 +3,13 @@
 
     - stage: quantize
       name: int8
-      mode: static            # dynamic | static | weight-only | qat
+      mode: static            # auto (default) | dynamic | static | weight-only | qat | shared
       calibration: percentile # minmax | percentile | entropy
       ignore: ["re:.*linear"]
       max_drop: 0.003         # mixed precision: keep sensitive layers fp32 (accuracy drop budget)
+
+Without ``mode``, ``auto`` picks dynamic int8 for a transformer encoder and static otherwise, as
+``slimfuse.quantize`` and ``slimfuse quantize`` do; the bundle's lineage records the mode that ran.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ precision, weight sharing (k-means codebooks, Huffman-coded in bundles).
 
     from slimfuse.quantization import Static, quantize
     q = quantize(model, Static(calibration="percentile"), data)   # or QuantConfig(mode="static", ...)
+    q = quantize(model, QuantConfig(), data)   # auto: dynamic for a transformer encoder, else static
     q(x)                       # runs the int8 graph in ONNX Runtime
     slimfuse.save(q, "runs/int8")
 
@@ -23,6 +24,7 @@ _NAMES: dict[str, str] = {
     "WeightOnly": "slimfuse.quantization.config",
     "QAT": "slimfuse.quantization.config",
     "Shared": "slimfuse.quantization.config",
+    "Auto": "slimfuse.quantization.config",
     "quantize": "slimfuse.quantization.api",
     "sqnr_db": "slimfuse.quantization.sqnr",
     "storage_report": "slimfuse.quantization.storage",

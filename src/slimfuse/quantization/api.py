@@ -12,6 +12,7 @@ from torch import nn
 from slimfuse.config import TrainConfig
 from slimfuse.errors import ConfigError
 from slimfuse.models.source import check_float_model, task_of
+from slimfuse.quantization.auto import record_resolved, resolve_mode
 from slimfuse.quantization.calibration import CalibrationSource, calibration_inputs
 from slimfuse.quantization.config import AnyQuantConfig, QuantConfig
 from slimfuse.registry import Registry
@@ -71,6 +72,9 @@ def quantize(
 
     - ``config``: a :data:`~slimfuse.quantization.config.QuantConfig` (``Static(...)``, a dict
       with ``mode``); dispatched to the handler registered for its mode (:data:`HANDLERS`).
+      ``auto`` (``QuantConfig()``, the default) is resolved for ``model`` first
+      (:func:`~slimfuse.quantization.auto.resolve_mode`: dynamic for a transformer encoder,
+      static otherwise), logged, and recorded in the result's lineage.
     - ``data``: the training data: calibration batches come from its train split (unless
       ``calibration`` is given: a loader / iterable of batches or a ``forward_loop(model)``),
       and QAT trains on it. Calibration data is read and checked before any compute.
@@ -84,16 +88,17 @@ def quantize(
     - ``teacher_objective(teacher, task)``: the distillation objective QAT's ``distill`` uses
       (``slimfuse.quantize`` passes the distillation family's).
 
-    ``dynamic`` / ``static`` / ``qat`` return a :class:`~slimfuse.quantization.runtime.QuantizedModel`
+    ``dynamic`` / ``static`` / ``qat`` (and ``auto``) return a :class:`~slimfuse.quantization.runtime.QuantizedModel`
     (an int8 ONNX Runtime graph); ``weight-only`` returns the model with packed int8/int4 layers;
     ``shared`` the model with weight-shared layers (a codebook and an index per weight, stored
     Huffman coded in the bundle's ``model.sfz``).
     """
     cfg = QuantConfig.parse(config)
-    handler = HANDLERS.get(cfg.mode)
     check_float_model(
         model, "quantizing", "quantize the float model it came from (its bundle before quantize)"
     )
+    cfg, auto = resolve_mode(cfg, model, data)
+    handler = HANDLERS.get(cfg.mode)
     if train is not None and cfg.mode not in QuantConfig.trains:
         raise ConfigError(
             f"train= applies to modes {', '.join(QuantConfig.trains)} (they train); got mode "
@@ -124,4 +129,7 @@ def quantize(
     if cfg.mode in QuantConfig.trains:
         train = train or TrainConfig(**QuantConfig.trains[cfg.mode], seed=seed, quiet=True)
     job = Job(inputs, example_inputs, data, task, train, metric_fn, teacher_objective)
-    return handler(copy.deepcopy(model).eval(), cfg, job)
+    out = handler(copy.deepcopy(model).eval(), cfg, job)
+    if auto is not None:
+        record_resolved(out, cfg, auto)
+    return out

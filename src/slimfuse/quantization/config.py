@@ -1,5 +1,5 @@
 """The quantization configs, one per mode:
-``QuantConfig = Dynamic | Static | WeightOnly | QAT | Shared``.
+``QuantConfig = Dynamic | Static | WeightOnly | QAT | Shared | Auto``.
 
 Each mode has the fields it reads and no other: ``Static(calibration="entropy")`` is a config,
 ``Dynamic(calibration="entropy")`` is an error, and so is ``QuantConfig(mode="dynamic",
@@ -8,6 +8,11 @@ picks the class by ``mode``::
 
     QuantConfig(mode="static", calibration="percentile")   # -> Static(...)
     QuantConfig.parse({"mode": "qat", "bits": 4})          # a recipe's keys -> QAT(bits=4)
+    QuantConfig()                                          # -> Auto(): dynamic or static int8
+
+``auto``, the default, is dynamic int8 for transformer encoders and static int8 otherwise,
+decided for the model at hand by :func:`slimfuse.quantization.auto.resolve_mode` (every entry
+point: the library call, a recipe stage, the CLI).
 
 QAT and weight sharing (``shared``: its centroids) train with the one loop: their training
 settings are a :class:`~slimfuse.config.TrainConfig` (default 5 epochs at lr 1e-3), passed to
@@ -155,6 +160,20 @@ class Static(_Int8, _Ranges, _Budget):
     mode: Literal["static"] = "static"
 
 
+AUTO_RULE = (
+    "auto: dynamic for transformer encoders (models whose inputs are token ids / attention "
+    "masks, or that contain attention layers: a torch MultiheadAttention or a module class "
+    "named *SelfAttention), static otherwise; a setting only static reads (calibration, "
+    "percentile) means static"
+)
+
+
+class Auto(_Int8, _Ranges, _Budget):
+    """Dynamic or static int8, picked for the model when it is quantized (:data:`AUTO_RULE`)."""
+
+    mode: Literal["auto"] = Field("auto", description=AUTO_RULE)
+
+
 class _GroupWise(Config):
     bits: Literal[8, 4] = Field(8, description="weight bits")
     group_size: int = Field(
@@ -219,9 +238,9 @@ class Shared(_Layers):
 QuantConfig = Family(
     "QuantConfig",
     "mode",
-    [Dynamic, Static, WeightOnly, QAT, Shared],
-    default="static",
+    [Dynamic, Static, WeightOnly, QAT, Shared, Auto],
+    default="auto",
     trains={"qat": QAT_TRAINING, "shared": SHARED_TRAINING},
 )
-AnyQuantConfig = Dynamic | Static | WeightOnly | QAT | Shared
+AnyQuantConfig = Dynamic | Static | WeightOnly | QAT | Shared | Auto
 MODES = tuple(QuantConfig.names())

@@ -166,8 +166,8 @@ def summary(kind: str, entries: list[dict[str, Any]], spec: dict[str, Any]) -> s
             return f"weights with |w| <= {cfg.get('threshold')} zeroed ({_pct(got)} zeros){rec}"
         scope = "global" if cfg.get("global_pruning", True) else "per layer"
         return f"{_pct(got or _num(cfg.get('sparsity')))} of the weights zeroed (magnitude, {scope}){rec}"
-    if kind == "quantize":
-        mode = _str(cfg.get("mode")) or "int8"
+    if kind == "quantize":  # the mode that ran (auto: as resolved for the model)
+        mode = _str(by_stage.get("quantize", {}).get("mode")) or _str(cfg.get("mode")) or "int8"
         if mode == "weight-only":
             return f"weight-only int{cfg.get('bits', 8)} (group {cfg.get('group_size')})"
         if mode == "shared":
