@@ -110,7 +110,7 @@ def search(ensemble: Path, objective: str, work: Path, args: argparse.Namespace)
         "cpu_seconds": time.process_time() - cpu,
         "chains": chains,
         "records": len(result.trials),
-        "reference_val": result.reference["val_accuracy"],
+        "reference_val": result.reference["val_metric"],
         "rows": result.trials,
     }
     info.write_text(json.dumps(got, indent=2, default=str) + "\n")

@@ -85,8 +85,8 @@ def test_resume_continues_without_redoing_trials(search):
     summary = json.loads((out / "compress.json").read_text())
     assert summary["counts"]["complete"] + summary["counts"]["stopped"] == 3
     numbers = [r["number"] for r in result.trials]
-    assert 0 in numbers and search["first"]["variants"][0]["val_accuracy"] == next(
-        r["val_accuracy"] for r in result.trials if r["number"] == 0
+    assert 0 in numbers and search["first"]["variants"][0]["val_metric"] == next(
+        r["val_metric"] for r in result.trials if r["number"] == 0
     )
     # the cheap post-training trials ran first, in the order they were queued
     assert [r["chain"][0]["mode"] for r in sorted(result.trials, key=lambda r: r["number"])][
@@ -131,7 +131,7 @@ def test_outputs_and_recipe_reproduce_the_chosen_model(search, tmp_path):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--max-drop", "-0.1"], "--max-drop -0.1: expected an accuracy drop in [0, 1)"),
+        (["--max-drop", "-0.1"], "--max-drop -0.1: expected a drop in [0, 1)"),
         (["--max-drop", "1"], "--max-drop 1"),
         (["--budget-minutes", "0"], "--budget-minutes 0"),
         (["--trials", "0"], "--trials 0"),

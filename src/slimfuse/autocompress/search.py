@@ -26,7 +26,7 @@ from typing import Any
 from slimfuse.autocompress.config import CompressConfig
 from slimfuse.autocompress.space import (
     ENDING_CHOICES,
-    Student,
+    Space,
     ending_stage,
     endings,
     enqueued,
@@ -41,6 +41,18 @@ STUDY = "compress"
 # what a resumed search must share with the one it continues
 TOL = 1e-9  # a drop of exactly max_drop (0.99 - 0.98 in floats) is within the budget
 KEPT = ("max_drop", "objective", "batch", "epochs", "seed", "fusion")
+# the tasks a budget can be kept on: accuracy, or the cosine to the reference's embeddings
+TASKS = ("classification", "embedding")
+
+
+def metric_name(task: str) -> str:
+    """What the budget is kept on: ``accuracy``, or an encoder's ``cosine`` to the reference."""
+    return "cosine" if task == "embedding" else "accuracy"
+
+
+def drop_text(drop: float, task: str) -> str:
+    """A drop in the metric's usual unit: points of accuracy, or cosine."""
+    return f"{drop:.4f} cosine" if task == "embedding" else f"{drop * 100:.2f} points"
 
 
 class _ChainFailed(Exception):
@@ -66,36 +78,55 @@ def _objective_key(cfg: CompressConfig) -> str:
 def describe(chain: Sequence[dict[str, Any]]) -> str:
     parts = []
     for e in chain:
-        if e["stage"] == "distill":
+        if e["stage"] == "distill" and "student_from_teacher" in e:
+            depth = e["student_from_teacher"]["depth"]
+            parts.append(f"distill {depth} blocks {e['epochs']}ep {e['loss']}")
+        elif e["stage"] == "distill":
             kw = ",".join(f"{k}={v}" for k, v in e.get("student_kwargs", {}).items())
             parts.append(f"distill {e['student']}({kw}) {e['epochs']}ep T={e['temperature']:g}")
-        elif e["stage"] == "prune":
+        elif e["stage"] == "prune" and "channels" in e:
             parts.append(f"prune channels {e['channels']:g}")
+        elif e["stage"] == "prune":
+            shares = [f"{k} {e[k]:g}" for k in ("ffn", "heads") if e.get(k)]
+            parts.append(f"prune {', '.join(shares)} {e['epochs']}ep")
+        elif e["stage"] == "factorize":
+            parts.append(f"low rank {e['budget']:g} FLOPs {e['epochs']}ep")
         elif e["stage"] == "quantize":
             how = e.get("calibration") or ("mixed" if "max_drop" in e else "")
             parts.append(" ".join(["int8", e["mode"], how]).strip())
     return " -> ".join(parts) or "reference"
 
 
-def _arch(model: Any) -> tuple[tuple[str, dict[str, Any]] | None, bool]:
-    """The reference's zoo architecture (of its first member for an ensemble) and whether it
-    is an ensemble."""
+def _space(model: Any, task: str) -> Space:
+    """The search space of the reference ``model``: students of its zoo architecture (of its
+    first member for an ensemble), or for a text encoder its number of blocks."""
     from slimfuse.fusion.ensemble import FusionModule
     from slimfuse.models.source import spec_of
     from slimfuse.models.zoo import MODELS
 
+    if task == "embedding":
+        from slimfuse.distillation.students import find_blocks
+
+        try:
+            blocks = len(find_blocks(model)[1])
+        except SlimfuseError:  # no block list: no shallower students
+            blocks = 1
+        return Space(encoder_blocks=max(1, blocks))
     ensemble = isinstance(model, FusionModule)
     inner = model.members[model.names[0]] if ensemble else model
     spec = spec_of(inner)
     if spec is None or not isinstance(spec.source, str) or spec.source not in MODELS:
-        return None, ensemble
-    return (spec.source, dict(spec.kwargs or {})), ensemble
+        return Space(ensemble=ensemble)
+    arch = (spec.source, dict(spec.kwargs or {}))
+    return Space(pool=tuple(students(arch, ensemble)), ensemble=ensemble)
 
 
 def _reference(
     models: Sequence[Any], data: Any, out: Path, cfg: CompressConfig, resume: bool
-) -> tuple[Any, dict[str, Any]]:
-    """The reference model (loaded back from ``out/reference``) and its validation figures."""
+) -> tuple[Any, dict[str, Any], Any]:
+    """The reference model (loaded back from ``out/reference``), its validation figures, and
+    the data the search runs on: text becomes token data whose targets are the reference's
+    own embeddings (the ``embedding`` task's cosine then measures fidelity to it)."""
     from slimfuse.autocompress.trial import measure_val
     from slimfuse.models.bundle import load, save
     from slimfuse.models.resolve import load_model
@@ -104,13 +135,20 @@ def _reference(
 
     folder, info = out / "reference", out / "reference.json"
     if resume and info.is_file() and (folder / "slimfuse.json").is_file():
-        return load(folder), json.loads(info.read_text())
+        reference = load(folder)
+        return reference, json.loads(info.read_text()), _encoded(reference, data, models)
     loaded = [load_model(m, data=data) if not hasattr(m, "forward") else m for m in models]
     names = [m if isinstance(m, str) else f"m{i}" for i, m in enumerate(models)]
     task = get_task(task_of(loaded[0]))
-    if task.name != "classification":
+    if task.name not in TASKS:
         raise ConfigError(
-            f"compress keeps an accuracy budget: it takes classification models, not {task.name}"
+            f"compress keeps an accuracy budget: it takes classification models (accuracy) "
+            f"or text encoders (cosine to the reference's embeddings), not {task.name}"
+        )
+    if task.name == "embedding" and len(loaded) > 1:
+        raise ConfigError(
+            f"{len(loaded)} encoders given: compress fuses classification models only; give "
+            "one encoder"
         )
     for name, model in zip(names, loaded, strict=True):
         check_model_fits(model, data, task.name, what=f"model {name!r}")
@@ -124,16 +162,31 @@ def _reference(
         reference = loaded[0]
     save(reference, folder)
     reference = load(folder)  # the reference as every trial (and the recipe) loads it
+    data = _encoded(reference, data, models)
     figures = measure_val(reference, data, task, batch=cfg.batch, threads=cfg.threads, folder=None)
+    figures["task"] = task.name
     figures["onnx_bytes_fp32"] = figures["onnx_bytes"]
     figures["sources"] = [
         str(m) if isinstance(m, (str, Path)) else type(m).__name__ for m in models
     ]
     info.write_text(json.dumps(figures, indent=2) + "\n")
-    return reference, figures
+    return reference, figures, data
 
 
-def _open_study(out: Path, cfg: CompressConfig, resume: bool, pool: Sequence[Student] = ()) -> Any:
+def _encoded(reference: Any, data: Any, models: Sequence[Any]) -> Any:
+    """Text as token data for the encoder ``reference`` (as ``slimfuse run`` encodes it for a
+    recipe's model); other data as it is."""
+    from slimfuse.data.text import is_text
+
+    if not is_text(data):
+        return data
+    from slimfuse.distillation.text import encode_text
+    from slimfuse.models.hf import tokenizer_for
+
+    return encode_text(reference, data, tokenizer=tokenizer_for(models[0]), what="the reference")
+
+
+def _open_study(out: Path, cfg: CompressConfig, resume: bool, space: Space) -> Any:
     import optuna
     from optuna.samplers import TPESampler
     from optuna.trial import TrialState
@@ -174,7 +227,7 @@ def _open_study(out: Path, cfg: CompressConfig, resume: bool, pool: Sequence[Stu
         study.set_user_attr("requeued", requeued)
     else:
         study.set_user_attr("settings", settings)
-        for params in enqueued(cfg, pool):
+        for params in enqueued(cfg, space):
             study.enqueue_trial(params)
     return study
 
@@ -184,7 +237,7 @@ def choose(rows: Sequence[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any
     at most ``max_drop`` (ties: the more accurate, then the smaller); ``None`` if none did."""
     key = _objective_key(cfg)
     feasible = [r for r in rows if r["drop"] <= cfg.max_drop + TOL]
-    return min(feasible, key=lambda r: (r[key], -r["val_accuracy"], r["onnx_bytes"]), default=None)
+    return min(feasible, key=lambda r: (r[key], -r["val_metric"], r["onnx_bytes"]), default=None)
 
 
 def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -192,42 +245,44 @@ def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
         ge = (
-            a["val_accuracy"] >= b["val_accuracy"]
+            a["val_metric"] >= b["val_metric"]
             and a["latency_ms"] <= b["latency_ms"]
             and a["onnx_bytes"] <= b["onnx_bytes"]
         )
         gt = (
-            a["val_accuracy"] > b["val_accuracy"]
+            a["val_metric"] > b["val_metric"]
             or a["latency_ms"] < b["latency_ms"]
             or a["onnx_bytes"] < b["onnx_bytes"]
         )
         return ge and gt
 
     front = [r for r in rows if not any(beats(o, r) for o in rows if o is not r)]
-    return sorted(front, key=lambda r: (-r["val_accuracy"], r["onnx_bytes"]))
+    return sorted(front, key=lambda r: (-r["val_metric"], r["onnx_bytes"]))
 
 
 def _table(
     reference: dict[str, Any], rows: list[dict[str, Any]], chosen: int | None, cfg: CompressConfig
 ) -> str:
     ref_bytes = reference["onnx_bytes"]
+    task = reference.get("task", "classification")
+    metric, unit = metric_name(task), "cosine" if task == "embedding" else "points"
     lines = [
         f"Pareto front (validation split; ONNX Runtime, {cfg.threads} thread(s), latency at "
-        f"batch {cfg.batch}); budget: drop <= {cfg.max_drop * 100:g} points, objective: "
+        f"batch {cfg.batch}); budget: drop <= {drop_text(cfg.max_drop, task)}, objective: "
         f"{cfg.objective}",
         "",
-        "| trial | chain | val accuracy | drop (points) | ONNX KiB | x reference size | "
+        f"| trial | chain | val {metric} | drop ({unit}) | ONNX KiB | x reference size | "
         f"ms, batch {cfg.batch} | params | within budget |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| reference | {' + '.join(reference.get('sources', [])) or 'reference'} | "
-        f"{reference['val_accuracy']:.4f} | 0 | {ref_bytes / 1024:.1f} | 1 | "
+        f"{reference['val_metric']:.4f} | 0 | {ref_bytes / 1024:.1f} | 1 | "
         f"{reference['latency_ms']:.3f} | {reference['params']:,} | yes |",
     ]
     for r in rows:
         mark = " **(chosen)**" if r["number"] == chosen else ""
         lines.append(
-            f"| {r['number']}{mark} | {describe(r['chain'])} | {r['val_accuracy']:.4f} | "
-            f"{r['drop'] * 100:.2f} | {r['onnx_bytes'] / 1024:.1f} | "
+            f"| {r['number']}{mark} | {describe(r['chain'])} | {r['val_metric']:.4f} | "
+            f"{drop_text(r['drop'], task).split()[0]} | {r['onnx_bytes'] / 1024:.1f} | "
             f"{r['onnx_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
             f"{'yes' if r['drop'] <= cfg.max_drop + TOL else 'no'} |"
         )
@@ -332,16 +387,16 @@ def _search(
             f"{data.name}: the validation split is empty; the accuracy budget is kept on it"
         )
     out.mkdir(parents=True, exist_ok=True)
-    task = get_task("classification")
-    reference, ref = _reference(models, data, out, cfg, resume)
-    arch, ensemble = _arch(reference)
-    pool: list[Student] = students(arch, ensemble)
-    study = _open_study(out, cfg, resume, pool)
+    reference, ref, data = _reference(models, data, out, cfg, resume)
+    task = get_task(ref.get("task", "classification"))
+    space = _space(reference, task.name)
+    study = _open_study(out, cfg, resume, space)
     key = _objective_key(cfg)
-    floor = ref["val_accuracy"] - cfg.max_drop
+    floor = ref["val_metric"] - cfg.max_drop
     log.info(
-        "reference: val accuracy %.4f, %.1f KiB ONNX, %.3f ms at batch %d; floor %.4f",
-        ref["val_accuracy"],
+        "reference: val %s %.4f, %.1f KiB ONNX, %.3f ms at batch %d; floor %.4f",
+        metric_name(task.name),
+        ref["val_metric"],
         ref["onnx_bytes"] / 1024,
         ref["latency_ms"],
         cfg.batch,
@@ -369,7 +424,7 @@ def _search(
         return None
 
     def objective(trial: Any) -> tuple[float, float]:
-        chain = suggest(trial, cfg, pool, ensemble)
+        chain = suggest(trial, cfg, space)
         trial.set_user_attr("chain", chain)
         twin = same_as(trial)
         if twin is not None:  # not run again: its result stands for this draw too
@@ -391,6 +446,7 @@ def _search(
             deadline=deadline,
             slack_train=max(0.02, 2 * cfg.max_drop),
             slack_stage=max(0.005, cfg.max_drop / 2),
+            metric=metric_name(task.name),
         )
         t0 = time.perf_counter()
         record: dict[str, Any] = {"number": trial.number, "chain": chain}
@@ -398,7 +454,9 @@ def _search(
         try:
             ctx = run_chain(recipe_of(chain), data, task, folder, watch)
             # a chain that trains ends in each int8 form as well: the trained model is shared
-            for ending in [None] if chain[-1]["stage"] == "quantize" else endings(cfg):
+            for ending in (
+                [None] if chain[-1]["stage"] == "quantize" else endings(cfg, space.encoder)
+            ):
                 where = folder if ending is None else folder / ending
                 if ending is None:
                     model, full = ctx.model, chain
@@ -408,7 +466,7 @@ def _search(
                 figures = measure_val(
                     model, data, task, batch=cfg.batch, threads=cfg.threads, folder=where
                 )
-                drop = ref["val_accuracy"] - figures["val_accuracy"]
+                drop = ref["val_metric"] - figures["val_metric"]
                 variants.append(
                     {
                         **figures,
@@ -434,7 +492,7 @@ def _search(
         # the trial stands for its best variant (within the budget first); the others are
         # added to the study as trials of their own (same choices, their ending)
         best_v = min(
-            variants, key=lambda v: (v["drop"] > cfg.max_drop + TOL, v[key], -v["val_accuracy"])
+            variants, key=lambda v: (v["drop"] > cfg.max_drop + TOL, v[key], -v["val_metric"])
         )
         for v in variants:
             v["seconds"] = seconds
@@ -446,7 +504,7 @@ def _search(
                 optuna.trial.create_trial(
                     params=extra,
                     distributions=dists,
-                    values=[float(v[key]), float(v["val_accuracy"])],
+                    values=[float(v[key]), float(v["val_metric"])],
                     user_attrs={**v, "base": trial.number},
                     constraints={"drop": v["drop"] - cfg.max_drop - TOL},
                 )
@@ -456,7 +514,7 @@ def _search(
         for k, v in best_v.items():
             trial.set_user_attr(k, v)
         trial.set_constraint("drop", best_v["drop"] - cfg.max_drop - TOL)
-        return float(best_v[key]), float(best_v["val_accuracy"])
+        return float(best_v[key]), float(best_v["val_metric"])
 
     best: dict[str, Any] = {}
 
@@ -466,7 +524,7 @@ def _search(
         if trial.state == optuna.trial.TrialState.COMPLETE:
             a = trial.user_attrs
             line = (
-                f"val {a['val_accuracy']:.4f} (drop {a['drop'] * 100:.2f} pts), "
+                f"val {a['val_metric']:.4f} (drop {drop_text(a['drop'], task.name)}), "
                 f"{a['onnx_bytes'] / 1024:.1f} KiB, {a['latency_ms']:.3f} ms"
             )
             if a["drop"] <= cfg.max_drop + TOL and (not best or a[key] < best[key]):
@@ -558,7 +616,11 @@ def _finish(
         "chosen": chosen,
     }
     if chosen is None:
-        log.warning("no trial kept within %.4f of the reference's val accuracy", cfg.max_drop)
+        log.warning(
+            "no trial kept within %s of the reference's val %s",
+            drop_text(cfg.max_drop, task.name),
+            metric_name(task.name),
+        )
         (out / "compress.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return result
     trial_dir = out / chosen.get("folder", f"trials/{chosen['number']:03d}")
@@ -570,7 +632,8 @@ def _finish(
     header = (
         f"# The chain slimfuse compress chose (trial {chosen['number']}): "
         f"{describe(chosen['chain'])}\n"
-        f"# val accuracy {chosen['val_accuracy']:.4f} (reference {ref['val_accuracy']:.4f}), "
+        f"# val {metric_name(task.name)} {chosen['val_metric']:.4f} (reference "
+        f"{ref['val_metric']:.4f}), "
         f"{chosen['onnx_bytes']:,} ONNX bytes, {chosen['latency_ms']:.3f} ms at batch "
         f"{cfg.batch}. `slimfuse run` reproduces it from the reference bundle.\n"
     )
@@ -579,7 +642,15 @@ def _finish(
     stages = []
     for name in ("reference", "chosen"):
         model = load(out / name)
-        rows_ = measure(model, data, task, stage=name, threads=cfg.threads, bundle=out / name)
+        rows_ = measure(
+            model,
+            data,
+            task,
+            stage=name,
+            threads=cfg.threads,
+            bundle=out / name,
+            latency_batches=tuple(sorted({1, cfg.batch})),
+        )
         for r in rows_:
             r["bundle"] = str(out / name)
             r["size_bytes"] = stored_bytes(out / name)
@@ -596,20 +667,24 @@ def _finish(
         "chosen": ort["chosen"]["metric_value"],
         "drop": ort["reference"]["metric_value"] - ort["chosen"]["metric_value"],
         "onnx_ratio": ort["chosen"]["onnx_bytes"] / ort["reference"]["onnx_bytes"],
-        "latency_ratio_b64": ort["chosen"]["latency_ms_b64"] / ort["reference"]["latency_ms_b64"],
+        "metric": metric_name(task.name),
+        "batch": cfg.batch,
+        "latency_ratio": ort["chosen"][f"latency_ms_b{cfg.batch}"]
+        / ort["reference"][f"latency_ms_b{cfg.batch}"],
     }
     summary["test"] = result.test
     (out / "compress.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     log.info(
-        "chosen: trial %d (%s); test accuracy %.4f vs reference %.4f (drop %.2f points), "
+        "chosen: trial %d (%s); test %s %.4f vs reference %.4f (drop %s), "
         "ONNX %.3fx the reference's",
         chosen["number"],
         describe(chosen["chain"]),
+        metric_name(task.name),
         result.test["chosen"],
         result.test["reference"],
-        result.test["drop"] * 100,
+        drop_text(result.test["drop"], task.name),
         result.test["onnx_ratio"],
     )
     if math.isnan(result.test["chosen"]):
-        log.warning("the chosen model's test accuracy is not a number")
+        log.warning("the chosen model's test %s is not a number", metric_name(task.name))
     return result

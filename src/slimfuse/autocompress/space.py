@@ -15,6 +15,18 @@ reference (the recipe's ``model``):
 - ``prune``: the reference's channels pruned (not for an ensemble), recovery by distillation
   from it, and the int8 endings.
 
+For a text encoder (the ``embedding`` task: the budget is the mean cosine to the reference's
+embeddings) the moves are the encoder's own:
+
+- ``ptq``: dynamic int8 (the encoders' default), static int8.
+- ``depth``: a shallower student built from the reference (``student_from_teacher: {depth}``,
+  its blocks initialised from the reference's, DistilBERT-style), distilled with the cosine
+  loss.
+- ``prune``: FFN neurons and attention heads (``transformer``), recovery by distillation.
+- ``factorize``: low rank to a FLOPs budget, ranks by sensitivity, recovery by distillation.
+
+Each trained encoder chain is measured as it is and with a dynamic int8 ending.
+
 Trained stages end with their last epoch's weights (``restore_best: False``): the budget is
 kept on the validation split, and a student whose best epoch was picked on that split would
 look better there than it is.
@@ -25,7 +37,6 @@ Every stage's keys are validated by the stage registry before a trial runs them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +44,11 @@ from slimfuse.autocompress.config import CompressConfig
 
 PTQ = ("dynamic", "static-minmax", "static-percentile", "static-entropy", "static-mixed")
 ENDING_CHOICES = ("none", "static", "dynamic")
+ENCODER_PTQ = ("dynamic", "static-minmax")
+ENCODER_FFN = (0.25, 0.5)  # shares of FFN neurons pruned
+ENCODER_HEADS = (0.0, 0.25)  # shares of attention heads pruned
+ENCODER_BUDGETS = (0.5, 0.75)  # FLOPs kept by low rank
+ENCODER_DEPTHS = (1 / 2, 2 / 3)  # share of the blocks a shallower student keeps
 WIDTH_KEYS = ("widths", "channels", "hidden", "width")
 
 
@@ -43,6 +59,21 @@ class Student:
     label: str
     source: str
     kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Space:
+    """What the search may draw from for one reference: the students of its architecture
+    (:func:`students`), whether it is an ensemble, and for a text encoder its number of
+    blocks (``encoder_blocks``; ``0``: not an encoder)."""
+
+    pool: tuple[Student, ...] = ()
+    ensemble: bool = False
+    encoder_blocks: int = 0
+
+    @property
+    def encoder(self) -> bool:
+        return self.encoder_blocks > 0
 
 
 def _defaults(source: str) -> dict[str, Any]:
@@ -102,9 +133,12 @@ def _quantize(kind: str, max_drop: float) -> dict[str, Any]:
     return entry
 
 
-def endings(cfg: CompressConfig) -> list[str | None]:
+def endings(cfg: CompressConfig, encoder: bool = False) -> list[str | None]:
     """The forms a trained chain is measured in: as it is (``None``), static int8, and for
-    ``size`` dynamic int8 too (its files are the smallest; at batch 64 it is the slowest)."""
+    ``size`` dynamic int8 too (its files are the smallest; at batch 64 it is the slowest). An
+    encoder's: as it is and dynamic int8 (static int8 loses far more of its fidelity)."""
+    if encoder:
+        return [None, "dynamic"]
     return [None, "static", *(["dynamic"] if cfg.objective == "size" else [])]
 
 
@@ -113,13 +147,24 @@ def ending_stage(kind: str, cfg: CompressConfig) -> dict[str, Any]:
     return _quantize(kind, cfg.max_drop)
 
 
-def enqueued(cfg: CompressConfig, pool: Sequence[Student] = ()) -> list[dict[str, Any]]:
+def enqueued(cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
     """The trials run first, cheapest first: every post-training int8 of the reference, then
     each student of the pool once (full epochs, no pruning), widest first: the sampler then
     starts from one measured point per width instead of drawing widths it may never reach in
-    a small trial budget."""
+    a small trial budget. An encoder's: its post-training int8, then the mildest of each
+    trained move."""
+    if space.encoder:
+        return [
+            *({"move": "ptq", "quant": q} for q in ENCODER_PTQ),
+            {"move": "prune", "ffn": ENCODER_FFN[0], "heads": 0.0},
+            {"move": "factorize", "budget": ENCODER_BUDGETS[-1]},
+            *(
+                [{"move": "depth", "depth": _depths(space.encoder_blocks)[-1]}]
+                * (space.encoder_blocks > 1)
+            ),
+        ]
     first: list[dict[str, Any]] = [{"move": "ptq", "quant": q} for q in PTQ]
-    for student in reversed(pool):  # students() lists them narrowest first
+    for student in reversed(space.pool):  # students() lists them narrowest first
         first.append(
             {
                 "move": "student",
@@ -132,14 +177,15 @@ def enqueued(cfg: CompressConfig, pool: Sequence[Student] = ()) -> list[dict[str
     return first
 
 
-def suggest(
-    trial: Any, cfg: CompressConfig, pool: Sequence[Student], ensemble: bool = False
-) -> list[dict[str, Any]]:
+def suggest(trial: Any, cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
     """One chain, its choices drawn from ``trial`` (an Optuna trial). A chain that trains
     leaves its ending to the trial (:func:`endings`: each form is measured). Pruning the
     reference is left out for an ensemble: recovering several pruned members costs more than
     a student and, in a search's epochs, loses far more."""
-    moves = ["ptq"] + ([] if ensemble else ["prune"]) + (["student"] if pool else [])
+    if space.encoder:
+        return _suggest_encoder(trial, cfg, space.encoder_blocks)
+    pool = space.pool
+    moves = ["ptq"] + ([] if space.ensemble else ["prune"]) + (["student"] if pool else [])
     move = trial.suggest_categorical("move", moves)
     recovery = max(1, cfg.epochs // 4)
     if move == "ptq":
@@ -180,3 +226,42 @@ def suggest(
             }
         )
     return chain
+
+
+def _depths(blocks: int) -> list[int]:
+    """The shallower students' depths for an encoder of ``blocks`` blocks (6: 3 and 4)."""
+    return sorted({max(1, min(blocks - 1, round(blocks * f))) for f in ENCODER_DEPTHS})
+
+
+def _suggest_encoder(trial: Any, cfg: CompressConfig, blocks: int) -> list[dict[str, Any]]:
+    """An encoder's chain (see the module docstring). Its training is distillation from the
+    reference with the cosine loss at a transformer's learning rate; ``cfg.epochs`` is the
+    shallower student's, recoveries get half of them."""
+    moves = ["ptq", "prune", "factorize"] + (["depth"] if blocks > 1 else [])
+    move = trial.suggest_categorical("move", moves)
+    if move == "ptq":
+        return [_quantize(trial.suggest_categorical("quant", ENCODER_PTQ), cfg.max_drop)]
+    train = {"lr": 1e-4, "batch_size": 16, "restore_best": False}
+    recovery = {**train, "epochs": max(1, cfg.epochs // 2), "recovery": "distill"}
+    if move == "depth":
+        depth = trial.suggest_categorical("depth", _depths(blocks))
+        return [
+            {
+                "stage": "distill",
+                "name": "student",
+                "student_from_teacher": {"depth": depth},
+                "loss": "cosine",
+                "alpha": 1.0,
+                "epochs": cfg.epochs,
+                **train,
+            }
+        ]
+    if move == "prune":
+        ffn = trial.suggest_categorical("ffn", ENCODER_FFN)
+        heads = trial.suggest_categorical("heads", ENCODER_HEADS)
+        entry: dict[str, Any] = {"stage": "prune", "name": "pruned", "ffn": ffn}
+        if heads:
+            entry["heads"] = heads
+        return [{**entry, "importance": "activation", **recovery}]
+    budget = trial.suggest_categorical("budget", ENCODER_BUDGETS)
+    return [{"stage": "factorize", "name": "factorized", "budget": budget, **recovery}]

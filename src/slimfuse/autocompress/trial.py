@@ -3,7 +3,7 @@
 The stages run as ``slimfuse run`` runs them (the stage registry's functions, every stage from
 the recipe's seed, the model loaded from the reference bundle as a recipe's ``model``), so the
 recipe written for a chain reproduces the trial's model. A trial is stopped early when its
-validation accuracy is already far outside the budget (:class:`Watch`).
+validation accuracy (an encoder's cosine) is already far outside the budget (:class:`Watch`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Watch(Callback):
     deadline: float
     slack_train: float
     slack_stage: float
+    metric: str = "accuracy"
     total_steps: int = 0
     step: int = 0
     last: float | None = None
@@ -66,12 +67,15 @@ class Watch(Callback):
         late = self.total_steps and self.step * 2 >= self.total_steps
         if late and metric < self.floor - self.slack_train:
             raise Hopeless(
-                f"val accuracy {metric:.4f} at epoch {epoch + 1}, the floor is {self.floor:.4f}"
+                f"val {self.metric} {metric:.4f} at epoch {epoch + 1}, the floor is "
+                f"{self.floor:.4f}"
             )
 
     def after_stage(self, name: str, value: float) -> None:
         if value < self.floor - self.slack_stage:
-            raise Hopeless(f"val accuracy {value:.4f} after {name}, the floor is {self.floor:.4f}")
+            raise Hopeless(
+                f"val {self.metric} {value:.4f} after {name}, the floor is {self.floor:.4f}"
+            )
 
 
 def chain_recipe(
@@ -115,7 +119,7 @@ def recipe_text(recipe: Recipe, header: str = "") -> str:
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
-def val_accuracy(model: nn.Module, data: Data, task: Task) -> float:
+def val_metric(model: nn.Module, data: Data, task: Task) -> float:
     return float(evaluate(model, data.loader("val", batch_size=256), task))
 
 
@@ -131,7 +135,7 @@ def run_chain(recipe: Recipe, data: Data, task: Task, folder: Path, watch: Watch
     for entry in recipe.stages:
         new = _stage(ctx, entry, recipe.seed)
         if new is not None and watch is not None and entry.stage in ("distill", "prune"):
-            watch.after_stage(ctx.stage_name, val_accuracy(new, data, task))
+            watch.after_stage(ctx.stage_name, val_metric(new, data, task))
     shutil.rmtree(folder / ".checkpoints", ignore_errors=True)
     return ctx
 
@@ -179,7 +183,7 @@ def _stage(ctx: Context, entry: Any, seed: int) -> nn.Module | None:
 def measure_val(
     model: nn.Module, data: Data, task: Task, *, batch: int, threads: int, folder: Path | None
 ) -> dict[str, Any]:
-    """The deployed form on the validation split: ONNX Runtime accuracy, file bytes and
+    """The deployed form on the validation split: ONNX Runtime metric, file bytes and
     latency at ``batch`` (fixed threads); the bundle's bytes when ``folder`` is given."""
     from slimfuse.exporting import export_onnx
 
@@ -199,7 +203,7 @@ def measure_val(
         onnx_path=onnx,
     )[0]
     out = {
-        "val_accuracy": row["metric_value"],
+        "val_metric": row["metric_value"],
         "latency_ms": row[f"latency_ms_b{batch}"],
         "onnx_bytes": row["onnx_bytes"],
         "params": row["params"],

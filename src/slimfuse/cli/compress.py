@@ -17,7 +17,7 @@ from slimfuse.config import add_flags, given, validate
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from slimfuse.autocompress.search import compress
+    from slimfuse.autocompress.search import compress, drop_text
 
     values = {**given(args, tuple(CompressConfig.model_fields)), "threads": args.threads}
     values["seed"] = args.seed
@@ -27,6 +27,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         data_kwargs["label_column"] = args.label_column
     if args.no_standardize:
         data_kwargs["standardize"] = False
+    if args.max_length is not None:
+        data_kwargs["max_length"] = args.max_length
     result = compress(
         args.model,
         args.data,
@@ -42,11 +44,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"no trial kept within --max-drop {cfg.max_drop}; see {result.out / 'pareto.md'}")
         return 1
     t = result.test
+    task = result.reference.get("task", "classification")
     print(
-        f"chosen: trial {result.chosen['number']}: test accuracy {t['chosen']:.4f} vs "
-        f"{t['reference']:.4f} for the reference ({t['drop'] * 100:+.2f} points drop), ONNX "
-        f"{t['onnx_ratio']:.3f}x the reference's size, {t['latency_ratio_b64']:.2f}x its "
-        "batch-64 latency"
+        f"chosen: trial {result.chosen['number']}: test {t['metric']} {t['chosen']:.4f} vs "
+        f"{t['reference']:.4f} for the reference (drop {drop_text(t['drop'], task)}), ONNX "
+        f"{t['onnx_ratio']:.3f}x the reference's size, {t['latency_ratio']:.2f}x its "
+        f"batch-{t['batch']} latency"
     )
     print(
         f"model: {result.out / 'model.onnx'}; bundle: {result.out / 'chosen'}; recipe: "
@@ -62,7 +65,9 @@ def add_commands(sub: Any) -> None:
         description="Search chains of techniques (post-training int8, distilled students, "
         "channel pruning, int8 endings) with Optuna for the model that minimises --objective "
         "while its validation accuracy stays within --max-drop of the reference's (the fused "
-        "models when several are given).",
+        "models when several are given). A text encoder with text --data is held to the mean "
+        "cosine to its own embeddings instead, and its space is int8, FFN / head pruning, low "
+        "rank and a shallower student.",
     )
     p.add_argument(
         "--model",
