@@ -17,46 +17,22 @@ rank, and why the others were left. Recovery trains with the one loop for ``trai
 
 from __future__ import annotations
 
-import copy
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from slimfuse.config import TrainConfig
 from slimfuse.data import Data
-from slimfuse.errors import ConfigError, SlimfuseWarning
-from slimfuse.lowrank.config import (
-    LOWRANK_TRAINING,
-    AnyLowRankConfig,
-    LowRankConfig,
-    check_recovery,
-)
+from slimfuse.errors import SlimfuseWarning
+from slimfuse.lowrank.config import AnyLowRankConfig, LowRankConfig, check_recovery
 from slimfuse.measuring import count_macs, count_params
-from slimfuse.models.source import check_float_model, task_of
 from slimfuse.registry import Registry
-from slimfuse.tasks import Task, get_task
-from slimfuse.training import freeze
-from slimfuse.training import train as train_loop
+from slimfuse.training.recovery import Edit, EditOptions, Handler, Job
 
-# teacher (a frozen copy of the original model), task -> a ``(model, batch) -> loss`` objective
-TeacherObjective = Callable[[nn.Module, Task], Any]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-
-@dataclass
-class Job:
-    """What a method's handler gets besides the caller's model (left unchanged) and its config."""
-
-    data: Data | None  # calibration batches, the example input, recovery's training data
-    task: Task
-    example_inputs: Any  # budget: the input whose FLOPs count (default: one data sample)
-    inputs: Any  # budget: calibration batches (default: samples of the data)
-
-
-Handler = Callable[[nn.Module, Any, Job], nn.Module]
+__all__ = ["FACTORIZATION", "HANDLERS", "Job", "factorize"]
 
 # method -> "module:function(model, config, job) -> new model"; add one with HANDLERS.register
 HANDLERS: Registry[Handler] = Registry(
@@ -66,6 +42,16 @@ HANDLERS: Registry[Handler] = Registry(
         "ratio": "slimfuse.lowrank.ratio:factorize_ratio",
         "budget": "slimfuse.lowrank.budget:factorize_budget",
     },
+)
+
+FACTORIZATION = Edit(
+    LowRankConfig,
+    HANDLERS,
+    check_recovery,
+    verb="factorize",
+    noun="low-rank factorization",
+    after="factorization",
+    hint="factorize the float model, then quantize",
 )
 
 
@@ -84,13 +70,7 @@ def factorize(
     model: nn.Module,
     config: AnyLowRankConfig | dict[str, Any],
     data: Data | None = None,
-    *,
-    train: TrainConfig | None = None,
-    task: str | Task | None = None,
-    example_inputs: Any = None,
-    inputs: Any = None,
-    teacher_objective: TeacherObjective | None = None,
-    checkpoint_dir: str | Path | None = None,
+    **options: Unpack[EditOptions],
 ) -> nn.Module:
     """Factorize ``model``'s layers as ``config`` says, recover, and return the new model (the
     input is not changed: neither its weights nor its training mode).
@@ -108,24 +88,8 @@ def factorize(
     left alone and why), ``params`` and ``macs`` before and after (MACs on the example input),
     and for a budget what it reached. Factorizing nothing warns (``SlimfuseWarning``).
     """
-    cfg = LowRankConfig.parse(config)
-    handler = HANDLERS.get(cfg.method)
-    check_float_model(model, "low-rank factorization", "factorize the float model, then quantize")
-    train = train or TrainConfig(**LOWRANK_TRAINING, quiet=True)
-    if not isinstance(train, TrainConfig):
-        raise ConfigError(f"train= expects a TrainConfig; got {type(train).__name__}")
-    check_recovery(cfg, train)
-    if train.epochs and data is None:
-        raise ConfigError("fine-tuning after factorization needs data")
-    distill = cfg.recovery == "distill"
-    if distill and teacher_objective is None:
-        raise ConfigError(
-            "recovery 'distill' needs a distillation objective (teacher_objective=); use "
-            "slimfuse.factorize, which passes the distillation family's"
-        )
-    job_task = get_task(task or task_of(model))
-    job = Job(data=data, task=job_task, example_inputs=example_inputs, inputs=inputs)
-    example = example_inputs
+    cfg, handler, job = FACTORIZATION.start(model, config, data, **options)
+    example = job.example_inputs
     if example is None and data is not None:
         example = data.example_input(1)
     before = count_params(model)[0], _macs(model, example)
@@ -138,19 +102,7 @@ def factorize(
             SlimfuseWarning,
             stacklevel=2,
         )
-    if train.epochs and data is not None:
-        objective = None
-        if teacher_objective is not None and distill:
-            objective = teacher_objective(freeze(copy.deepcopy(model)), job_task)
-        train_loop(
-            small,
-            data,
-            job_task,
-            train,
-            objective=objective,
-            checkpoint_dir=checkpoint_dir,
-            description="recover",
-        )
+    job.recover(small)
     small.eval()
     info["params"] = [before[0], count_params(small)[0]]
     info["macs"] = [before[1], _macs(small, example)]

@@ -14,35 +14,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
 from torch import nn
 
-from slimfuse.api import factorize
 from slimfuse.config import Family
-from slimfuse.lowrank.config import LowRankConfig, check_recovery
-from slimfuse.pipeline.stages import Context, FamilyStage, stage
+from slimfuse.lowrank.api import FACTORIZATION
+from slimfuse.lowrank.config import LowRankConfig
+from slimfuse.pipeline.edit import EditStage, run_edit
+from slimfuse.pipeline.stages import Context, stage
+from slimfuse.training.recovery import Edit
 
 
-class FactorizeStage(FamilyStage):
+class FactorizeStage(EditStage):
     family: ClassVar[Family] = LowRankConfig
-    model: str | None = Field(
-        None, description="an earlier stage's name (default: the current model)"
-    )
-
-    def check(self) -> None:
-        train = self.family.training(self.method, self._train)
-        assert train is not None  # every method recovers with the one loop
-        check_recovery(self.method, train)
+    edit: ClassVar[Edit] = FACTORIZATION
 
 
 @stage(FactorizeStage)
 def factorize_stage(ctx: Context, cfg: FactorizeStage) -> nn.Module:
     """Low-rank factorization (energy, ratio or a FLOPs / parameter budget), then recover."""
-    return factorize(
-        ctx.model_named(cfg.model),
-        cfg.method,
-        ctx.data,
-        train=cfg.train_config(ctx),
-        task=ctx.task,
-        checkpoint_dir=ctx.checkpoint_dir,
-    )
+    return run_edit(ctx, cfg)

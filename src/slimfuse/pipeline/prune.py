@@ -15,35 +15,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
 from torch import nn
 
-from slimfuse.api import prune
 from slimfuse.config import Family
-from slimfuse.pipeline.stages import Context, FamilyStage, stage
-from slimfuse.pruning.config import PruneConfig, check_recovery
+from slimfuse.pipeline.edit import EditStage, run_edit
+from slimfuse.pipeline.stages import Context, stage
+from slimfuse.pruning.api import PRUNING
+from slimfuse.pruning.config import PruneConfig
+from slimfuse.training.recovery import Edit
 
 
-class PruneStage(FamilyStage):
+class PruneStage(EditStage):
     family: ClassVar[Family] = PruneConfig
-    model: str | None = Field(
-        None, description="an earlier stage's name (default: the current model)"
-    )
-
-    def check(self) -> None:
-        train = self.family.training(self.method, self._train)
-        assert train is not None  # every method recovers with the one loop
-        check_recovery(self.method, train)
+    edit: ClassVar[Edit] = PRUNING
 
 
 @stage(PruneStage)
 def prune_stage(ctx: Context, cfg: PruneStage) -> nn.Module:
     """Prune (magnitude, threshold, channels or transformer FFN/heads), then recover."""
-    return prune(
-        ctx.model_named(cfg.model),
-        cfg.method,
-        ctx.data,
-        train=cfg.train_config(ctx),
-        task=ctx.task,
-        checkpoint_dir=ctx.checkpoint_dir,
-    )
+    return run_edit(ctx, cfg)

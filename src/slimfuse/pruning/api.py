@@ -22,64 +22,21 @@ default none); ``recovery="distill"`` uses the unpruned model as teacher through
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from slimfuse.config import TrainConfig
 from slimfuse.data import Data
-from slimfuse.errors import ConfigError, SlimfuseWarning
+from slimfuse.errors import SlimfuseWarning
 from slimfuse.measuring import count_params
-from slimfuse.models.source import check_float_model, task_of
-from slimfuse.pruning.config import PRUNE_TRAINING, AnyPruneConfig, PruneConfig, check_recovery
-from slimfuse.pruning.recovery import (
-    Recovery,
-    TeacherObjective,
-    check_teacher_objective,
-    recover,
-)
+from slimfuse.pruning.config import AnyPruneConfig, PruneConfig, check_recovery
 from slimfuse.registry import Registry
-from slimfuse.tasks import Task, get_task
-from slimfuse.training import Callback
+from slimfuse.training.recovery import Edit, EditOptions, Handler, Job
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-@dataclass
-class Job:
-    """What a method's handler gets besides the caller's model (left unchanged) and its config."""
-
-    data: Data | None  # recovery's training data; example inputs, Taylor and activation batches
-    task: Task
-    train: TrainConfig  # recovery's training (epochs 0: none)
-    example_inputs: Any  # channels: inputs to trace the model with (default: one data sample)
-    inputs: Any  # transformer: token batches for importance 'activation' (default: from data)
-    teacher: nn.Module | None  # the unpruned model, for recovery 'distill'
-    teacher_objective: TeacherObjective | None
-    checkpoint_dir: str | Path | None
-    recovery: Recovery = "finetune"
-
-    def recover(
-        self, model: nn.Module, callbacks: Sequence[Callback] = (), description: str = "recover"
-    ) -> None:
-        """Recovery epochs on ``model``, in place (none when ``train.epochs`` is 0)."""
-        if self.train.epochs and self.data is not None:
-            recover(
-                model,
-                self.data,
-                self.task,
-                self.train,
-                recovery=self.recovery,
-                teacher=self.teacher,
-                teacher_objective=self.teacher_objective,
-                callbacks=callbacks,
-                checkpoint_dir=self.checkpoint_dir,
-                description=description,
-            )
-
-
-Handler = Callable[[nn.Module, Any, Job], nn.Module]
+__all__ = ["HANDLERS", "PRUNING", "Job", "prune"]
 
 # method -> "module:function(model, config, job) -> new model"; add one with HANDLERS.register
 HANDLERS: Registry[Handler] = Registry(
@@ -92,18 +49,22 @@ HANDLERS: Registry[Handler] = Registry(
     },
 )
 
+PRUNING = Edit(
+    PruneConfig,
+    HANDLERS,
+    check_recovery,
+    verb="prune",
+    noun="pruning",
+    after="pruning",
+    hint="prune the float model, then quantize the pruned one",
+)
+
 
 def prune(
     model: nn.Module,
     config: AnyPruneConfig | dict[str, Any],
     data: Data | None = None,
-    *,
-    train: TrainConfig | None = None,
-    task: str | Task | None = None,
-    example_inputs: Any = None,
-    inputs: Any = None,
-    teacher_objective: TeacherObjective | None = None,
-    checkpoint_dir: str | Path | None = None,
+    **options: Unpack[EditOptions],
 ) -> nn.Module:
     """Prune ``model`` as ``config`` says, recover, and return the new model (the input is not
     changed: neither its weights nor its training mode).
@@ -125,29 +86,7 @@ def prune(
     a ratio too small to take one channel) warns (``SlimfuseWarning``; an error with the
     CLI's ``--strict``).
     """
-    cfg = PruneConfig.parse(config)
-    handler = HANDLERS.get(cfg.method)
-    check_float_model(model, "pruning", "prune the float model, then quantize the pruned one")
-    train = train or TrainConfig(**PRUNE_TRAINING, quiet=True)
-    if not isinstance(train, TrainConfig):
-        raise ConfigError(f"train= expects a TrainConfig; got {type(train).__name__}")
-    check_recovery(cfg, train)
-    if train.epochs and data is None:
-        raise ConfigError("fine-tuning after pruning needs data")
-    distill = cfg.recovery == "distill"
-    if distill:
-        check_teacher_objective(teacher_objective)
-    job = Job(
-        data=data,
-        task=get_task(task or task_of(model)),
-        train=train,
-        example_inputs=example_inputs,
-        inputs=inputs,
-        teacher=model if distill else None,  # recovery distils from a copy
-        teacher_objective=teacher_objective,
-        checkpoint_dir=checkpoint_dir,
-        recovery=cfg.recovery,
-    )
+    cfg, handler, job = PRUNING.start(model, config, data, **options)
     before = count_params(model)
     pruned = handler(model, cfg, job)
     after = count_params(pruned)
