@@ -67,9 +67,11 @@ bench-fuse: $(STAMP)
 bench-tabular: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python tabular.py
 
-# the peer (NNCF) runs in its own environment, kept out of slimfuse's: .peers
+# the peers (NNCF, Olive) run in their own environment, kept out of slimfuse's: .peers
+# (torch pinned: the CPU wheel; Olive 0.13 imports requests without declaring it)
 bench-compress: $(STAMP)
-	test -x .peers/bin/python || ($(PY) -m venv .peers && .peers/bin/pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.31.1)
+	test -x .peers/bin/python || $(PY) -m venv .peers
+	.peers/bin/python -c "import nncf, olive" 2>/dev/null || .peers/bin/pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.31.1 olive-ai==0.13.0 requests "$(TORCH_PIN)"
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python compress_cnn.py
 
 bench-prune: $(STAMP)
