@@ -223,3 +223,35 @@ def test_a_trained_chain_with_an_int8_ending_reproduces_with_slimfuse_run(search
     assert last["stage"] == "int8"
     assert last["metric_value"] == ours["metric_value"]
     assert last["onnx_bytes"] == ours["onnx_bytes"]
+
+
+def test_executorch_engine_ships_the_pte_it_measured(members, tmp_path):
+    """--engine executorch: every figure is the .pte's (ExecuTorch, XNNPACK); the post-training
+    move is PT2E int8 at export, and the recipe's export stage writes the same program."""
+    pytest.importorskip("executorch")
+    out = tmp_path / "pte"
+    result = slimfuse.compress(
+        members[0], "mnist1d", out=out, engine="executorch", trials=2, batch=1, **KW
+    )
+    assert result.chosen is not None and result.test["engine"] == "executorch"
+    first = json.loads((out / "trials" / "000" / "trial.json").read_text())
+    assert first["chain"] == [] and first["variants"][0]["chain"] == [
+        {"stage": "export", "format": "pte", "int8": True}
+    ]
+    shipped = out / "model.pte"
+    assert result.chosen["file_bytes"] == shipped.stat().st_size
+    assert result.chosen["onnx_bytes"] is None and not (out / "model.onnx").exists()
+    rows = json.loads((out / "metrics.json").read_text())["stages"]
+    assert {r["engine"] for r in rows} == {"torch", "executorch"}
+    assert "PTE KiB" in (out / "pareto.md").read_text()
+    slimfuse.run(out / "recipe.yaml", tmp_path / "again", quiet=True)
+    assert (tmp_path / "again" / "model.pte").read_bytes() == shipped.read_bytes()
+
+
+def test_export_stage_int8_is_for_pte_only():
+    from slimfuse.errors import ConfigError
+    from slimfuse.pipeline.recipe import check_recipe, parse_recipe
+
+    text = "model: x\ndata: mnist1d\nstages:\n  - stage: export\n    int8: true\n"
+    with pytest.raises(ConfigError, match="int8 is for format pte"):
+        check_recipe(parse_recipe(text), "recipe")

@@ -24,6 +24,12 @@ class CompressConfig(Config):
         "ONNX file's bytes",
     )
     batch: Literal[1, 64] = Field(64, description="batch size the latency is measured at")
+    engine: Literal["onnxruntime", "executorch"] = Field(
+        "onnxruntime",
+        description="the runtime the model ships on, where latency and file bytes are "
+        "measured: onnxruntime (.onnx; int8 by ONNX Runtime's quantizer) or executorch (.pte "
+        "lowered to XNNPACK, the phone format; int8 through PT2E)",
+    )
     budget_minutes: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="wall-clock minutes the search may take"
     )

@@ -25,11 +25,10 @@ from typing import Any
 
 from slimfuse.autocompress.config import CompressConfig
 from slimfuse.autocompress.space import (
-    ENDING_CHOICES,
     Space,
-    ending_stage,
-    endings,
+    ending_param,
     enqueued,
+    forms,
     students,
     suggest,
 )
@@ -40,7 +39,8 @@ log = logging.getLogger("slimfuse.compress")
 STUDY = "compress"
 # what a resumed search must share with the one it continues
 TOL = 1e-9  # a drop of exactly max_drop (0.99 - 0.98 in floats) is within the budget
-KEPT = ("max_drop", "objective", "batch", "epochs", "seed", "fusion")
+KEPT = ("max_drop", "objective", "batch", "engine", "epochs", "seed", "fusion")
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "executorch": "ExecuTorch (XNNPACK)"}
 # the tasks a budget can be kept on: accuracy, or the cosine to the reference's embeddings
 TASKS = ("classification", "embedding")
 
@@ -72,7 +72,11 @@ class CompressResult:
 
 
 def _objective_key(cfg: CompressConfig) -> str:
-    return "latency_ms" if cfg.objective == "latency" else "onnx_bytes"
+    return "latency_ms" if cfg.objective == "latency" else "file_bytes"
+
+
+def _file_kind(cfg: CompressConfig) -> str:
+    return "PTE" if cfg.engine == "executorch" else "ONNX"
 
 
 def describe(chain: Sequence[dict[str, Any]]) -> str:
@@ -89,6 +93,8 @@ def describe(chain: Sequence[dict[str, Any]]) -> str:
         elif e["stage"] == "prune":
             shares = [f"{k} {e[k]:g}" for k in ("ffn", "heads") if e.get(k)]
             parts.append(f"prune {', '.join(shares)} {e['epochs']}ep")
+        elif e["stage"] == "export":
+            parts.append(f"{e.get('format', 'onnx')} {'int8' if e.get('int8') else 'fp32'}")
         elif e["stage"] == "factorize":
             parts.append(f"low rank {e['budget']:g} FLOPs {e['epochs']}ep")
         elif e["stage"] == "quantize":
@@ -97,7 +103,7 @@ def describe(chain: Sequence[dict[str, Any]]) -> str:
     return " -> ".join(parts) or "reference"
 
 
-def _space(model: Any, task: str) -> Space:
+def _space(model: Any, task: str, engine: str = "onnxruntime") -> Space:
     """The search space of the reference ``model``: students of its zoo architecture (of its
     first member for an ensemble), or for a text encoder its number of blocks."""
     from slimfuse.fusion.ensemble import FusionModule
@@ -111,14 +117,14 @@ def _space(model: Any, task: str) -> Space:
             blocks = len(find_blocks(model)[1])
         except SlimfuseError:  # no block list: no shallower students
             blocks = 1
-        return Space(encoder_blocks=max(1, blocks))
+        return Space(encoder_blocks=max(1, blocks), engine=engine)
     ensemble = isinstance(model, FusionModule)
     inner = model.members[model.names[0]] if ensemble else model
     spec = spec_of(inner)
     if spec is None or not isinstance(spec.source, str) or spec.source not in MODELS:
-        return Space(ensemble=ensemble)
+        return Space(ensemble=ensemble, engine=engine)
     arch = (spec.source, dict(spec.kwargs or {}))
-    return Space(pool=tuple(students(arch, ensemble)), ensemble=ensemble)
+    return Space(pool=tuple(students(arch, ensemble)), ensemble=ensemble, engine=engine)
 
 
 def _reference(
@@ -163,9 +169,17 @@ def _reference(
     save(reference, folder)
     reference = load(folder)  # the reference as every trial (and the recipe) loads it
     data = _encoded(reference, data, models)
-    figures = measure_val(reference, data, task, batch=cfg.batch, threads=cfg.threads, folder=None)
+    figures = measure_val(
+        reference,
+        data,
+        task,
+        batch=cfg.batch,
+        threads=cfg.threads,
+        folder=None,
+        engine=cfg.engine,
+    )
     figures["task"] = task.name
-    figures["onnx_bytes_fp32"] = figures["onnx_bytes"]
+    figures["file_bytes_fp32"] = figures["file_bytes"]
     figures["sources"] = [
         str(m) if isinstance(m, (str, Path)) else type(m).__name__ for m in models
     ]
@@ -237,7 +251,7 @@ def choose(rows: Sequence[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any
     at most ``max_drop`` (ties: the more accurate, then the smaller); ``None`` if none did."""
     key = _objective_key(cfg)
     feasible = [r for r in rows if r["drop"] <= cfg.max_drop + TOL]
-    return min(feasible, key=lambda r: (r[key], -r["val_metric"], r["onnx_bytes"]), default=None)
+    return min(feasible, key=lambda r: (r[key], -r["val_metric"], r["file_bytes"]), default=None)
 
 
 def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -247,31 +261,33 @@ def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ge = (
             a["val_metric"] >= b["val_metric"]
             and a["latency_ms"] <= b["latency_ms"]
-            and a["onnx_bytes"] <= b["onnx_bytes"]
+            and a["file_bytes"] <= b["file_bytes"]
         )
         gt = (
             a["val_metric"] > b["val_metric"]
             or a["latency_ms"] < b["latency_ms"]
-            or a["onnx_bytes"] < b["onnx_bytes"]
+            or a["file_bytes"] < b["file_bytes"]
         )
         return ge and gt
 
     front = [r for r in rows if not any(beats(o, r) for o in rows if o is not r)]
-    return sorted(front, key=lambda r: (-r["val_metric"], r["onnx_bytes"]))
+    return sorted(front, key=lambda r: (-r["val_metric"], r["file_bytes"]))
 
 
 def _table(
     reference: dict[str, Any], rows: list[dict[str, Any]], chosen: int | None, cfg: CompressConfig
 ) -> str:
-    ref_bytes = reference["onnx_bytes"]
+    ref_bytes = reference["file_bytes"]
     task = reference.get("task", "classification")
     metric, unit = metric_name(task), "cosine" if task == "embedding" else "points"
     lines = [
-        f"Pareto front (validation split; ONNX Runtime, {cfg.threads} thread(s), latency at "
+        f"Pareto front (validation split; {ENGINE_NAMES[cfg.engine]}, {cfg.threads} thread(s), "
+        "latency at "
         f"batch {cfg.batch}); budget: drop <= {drop_text(cfg.max_drop, task)}, objective: "
         f"{cfg.objective}",
         "",
-        f"| trial | chain | val {metric} | drop ({unit}) | ONNX KiB | x reference size | "
+        f"| trial | chain | val {metric} | drop ({unit}) | {_file_kind(cfg)} KiB | "
+        "x reference size | "
         f"ms, batch {cfg.batch} | params | within budget |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| reference | {' + '.join(reference.get('sources', [])) or 'reference'} | "
@@ -282,8 +298,8 @@ def _table(
         mark = " **(chosen)**" if r["number"] == chosen else ""
         lines.append(
             f"| {r['number']}{mark} | {describe(r['chain'])} | {r['val_metric']:.4f} | "
-            f"{drop_text(r['drop'], task).split()[0]} | {r['onnx_bytes'] / 1024:.1f} | "
-            f"{r['onnx_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
+            f"{drop_text(r['drop'], task).split()[0]} | {r['file_bytes'] / 1024:.1f} | "
+            f"{r['file_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
             f"{'yes' if r['drop'] <= cfg.max_drop + TOL else 'no'} |"
         )
     return "\n".join(lines) + "\n"
@@ -297,6 +313,7 @@ def compress(
     max_drop: float = 0.01,
     objective: str = "latency",
     batch: int = 64,
+    engine: str = "onnxruntime",
     budget_minutes: float = 10.0,
     trials: int = 40,
     epochs: int = 80,
@@ -308,9 +325,11 @@ def compress(
     resume: bool = False,
     trust_code: bool | None = None,
 ) -> CompressResult:
-    """Search chains of techniques for the model that minimises ``objective`` (ONNX Runtime
-    ``latency`` at ``batch`` on this CPU, or ONNX ``size``) while its validation accuracy stays
-    within ``max_drop`` (0.01: one point) of the reference's.
+    """Search chains of techniques for the model that minimises ``objective`` (``latency`` at
+    ``batch`` on this CPU, or file ``size``) on ``engine`` (``onnxruntime``: an ``.onnx``
+    file; ``executorch``: a ``.pte`` lowered to XNNPACK) while its validation accuracy stays
+    within ``max_drop`` (0.01: one point) of the reference's (a text encoder's: the mean
+    cosine to the reference's embeddings).
 
     - ``models``: one model or several (sources: bundle folders, ``file.py:fn``..., or modules);
       several are fused first (``fusion``: weighted or mean), and the fused model is the
@@ -329,6 +348,7 @@ def compress(
         max_drop=max_drop,
         objective=objective,
         batch=batch,
+        engine=engine,
         budget_minutes=budget_minutes,
         trials=trials,
         epochs=epochs,
@@ -389,15 +409,16 @@ def _search(
     out.mkdir(parents=True, exist_ok=True)
     reference, ref, data = _reference(models, data, out, cfg, resume)
     task = get_task(ref.get("task", "classification"))
-    space = _space(reference, task.name)
+    space = _space(reference, task.name, cfg.engine)
     study = _open_study(out, cfg, resume, space)
     key = _objective_key(cfg)
     floor = ref["val_metric"] - cfg.max_drop
     log.info(
-        "reference: val %s %.4f, %.1f KiB ONNX, %.3f ms at batch %d; floor %.4f",
+        "reference: val %s %.4f, %.1f KiB %s, %.3f ms at batch %d; floor %.4f",
         metric_name(task.name),
         ref["val_metric"],
-        ref["onnx_bytes"] / 1024,
+        ref["file_bytes"] / 1024,
+        _file_kind(cfg),
         ref["latency_ms"],
         cfg.batch,
         floor,
@@ -454,17 +475,23 @@ def _search(
         try:
             ctx = run_chain(recipe_of(chain), data, task, folder, watch)
             # a chain that trains ends in each int8 form as well: the trained model is shared
-            for ending in (
-                [None] if chain[-1]["stage"] == "quantize" else endings(cfg, space.encoder)
-            ):
-                where = folder if ending is None else folder / ending
-                if ending is None:
-                    model, full = ctx.model, chain
-                else:
-                    entry = ending_stage(ending, cfg)
-                    model, full = continue_chain(ctx, entry, cfg.seed), [*chain, entry]
+            for i, form in enumerate(forms(chain, cfg, space)):
+                where = folder if i == 0 else folder / form.label
+                model, full = ctx.model, list(chain)
+                if form.stage is not None:
+                    model = continue_chain(ctx, form.stage, cfg.seed)
+                    full.append(form.stage)
+                if form.export is not None:
+                    full.append(form.export)
                 figures = measure_val(
-                    model, data, task, batch=cfg.batch, threads=cfg.threads, folder=where
+                    model,
+                    data,
+                    task,
+                    batch=cfg.batch,
+                    threads=cfg.threads,
+                    folder=where,
+                    engine=cfg.engine,
+                    int8=form.int8_export,
                 )
                 drop = ref["val_metric"] - figures["val_metric"]
                 variants.append(
@@ -473,7 +500,7 @@ def _search(
                         "drop": drop,
                         "chain": full,
                         "folder": str(where.relative_to(out)),
-                        "ending": ending or "none",
+                        "ending": form.label,
                     }
                 )
         except Hopeless as why:
@@ -498,8 +525,9 @@ def _search(
             v["seconds"] = seconds
             if v is best_v:
                 continue
-            extra = {**trial.params, "ending": v["ending"]}
-            dists = {**trial.distributions, "ending": CategoricalDistribution(ENDING_CHOICES)}
+            name, choices = ending_param(space)
+            extra = {**trial.params, name: v["ending"]}
+            dists = {**trial.distributions, name: CategoricalDistribution(choices)}
             study.add_trial(
                 optuna.trial.create_trial(
                     params=extra,
@@ -525,7 +553,7 @@ def _search(
             a = trial.user_attrs
             line = (
                 f"val {a['val_metric']:.4f} (drop {drop_text(a['drop'], task.name)}), "
-                f"{a['onnx_bytes'] / 1024:.1f} KiB, {a['latency_ms']:.3f} ms"
+                f"{a['file_bytes'] / 1024:.1f} KiB, {a['latency_ms']:.3f} ms"
             )
             if a["drop"] <= cfg.max_drop + TOL and (not best or a[key] < best[key]):
                 best.clear()
@@ -533,7 +561,7 @@ def _search(
         else:
             line = trial.user_attrs.get("stopped", state)
         shown = (
-            f"trial {best['number']}: {best['onnx_bytes'] / 1024:.1f} KiB, "
+            f"trial {best['number']}: {best['file_bytes'] / 1024:.1f} KiB, "
             f"{best['latency_ms']:.3f} ms"
             if best
             else "none within the budget yet"
@@ -627,14 +655,17 @@ def _finish(
     target = out / "chosen"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(trial_dir / "bundle", target)
-    shutil.copyfile(target / "model.onnx", out / "model.onnx")
-    recipe = recipe_of(chosen["chain"], export=True)
+    pte = cfg.engine == "executorch"
+    shipped = out / ("model.pte" if pte else "model.onnx")
+    shutil.copyfile(trial_dir / "model.pte" if pte else target / "model.onnx", shipped)
+    # an ExecuTorch chain ends in its own export entry (fp32 or int8 .pte)
+    recipe = recipe_of(chosen["chain"], export=not pte)
     header = (
         f"# The chain slimfuse compress chose (trial {chosen['number']}): "
         f"{describe(chosen['chain'])}\n"
         f"# val {metric_name(task.name)} {chosen['val_metric']:.4f} (reference "
         f"{ref['val_metric']:.4f}), "
-        f"{chosen['onnx_bytes']:,} ONNX bytes, {chosen['latency_ms']:.3f} ms at batch "
+        f"{chosen['file_bytes']:,} {_file_kind(cfg)} bytes, {chosen['latency_ms']:.3f} ms at batch "
         f"{cfg.batch}. `slimfuse run` reproduces it from the reference bundle.\n"
     )
     (out / "recipe.yaml").write_text(recipe_text(recipe, header))
@@ -650,6 +681,8 @@ def _finish(
             threads=cfg.threads,
             bundle=out / name,
             latency_batches=tuple(sorted({1, cfg.batch})),
+            engines=("torch", cfg.engine),
+            pte_path=shipped if pte and name == "chosen" else None,
         )
         for r in rows_:
             r["bundle"] = str(out / name)
@@ -661,29 +694,30 @@ def _finish(
         write_report(out, report)
     except Exception as exc:  # the table and metrics stand without the page
         log.warning("report not written: %s", exc)
-    ort = {r["stage"]: r for r in stages if r["engine"] == "onnxruntime"}
+    run = {r["stage"]: r for r in stages if r["engine"] == cfg.engine}
     result.test = {
-        "reference": ort["reference"]["metric_value"],
-        "chosen": ort["chosen"]["metric_value"],
-        "drop": ort["reference"]["metric_value"] - ort["chosen"]["metric_value"],
-        "onnx_ratio": ort["chosen"]["onnx_bytes"] / ort["reference"]["onnx_bytes"],
+        "engine": cfg.engine,
+        "reference": run["reference"]["metric_value"],
+        "chosen": run["chosen"]["metric_value"],
+        "drop": run["reference"]["metric_value"] - run["chosen"]["metric_value"],
+        "size_ratio": run["chosen"]["file_bytes"] / run["reference"]["file_bytes"],
         "metric": metric_name(task.name),
         "batch": cfg.batch,
-        "latency_ratio": ort["chosen"][f"latency_ms_b{cfg.batch}"]
-        / ort["reference"][f"latency_ms_b{cfg.batch}"],
+        "latency_ratio": run["chosen"][f"latency_ms_b{cfg.batch}"]
+        / run["reference"][f"latency_ms_b{cfg.batch}"],
     }
     summary["test"] = result.test
     (out / "compress.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     log.info(
-        "chosen: trial %d (%s); test %s %.4f vs reference %.4f (drop %s), "
-        "ONNX %.3fx the reference's",
+        "chosen: trial %d (%s); test %s %.4f vs reference %.4f (drop %s), %s %.3fx the reference's",
         chosen["number"],
         describe(chosen["chain"]),
         metric_name(task.name),
         result.test["chosen"],
         result.test["reference"],
         drop_text(result.test["drop"], task.name),
-        result.test["onnx_ratio"],
+        _file_kind(cfg),
+        result.test["size_ratio"],
     )
     if math.isnan(result.test["chosen"]):
         log.warning("the chosen model's test %s is not a number", metric_name(task.name))

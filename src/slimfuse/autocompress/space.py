@@ -44,6 +44,8 @@ from slimfuse.autocompress.config import CompressConfig
 
 PTQ = ("dynamic", "static-minmax", "static-percentile", "static-entropy", "static-mixed")
 ENDING_CHOICES = ("none", "static", "dynamic")
+PTE_PTQ = ("pt2e",)  # ExecuTorch's int8: PT2E with the XNNPACK quantizer, at export
+PTE_ENDINGS = ("fp32", "int8")
 ENCODER_PTQ = ("dynamic", "static-minmax")
 ENCODER_FFN = (0.25, 0.5)  # shares of FFN neurons pruned
 ENCODER_HEADS = (0.0, 0.25)  # shares of attention heads pruned
@@ -70,6 +72,7 @@ class Space:
     pool: tuple[Student, ...] = ()
     ensemble: bool = False
     encoder_blocks: int = 0
+    engine: str = "onnxruntime"
 
     @property
     def encoder(self) -> bool:
@@ -142,6 +145,45 @@ def endings(cfg: CompressConfig, encoder: bool = False) -> list[str | None]:
     return [None, "static", *(["dynamic"] if cfg.objective == "size" else [])]
 
 
+@dataclass(frozen=True)
+class Form:
+    """One deployed form of a chain's model: ``label`` (ONNX Runtime: ``none``, ``static``,
+    ``dynamic``; ExecuTorch: ``fp32``, ``int8``), the quantize stage it adds (ONNX Runtime's
+    int8) or the export entry it ends with (ExecuTorch's ``.pte``, int8 through PT2E)."""
+
+    label: str
+    stage: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+
+    @property
+    def int8_export(self) -> bool:
+        return bool(self.export and self.export.get("int8"))
+
+
+def forms(chain: list[dict[str, Any]], cfg: CompressConfig, space: Space) -> list[Form]:
+    """The forms a chain is measured in (the first lives in the trial's folder, the others
+    in sub-folders named by their label). ONNX Runtime: a post-training chain as it is, a
+    trained one as it is and with its int8 :func:`endings`. ExecuTorch: every chain as an
+    fp32 and an int8 ``.pte``; the post-training chain (empty) as int8 only."""
+    if space.engine == "executorch":
+        kinds = [True] if not chain else [False, True]
+        return [
+            Form("int8" if q else "fp32", export={"stage": "export", "format": "pte", "int8": q})
+            for q in kinds
+        ]
+    if chain and chain[-1]["stage"] == "quantize":
+        return [Form("none")]
+    return [
+        Form(e or "none", None if e is None else ending_stage(e, cfg))
+        for e in endings(cfg, space.encoder)
+    ]
+
+
+def ending_param(space: Space) -> tuple[str, tuple[str, ...]]:
+    """The study parameter a form's label is recorded under, and its choices."""
+    return ("pte", PTE_ENDINGS) if space.engine == "executorch" else ("ending", ENDING_CHOICES)
+
+
 def ending_stage(kind: str, cfg: CompressConfig) -> dict[str, Any]:
     """The quantize stage of an ending (``static``, ``dynamic``)."""
     return _quantize(kind, cfg.max_drop)
@@ -153,9 +195,10 @@ def enqueued(cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
     starts from one measured point per width instead of drawing widths it may never reach in
     a small trial budget. An encoder's: its post-training int8, then the mildest of each
     trained move."""
+    ptq = PTE_PTQ if space.engine == "executorch" else ENCODER_PTQ if space.encoder else PTQ
     if space.encoder:
         return [
-            *({"move": "ptq", "quant": q} for q in ENCODER_PTQ),
+            *({"move": "ptq", "quant": q} for q in ptq),
             {"move": "prune", "ffn": ENCODER_FFN[0], "heads": 0.0},
             {"move": "factorize", "budget": ENCODER_BUDGETS[-1]},
             *(
@@ -163,7 +206,7 @@ def enqueued(cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
                 * (space.encoder_blocks > 1)
             ),
         ]
-    first: list[dict[str, Any]] = [{"move": "ptq", "quant": q} for q in PTQ]
+    first: list[dict[str, Any]] = [{"move": "ptq", "quant": q} for q in ptq]
     for student in reversed(space.pool):  # students() lists them narrowest first
         first.append(
             {
@@ -183,13 +226,13 @@ def suggest(trial: Any, cfg: CompressConfig, space: Space) -> list[dict[str, Any
     reference is left out for an ensemble: recovering several pruned members costs more than
     a student and, in a search's epochs, loses far more."""
     if space.encoder:
-        return _suggest_encoder(trial, cfg, space.encoder_blocks)
+        return _suggest_encoder(trial, cfg, space)
     pool = space.pool
     moves = ["ptq"] + ([] if space.ensemble else ["prune"]) + (["student"] if pool else [])
     move = trial.suggest_categorical("move", moves)
     recovery = max(1, cfg.epochs // 4)
     if move == "ptq":
-        return [_quantize(trial.suggest_categorical("quant", PTQ), cfg.max_drop)]
+        return _ptq(trial, cfg, space, PTQ)
     chain: list[dict[str, Any]] = []
     if move == "student":
         labels = [s.label for s in pool]
@@ -233,14 +276,26 @@ def _depths(blocks: int) -> list[int]:
     return sorted({max(1, min(blocks - 1, round(blocks * f))) for f in ENCODER_DEPTHS})
 
 
-def _suggest_encoder(trial: Any, cfg: CompressConfig, blocks: int) -> list[dict[str, Any]]:
+def _ptq(
+    trial: Any, cfg: CompressConfig, space: Space, choices: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """A post-training chain: ONNX Runtime's int8 as a quantize stage; ExecuTorch's is its
+    export (the chain is empty, :func:`forms` ends it in an int8 ``.pte``)."""
+    if space.engine == "executorch":
+        trial.suggest_categorical("quant", PTE_PTQ)
+        return []
+    return [_quantize(trial.suggest_categorical("quant", choices), cfg.max_drop)]
+
+
+def _suggest_encoder(trial: Any, cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
     """An encoder's chain (see the module docstring). Its training is distillation from the
     reference with the cosine loss at a transformer's learning rate; ``cfg.epochs`` is the
     shallower student's, recoveries get half of them."""
+    blocks = space.encoder_blocks
     moves = ["ptq", "prune", "factorize"] + (["depth"] if blocks > 1 else [])
     move = trial.suggest_categorical("move", moves)
     if move == "ptq":
-        return [_quantize(trial.suggest_categorical("quant", ENCODER_PTQ), cfg.max_drop)]
+        return _ptq(trial, cfg, space, ENCODER_PTQ)
     train = {"lr": 1e-4, "batch_size": 16, "restore_best": False}
     recovery = {**train, "epochs": max(1, cfg.epochs // 2), "recovery": "distill"}
     if move == "depth":

@@ -181,36 +181,59 @@ def _stage(ctx: Context, entry: Any, seed: int) -> nn.Module | None:
 
 
 def measure_val(
-    model: nn.Module, data: Data, task: Task, *, batch: int, threads: int, folder: Path | None
+    model: nn.Module,
+    data: Data,
+    task: Task,
+    *,
+    batch: int,
+    threads: int,
+    folder: Path | None,
+    engine: str = "onnxruntime",
+    int8: bool = False,
 ) -> dict[str, Any]:
-    """The deployed form on the validation split: ONNX Runtime metric, file bytes and
-    latency at ``batch`` (fixed threads); the bundle's bytes when ``folder`` is given."""
+    """The deployed form on the validation split, run by ``engine``: its metric, file bytes
+    and latency at ``batch`` (fixed threads); with ``folder``, the model is saved there
+    (``bundle/``, and for ExecuTorch the ``model.pte`` measured: an ``int8`` one is quantized
+    by PT2E at export, calibrated on the training data) with the bundle's bytes."""
     from slimfuse.exporting import export_onnx
 
-    onnx = None
+    path = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        onnx = export_onnx(model, data.example_input(1), folder / "model.onnx")
+        if engine == "executorch":
+            from slimfuse.deploy.pte import export_pte
+
+            path = export_pte(
+                model, data.example_input(1), folder / "model.pte", int8=int8, calibration=data
+            )
+        else:
+            path = export_onnx(model, data.example_input(1), folder / "model.onnx")
+    elif int8:
+        raise ValueError("an int8 .pte is measured from the file it is written to: give folder")
     row = measure(
         model,
         data,
         task,
         split="val",
-        engines=["onnxruntime"],
+        engines=[engine],
         threads=threads,
         latency_batches=(batch,),
         budget_s=0.5,
-        onnx_path=onnx,
+        onnx_path=path if engine == "onnxruntime" else None,
+        pte_path=path if engine == "executorch" else None,
     )[0]
     out = {
         "val_metric": row["metric_value"],
         "latency_ms": row[f"latency_ms_b{batch}"],
+        "file_bytes": row["file_bytes"],
         "onnx_bytes": row["onnx_bytes"],
         "params": row["params"],
         "macs": row["macs"],
     }
     if folder is not None:
+        onnx = path if engine == "onnxruntime" else None
         save(model, folder / "bundle", onnx=onnx, metrics={"task": task.name, "val": out})
         out["bundle_bytes"] = stored_bytes(folder / "bundle")
-        (folder / "model.onnx").unlink()
+        if onnx is not None:  # the bundle keeps its copy
+            onnx.unlink()
     return out

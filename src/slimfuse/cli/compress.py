@@ -47,12 +47,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     task = result.reference.get("task", "classification")
     print(
         f"chosen: trial {result.chosen['number']}: test {t['metric']} {t['chosen']:.4f} vs "
-        f"{t['reference']:.4f} for the reference (drop {drop_text(t['drop'], task)}), ONNX "
-        f"{t['onnx_ratio']:.3f}x the reference's size, {t['latency_ratio']:.2f}x its "
+        f"{t['reference']:.4f} for the reference (drop {drop_text(t['drop'], task)}), "
+        f"{t['size_ratio']:.3f}x the reference's file size, {t['latency_ratio']:.2f}x its "
         f"batch-{t['batch']} latency"
     )
     print(
-        f"model: {result.out / 'model.onnx'}; bundle: {result.out / 'chosen'}; recipe: "
+        f"model: {result.out / ('model.pte' if t['engine'] == 'executorch' else 'model.onnx')}; "
+        f"bundle: {result.out / 'chosen'}; recipe: "
         f"{result.out / 'recipe.yaml'}"
     )
     return 0

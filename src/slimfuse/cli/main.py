@@ -257,7 +257,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"compressed: {describe(found.chosen['chain'])}\n"
         f"test accuracy {t['chosen']:.4f} vs {t['reference']:.4f} for the ensemble "
-        f"({t['drop'] * 100:+.2f} points drop), ONNX {t['onnx_ratio']:.3f}x its size, "
+        f"({t['drop'] * 100:+.2f} points drop), ONNX {t['size_ratio']:.3f}x its size, "
         f"{t['latency_ratio']:.2f}x its batch-{t['batch']} latency\n"
         f"model: {out / 'model.onnx'}; report: {out / 'report.html'}; search: {found.out}; "
         f"recipe of the chosen chain: {found.out / 'recipe.yaml'}\n"
