@@ -140,6 +140,10 @@ def _export(
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        # the ONNX IR passes log each folded constant at INFO, and ONNX Runtime's quantizers
+        # give the root logger a handler: without this, an export prints hundreds of lines
+        for name in ("onnx_ir", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         if dynamo:
             should_fold = _keep_unfolded(model)
             prog = torch.onnx.export(
