@@ -7,7 +7,7 @@ points of validation accuracy; objectives: ONNX bytes (size) and ONNX Runtime la
 
 - slimfuse: one ``slimfuse.compress`` search per objective at the widest budget (2 points:
   its early stops are the loosest, so its trials hold every tighter budget's candidates); the
-  pick per budget is compress's own rule (:func:`slimfuse.autocompress.search.choose`: the lowest
+  pick per budget is compress's own rule (:func:`slimfuse.autocompress.results.choose`: the lowest
   objective among the trials within that budget on validation) applied to the search's trials.
   A search run at a tighter budget would steer its sampler differently.
 - NNCF (``nncf.quantize_with_accuracy_control``, ONNX backend) on the fused model's ONNX file,
@@ -56,7 +56,7 @@ import slimfuse
 from prune_common import cpu_line, interleaved, write
 from quantize_common import ort_session, table
 from slimfuse.autocompress.config import CompressConfig
-from slimfuse.autocompress.search import choose, describe
+from slimfuse.autocompress.results import choose, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / ".peers" / "bin" / "python"

@@ -12,7 +12,7 @@ import pytest
 
 import slimfuse
 from slimfuse.autocompress import CompressConfig, trial
-from slimfuse.autocompress.search import choose
+from slimfuse.autocompress.results import choose
 from slimfuse.cli import main
 from slimfuse.config import TrainConfig
 

@@ -17,7 +17,8 @@ from slimfuse.config import add_flags, given, validate
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from slimfuse.autocompress.search import compress, drop_text
+    from slimfuse.autocompress.results import drop_text
+    from slimfuse.autocompress.search import compress
 
     values = {**given(args, tuple(CompressConfig.model_fields)), "threads": args.threads}
     values["seed"] = args.seed

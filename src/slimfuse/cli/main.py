@@ -247,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from slimfuse.autocompress.search import describe
+    from slimfuse.autocompress.results import describe
 
     result = run_demo(args.out, recipe=DEMO_RECIPE, quiet=args.quiet, resume=args.resume)
     found, out = result["search"], Path(args.out)
