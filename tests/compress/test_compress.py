@@ -94,6 +94,25 @@ def test_resume_continues_without_redoing_trials(search):
     ] == ["dynamic"]
 
 
+def test_time_budget_counts_across_resume(search, members, tmp_path):
+    """The minutes of earlier runs count: a resume whose budget they already spent runs no
+    trial, however many --trials are left."""
+    import shutil
+
+    import optuna
+
+    out = tmp_path / "copy"
+    shutil.copytree(search["out"], out)
+    storage = f"sqlite:///{out / 'search.db'}"
+    spent = optuna.load_study(study_name="compress", storage=storage).user_attrs["seconds"]
+    assert spent > 0
+    before = sorted(p.name for p in (out / "trials").iterdir())
+    kw = {**KW, "budget_minutes": spent / 60}
+    result = slimfuse.compress(members, "mnist1d", out=out, trials=10, resume=True, **kw)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == before
+    assert result.chosen is not None
+
+
 def test_chosen_within_budget_and_a_trial_over_budget_never_chosen(search):
     result = search["result"]
     cfg = CompressConfig(**KW)

@@ -31,7 +31,10 @@ class CompressConfig(Config):
         "lowered to XNNPACK, the phone format; int8 through PT2E)",
     )
     budget_minutes: float = Field(
-        10.0, gt=0, allow_inf_nan=False, description="wall-clock minutes the search may take"
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="wall-clock minutes the search may take, runs continued with --resume included",
     )
     trials: int = Field(
         40, ge=1, description="trials in all (a resumed search counts earlier ones)"

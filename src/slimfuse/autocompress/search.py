@@ -286,7 +286,6 @@ def _search(
     from slimfuse.tasks import get_task
 
     started = time.time()
-    deadline = started + cfg.budget_minutes * 60
     db = out / "search.db"
     if resume and not db.is_file():
         raise ConfigError(f"--resume: {out} holds no search (no search.db); run without --resume")
@@ -304,6 +303,11 @@ def _search(
     task = get_task(ref.get("task", "classification"))
     space = _space(reference, task.name, cfg.engine)
     study = _open_study(out, cfg, resume, space)
+    # the time budget counts across --resume: the study keeps the seconds spent so far
+    spent = float(study.user_attrs.get("seconds", 0.0))
+    deadline = started + cfg.budget_minutes * 60 - spent
+    if spent:
+        log.info("%.1f of %g minutes spent before this run", spent / 60, cfg.budget_minutes)
     key = objective_key(cfg)
     floor = ref["val_metric"] - cfg.max_drop
     log.info(
@@ -460,6 +464,7 @@ def _search(
             else "none within the budget yet"
         )
         log.info("trial %d [%s] %s: %s | best: %s", trial.number, state, what, line, shown)
+        study_.set_user_attr("seconds", spent + time.time() - started)
         if time.time() >= deadline:
             study_.stop()
 
@@ -470,6 +475,8 @@ def _search(
             if t.state.is_finished() and not {"interrupted", "twin", "base"} & set(t.user_attrs)
         )
 
+    if time.time() >= deadline:
+        log.info("the time budget is spent: raise --budget-minutes to search on")
     while time.time() < deadline and ran() < cfg.trials:
         before = ran()
         study.optimize(

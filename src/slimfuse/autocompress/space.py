@@ -27,6 +27,9 @@ embeddings) the moves are the encoder's own:
 
 Each trained encoder chain is measured as it is and with a dynamic int8 ending.
 
+On ExecuTorch (``engine: executorch``) int8 is PT2E at export, not a stage: the post-training
+chain is empty and every chain is measured as an fp32 and an int8 ``.pte`` (:func:`forms`).
+
 Trained stages end with their last epoch's weights (``restore_best: False``): the budget is
 kept on the validation split, and a student whose best epoch was picked on that split would
 look better there than it is.
@@ -66,8 +69,8 @@ class Student:
 @dataclass(frozen=True)
 class Space:
     """What the search may draw from for one reference: the students of its architecture
-    (:func:`students`), whether it is an ensemble, and for a text encoder its number of
-    blocks (``encoder_blocks``; ``0``: not an encoder)."""
+    (:func:`students`), whether it is an ensemble, for a text encoder its number of blocks
+    (``encoder_blocks``; ``0``: not an encoder), and the runtime it is measured on."""
 
     pool: tuple[Student, ...] = ()
     ensemble: bool = False
