@@ -274,3 +274,38 @@ def test_export_stage_int8_is_for_pte_only():
     text = "model: x\ndata: mnist1d\nstages:\n  - stage: export\n    int8: true\n"
     with pytest.raises(ConfigError, match="int8 is for format pte"):
         check_recipe(parse_recipe(text), "recipe")
+
+
+def test_download_objective_tries_sparsity_and_counts_deflated_bytes(members, tmp_path):
+    """--objective download: a queued chain prunes 80% of the student's weights (unstructured,
+    recovered by distillation); its file deflates far below its size (zeros), the figure that
+    objective minimises."""
+    import optuna
+
+    from slimfuse.autocompress.space import Space, enqueued, students, suggest
+    from slimfuse.autocompress.trial import chain_recipe, measure_val, run_chain
+    from slimfuse.tasks import get_task
+
+    cfg = CompressConfig(objective="download", epochs=2)
+    space = Space(pool=tuple(students(("mnist1d_cnn", {"channels": 8}), False)))
+    sparse = [p for p in enqueued(cfg, space) if p.get("sparsity")]
+    assert len(sparse) == 1 and sparse[0]["student"] == space.pool[-1].label
+    chain = suggest(optuna.trial.FixedTrial(sparse[0]), cfg, space)
+    assert chain[-1]["stage"] == "prune" and chain[-1]["sparsity"] == 0.8
+    recipe = chain_recipe(
+        chain,
+        reference=members[0],
+        data="mnist1d",
+        data_kwargs={},
+        split_seed=0,
+        seed=0,
+        threads=1,
+        task="classification",
+    )
+    data, task = slimfuse.load_data("mnist1d"), get_task("classification")
+    ctx = run_chain(recipe, data, task, tmp_path / "run", None)
+    dense = measure_val(ctx.models["student"], data, task, batch=1, threads=1, folder=None)
+    got = measure_val(ctx.model, data, task, batch=1, threads=1, folder=tmp_path / "sparse")
+    assert got["file_bytes"] == dense["file_bytes"]  # ONNX stores the zeros
+    # a 6-channel CNN: the graph's own bytes are half its file, the weights deflate to a fifth
+    assert got["packed_bytes"] < 0.7 * dense["packed_bytes"]

@@ -41,8 +41,11 @@ class CompressResult:
     test: dict[str, Any] = field(default_factory=dict)
 
 
+OBJECTIVE_KEYS = {"latency": "latency_ms", "size": "file_bytes", "download": "packed_bytes"}
+
+
 def objective_key(cfg: CompressConfig) -> str:
-    return "latency_ms" if cfg.objective == "latency" else "file_bytes"
+    return OBJECTIVE_KEYS[cfg.objective]
 
 
 def file_kind(cfg: CompressConfig) -> str:
@@ -60,6 +63,8 @@ def describe(chain: Sequence[dict[str, Any]]) -> str:
             parts.append(f"distill {e['student']}({kw}) {e['epochs']}ep T={e['temperature']:g}")
         elif e["stage"] == "prune" and "channels" in e:
             parts.append(f"prune channels {e['channels']:g}")
+        elif e["stage"] == "prune" and "sparsity" in e:
+            parts.append(f"sparsity {e['sparsity']:g}")
         elif e["stage"] == "prune":
             shares = [f"{k} {e[k]:g}" for k in ("ffn", "heads") if e.get(k)]
             parts.append(f"prune {', '.join(shares)} {e['epochs']}ep")
@@ -82,19 +87,13 @@ def choose(rows: Sequence[dict[str, Any]], cfg: CompressConfig) -> dict[str, Any
 
 
 def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows no other row beats on validation accuracy, latency and ONNX bytes together."""
+    """Rows no other row beats on validation accuracy, latency, file bytes and deflated
+    bytes together."""
+    lower = ("latency_ms", "file_bytes", "packed_bytes")
 
     def beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        ge = (
-            a["val_metric"] >= b["val_metric"]
-            and a["latency_ms"] <= b["latency_ms"]
-            and a["file_bytes"] <= b["file_bytes"]
-        )
-        gt = (
-            a["val_metric"] > b["val_metric"]
-            or a["latency_ms"] < b["latency_ms"]
-            or a["file_bytes"] < b["file_bytes"]
-        )
+        ge = a["val_metric"] >= b["val_metric"] and all(a[k] <= b[k] for k in lower)
+        gt = a["val_metric"] > b["val_metric"] or any(a[k] < b[k] for k in lower)
         return ge and gt
 
     front = [r for r in rows if not any(beats(o, r) for o in rows if o is not r)]
@@ -114,11 +113,12 @@ def table(
         f"{cfg.objective}",
         "",
         f"| trial | chain | val {metric} | drop ({unit}) | {file_kind(cfg)} KiB | "
-        "x reference size | "
+        "x reference size | deflated KiB | "
         f"ms, batch {cfg.batch} | params | within budget |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| reference | {' + '.join(reference.get('sources', [])) or 'reference'} | "
         f"{reference['val_metric']:.4f} | 0 | {ref_bytes / 1024:.1f} | 1 | "
+        f"{reference['packed_bytes'] / 1024:.1f} | "
         f"{reference['latency_ms']:.3f} | {reference['params']:,} | yes |",
     ]
     for r in rows:
@@ -126,7 +126,8 @@ def table(
         lines.append(
             f"| {r['number']}{mark} | {describe(r['chain'])} | {r['val_metric']:.4f} | "
             f"{drop_text(r['drop'], task).split()[0]} | {r['file_bytes'] / 1024:.1f} | "
-            f"{r['file_bytes'] / ref_bytes:.3f} | {r['latency_ms']:.3f} | {r['params']:,} | "
+            f"{r['file_bytes'] / ref_bytes:.3f} | {r['packed_bytes'] / 1024:.1f} | "
+            f"{r['latency_ms']:.3f} | {r['params']:,} | "
             f"{'yes' if r['drop'] <= cfg.max_drop + TOL else 'no'} |"
         )
     return "\n".join(lines) + "\n"

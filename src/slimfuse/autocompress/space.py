@@ -14,6 +14,8 @@ reference (the recipe's ``model``):
   too for ``size``).
 - ``prune``: the reference's channels pruned (not for an ensemble), recovery by distillation
   from it, and the int8 endings.
+- for the ``download`` objective (deflated bytes), a trained chain may end with unstructured
+  sparsity (50 / 80 / 90% of the weights, recovered by distillation): the zeros deflate.
 
 For a text encoder (the ``embedding`` task: the budget is the mean cosine to the reference's
 embeddings) the moves are the encoder's own:
@@ -49,6 +51,7 @@ PTQ = ("dynamic", "static-minmax", "static-percentile", "static-entropy", "stati
 ENDING_CHOICES = ("none", "static", "dynamic")
 PTE_PTQ = ("pt2e",)  # ExecuTorch's int8: PT2E with the XNNPACK quantizer, at export
 PTE_ENDINGS = ("fp32", "int8")
+SPARSITY = (0.0, 0.5, 0.8, 0.9)  # unstructured, for the download objective
 ENCODER_PTQ = ("dynamic", "static-minmax")
 ENCODER_FFN = (0.25, 0.5)  # shares of FFN neurons pruned
 ENCODER_HEADS = (0.0, 0.25)  # shares of attention heads pruned
@@ -141,11 +144,12 @@ def _quantize(kind: str, max_drop: float) -> dict[str, Any]:
 
 def endings(cfg: CompressConfig, encoder: bool = False) -> list[str | None]:
     """The forms a trained chain is measured in: as it is (``None``), static int8, and for
-    ``size`` dynamic int8 too (its files are the smallest; at batch 64 it is the slowest). An
-    encoder's: as it is and dynamic int8 (static int8 loses far more of its fidelity)."""
+    ``size`` / ``download`` dynamic int8 too (its files are the smallest; at batch 64 it is
+    the slowest). An encoder's: as it is and dynamic int8 (static int8 loses far more of its
+    fidelity)."""
     if encoder:
         return [None, "dynamic"]
-    return [None, "static", *(["dynamic"] if cfg.objective == "size" else [])]
+    return [None, "static", *(["dynamic"] if cfg.objective != "latency" else [])]
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,7 @@ def enqueued(cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
             ),
         ]
     first: list[dict[str, Any]] = [{"move": "ptq", "quant": q} for q in ptq]
+    sparse = {"sparsity": 0.0} if cfg.objective == "download" else {}
     for student in reversed(space.pool):  # students() lists them narrowest first
         first.append(
             {
@@ -218,8 +223,11 @@ def enqueued(cfg: CompressConfig, space: Space) -> list[dict[str, Any]]:
                 "epochs_frac": 1.0,
                 "temperature": 2.0,
                 "channels": 0.0,
+                **sparse,
             }
         )
+    if sparse and space.pool:  # and the widest student 80% sparse
+        first.append({**first[len(first) - len(space.pool)], "sparsity": 0.8})
     return first
 
 
@@ -271,6 +279,20 @@ def suggest(trial: Any, cfg: CompressConfig, space: Space) -> list[dict[str, Any
                 "restore_best": False,
             }
         )
+    if cfg.objective == "download":  # zeros deflate: unstructured sparsity pays there
+        sparsity = trial.suggest_categorical("sparsity", SPARSITY)
+        if sparsity:
+            chain.append(
+                {
+                    "stage": "prune",
+                    "name": "sparse",
+                    "sparsity": sparsity,
+                    "epochs": recovery,
+                    "lr": 3e-3,
+                    "recovery": "distill",
+                    "restore_best": False,
+                }
+            )
     return chain
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,21 +197,40 @@ def measure_val(
     and latency at ``batch`` (fixed threads); with ``folder``, the model is saved there
     (``bundle/``, and for ExecuTorch the ``model.pte`` measured: an ``int8`` one is quantized
     by PT2E at export, calibrated on the training data) with the bundle's bytes."""
+    if folder is None:  # the reference: its file is measured, not kept
+        with tempfile.TemporaryDirectory() as tmp:
+            return _measure_file(model, data, task, batch, threads, Path(tmp), engine, int8)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = _measure_file(model, data, task, batch, threads, folder, engine, int8)
+    onnx = folder / "model.onnx" if engine == "onnxruntime" else None
+    save(model, folder / "bundle", onnx=onnx, metrics={"task": task.name, "val": out})
+    out["bundle_bytes"] = stored_bytes(folder / "bundle")
+    if onnx is not None:  # the bundle keeps its copy
+        onnx.unlink()
+    return out
+
+
+def _measure_file(
+    model: nn.Module,
+    data: Data,
+    task: Task,
+    batch: int,
+    threads: int,
+    folder: Path,
+    engine: str,
+    int8: bool,
+) -> dict[str, Any]:
+    """Write the deployed file into ``folder`` (``model.onnx`` or ``model.pte``), measure it."""
     from slimfuse.exporting import export_onnx
 
-    path = None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        if engine == "executorch":
-            from slimfuse.deploy.pte import export_pte
+    if engine == "executorch":
+        from slimfuse.deploy.pte import export_pte
 
-            path = export_pte(
-                model, data.example_input(1), folder / "model.pte", int8=int8, calibration=data
-            )
-        else:
-            path = export_onnx(model, data.example_input(1), folder / "model.onnx")
-    elif int8:
-        raise ValueError("an int8 .pte is measured from the file it is written to: give folder")
+        path = export_pte(
+            model, data.example_input(1), folder / "model.pte", int8=int8, calibration=data
+        )
+    else:
+        path = export_onnx(model, data.example_input(1), folder / "model.onnx")
     row = measure(
         model,
         data,
@@ -222,18 +243,18 @@ def measure_val(
         onnx_path=path if engine == "onnxruntime" else None,
         pte_path=path if engine == "executorch" else None,
     )[0]
-    out = {
+    return {
         "val_metric": row["metric_value"],
         "latency_ms": row[f"latency_ms_b{batch}"],
         "file_bytes": row["file_bytes"],
+        "packed_bytes": deflated_bytes(path),
         "onnx_bytes": row["onnx_bytes"],
         "params": row["params"],
         "macs": row["macs"],
     }
-    if folder is not None:
-        onnx = path if engine == "onnxruntime" else None
-        save(model, folder / "bundle", onnx=onnx, metrics={"task": task.name, "val": out})
-        out["bundle_bytes"] = stored_bytes(folder / "bundle")
-        if onnx is not None:  # the bundle keeps its copy
-            onnx.unlink()
-    return out
+
+
+def deflated_bytes(path: Path) -> int:
+    """The file's bytes deflated at zip's highest level: what a download of it costs (runs
+    of zeros, pruned weights, shrink there; the file the runtime loads does not)."""
+    return len(zlib.compress(path.read_bytes(), 9))
