@@ -149,3 +149,7 @@ def test_a_regression_csv_from_the_command_line(tmp_path, capsys):
     assert main(["eval", "--model", str(out), *data, "--engine", "onnxruntime", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert row["metric"] == "mse" and 0.2 < row["r2"] < 1 and row["mae"] > 10  # its own units
+    # the bundle records its task: its whole-number targets read as amounts without --task
+    plain = data[:-2]
+    assert main(["eval", "--model", str(out), *plain, "--engine", "onnxruntime", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["metric_value"] == row["metric_value"]

@@ -174,8 +174,21 @@ def load_data_arg(args: argparse.Namespace) -> Any:
         standardize=False if args.no_standardize else None,
         label_column=args.label_column,
         max_length=args.max_length,
-        task=getattr(args, "task", None),  # regression: whole-number targets are amounts
+        # regression: whole-number targets are amounts, not classes
+        task=getattr(args, "task", None) or _bundle_task(getattr(args, "model", None)),
     )
+
+
+def _bundle_task(source: Any) -> str | None:
+    """The task a bundle folder records (read from its ``slimfuse.json`` alone), else
+    ``None``: the data of a command on a regression bundle reads as regression without
+    ``--task``."""
+    if not isinstance(source, str) or not (Path(source) / "slimfuse.json").is_file():
+        return None
+    from slimfuse.models.bundle import read_meta
+
+    task = read_meta(source)["model"].get("task")
+    return task if isinstance(task, str) else None
 
 
 def text_data_arg(
