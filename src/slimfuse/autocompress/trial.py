@@ -32,6 +32,7 @@ from slimfuse.tasks import Task, evaluate
 from slimfuse.training import Callback, seed_all
 
 log = logging.getLogger("slimfuse.compress")
+TRAINED = ("distill", "prune", "factorize")  # the stages a chain is watched after
 
 
 class Hopeless(Exception):
@@ -136,7 +137,7 @@ def run_chain(recipe: Recipe, data: Data, task: Task, folder: Path, watch: Watch
     ctx.model = load_model(recipe.model, data=data, **recipe.model_kwargs)  # type: ignore[arg-type]
     for entry in recipe.stages:
         new = _stage(ctx, entry, recipe.seed)
-        if new is not None and watch is not None and entry.stage in ("distill", "prune"):
+        if new is not None and watch is not None and entry.stage in TRAINED:
             watch.after_stage(ctx.stage_name, val_metric(new, data, task))
     shutil.rmtree(folder / ".checkpoints", ignore_errors=True)
     return ctx
