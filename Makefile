@@ -73,6 +73,7 @@ bench-compress: $(STAMP)
 	test -x .peers/bin/python || $(PY) -m venv .peers
 	.peers/bin/python -c "import nncf, olive" 2>/dev/null || .peers/bin/pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.31.1 olive-ai==0.13.0 requests "$(TORCH_PIN)"
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python compress_cnn.py
+	cd benchmarks && ../$(BIN)/python compress_minilm.py
 
 bench-prune: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(BIN)/python prune_unstructured.py

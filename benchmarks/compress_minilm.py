@@ -1,0 +1,285 @@
+"""slimfuse compress on all-MiniLM-L6-v2 vs ONNX Runtime's own int8, on held-out Python docs text.
+
+Reference: all-MiniLM-L6-v2 (the zoo's ``minilm``), exported to ONNX by slimfuse (fp32). Text:
+``pydocs`` (paragraphs of the Python documentation shipped with the interpreter; train 1,797 /
+validation 200 / test 426 paragraphs, the test paragraphs from held-out topics), 128 tokens.
+The budget is the mean cosine between a model's embeddings and the reference's, kept on the
+validation split: drops of 0.005 / 0.01 / 0.02 / 0.03 (0.03: cosine >= 0.97).
+
+- slimfuse: one ``slimfuse.compress`` search at the widest budget (objective: ONNX Runtime
+  latency at batch 1, one thread); the pick per budget is compress's own rule
+  (:func:`slimfuse.autocompress.results.choose`) on that search's trials.
+- Peer: ONNX Runtime's ``quantize_dynamic`` (int8 weights, per channel, MatMul layers: the
+  exported graph's standard ``Attention`` nodes are left fp32, as its ``QAttention`` rewrite
+  fails on them) on the same fp32 file.
+
+Every ONNX file is measured the same way afterwards: mean cosine to the fp32 file's embeddings on
+the 426 test paragraphs (ONNX Runtime), file bytes, latency at batch 1 and 32 (128 tokens, one
+thread; the files timed in turn, median of 5 rounds).
+
+Run: ``python benchmarks/compress_minilm.py [--trials 8 --epochs 2]`` (the search is kept in
+``runs/compress_minilm``: ``--reuse`` takes a finished one from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import slimfuse
+from prune_common import cpu_line, interleaved, write
+from quantize_common import ort_session, table
+from slimfuse.autocompress.config import CompressConfig
+from slimfuse.autocompress.results import choose, describe
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = (0.005, 0.01, 0.02, 0.03)
+BATCHES = (1, 32)
+
+
+def search(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    out = work / "search"
+    info = out / "bench.json"
+    if args.reuse and info.is_file() and (out / "compress.json").is_file():
+        return json.loads(info.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = slimfuse.compress(
+        "minilm",
+        "pydocs",
+        out=out,
+        max_drop=max(BUDGETS),
+        objective="latency",
+        batch=1,
+        trials=args.trials,
+        epochs=args.epochs,
+        budget_minutes=args.minutes,
+        seed=0,
+    )
+    got = {
+        "out": str(out),
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+        "chains": sum(1 for r in result.trials if "base" not in r),
+        "records": len(result.trials),
+        "reference_val": result.reference["val_metric"],
+        "rows": result.trials,
+    }
+    info.write_text(json.dumps(got, indent=2, default=str) + "\n")
+    return got
+
+
+def trial_lines(out: Path) -> list[str]:
+    """Every chain the search ran, with its outcome (the best form's val cosine, or why it
+    was stopped early)."""
+    lines = []
+    for folder in sorted((out / "trials").iterdir()):
+        record = json.loads((folder / "trial.json").read_text())
+        what = describe(record["chain"])
+        if record.get("state") == "complete":
+            got = ", ".join(
+                f"{v['ending']}: val cosine {v['val_metric']:.4f}" for v in record["variants"]
+            )
+        else:
+            got = f"{record.get('state')}: {record.get('why')}"
+        lines.append(
+            f"- trial {record['number']}, {what} ({record.get('seconds', 0):.0f} s): {got}"
+        )
+    return lines
+
+
+def test_tokens() -> dict[str, np.ndarray]:
+    """The test paragraphs as the search's data has them: 128 tokens, padded to that width."""
+    from slimfuse.data import load_data
+    from slimfuse.models.hf import tokenize
+
+    texts = list(load_data("pydocs").test)
+    enc = tokenize(texts, max_length=128)
+    width = enc["input_ids"].shape[1]
+    return {
+        k: np.pad(v.numpy(), ((0, 0), (0, 128 - width))).astype(np.int64) for k, v in enc.items()
+    }
+
+
+def embeddings(path: Path, tokens: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort_session(path, 1)
+    names = [i.name for i in session.get_inputs()]
+    out = []
+    for i in range(0, len(tokens["input_ids"]), 32):
+        out.append(session.run(None, {n: tokens[n][i : i + 32] for n in names})[0])
+    return np.concatenate(out)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    num = (a * b).sum(-1)
+    return float((num / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).mean())
+
+
+def ort_dynamic(src: Path, dst: Path) -> float:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trials", type=int, default=8, help="chains in the search (default 8)")
+    p.add_argument("--epochs", type=int, default=2, help="distillation epochs (default 2)")
+    p.add_argument("--minutes", type=float, default=60, help="search time budget (default 60)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "compress_minilm"))
+    p.add_argument("--reuse", action="store_true", help="reuse a finished search in --work")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    load = [round(x, 1) for x in os.getloadavg()]
+    t_all = time.perf_counter()
+    found = search(work, args)
+    out = Path(found["out"])
+    fp32 = out / "reference" / "model.onnx"
+    if not fp32.is_file():  # the reference bundle keeps no ONNX file: export it once
+        from slimfuse.exporting import export_onnx
+        from slimfuse.models.bundle import load as load_bundle
+
+        ref = load_bundle(out / "reference")
+        example = {k: torch.from_numpy(v[:1]) for k, v in test_tokens().items()}
+        export_onnx(ref, example, fp32)
+    peer = work / "ort-dynamic.onnx"
+    peer_s = ort_dynamic(fp32, peer)
+
+    files: dict[str, Path] = {"fp32": fp32, "ort": peer}
+    picks: dict[float, dict[str, Any] | None] = {}
+    for budget in BUDGETS:
+        cfg = CompressConfig(max_drop=budget, objective="latency", batch=1)
+        pick = choose(found["rows"], cfg)
+        picks[budget] = pick
+        if pick is not None:
+            files[f"trial {pick['number']}"] = out / pick["folder"] / "bundle" / "model.onnx"
+
+    tokens = test_tokens()
+    ref_emb = embeddings(fp32, tokens)
+    cos = {k: cosine(embeddings(path, tokens), ref_emb) for k, path in files.items()}
+    timing = {}
+    for b in BATCHES:
+        feeds = {k: v[:b] for k, v in tokens.items()}
+        fns = {}
+        for k, path in files.items():
+            s = ort_session(path, 1)
+            names = [i.name for i in s.get_inputs()]
+            fns[k] = lambda s=s, f={n: feeds[n] for n in names}: s.run(None, f)
+        timing[b] = interleaved(fns, rounds=5)
+
+    def row(method: str, budget: str, key: str, chain: str, val_drop: str) -> list[Any]:
+        size = files[key].stat().st_size
+        return [
+            budget,
+            method,
+            chain,
+            val_drop,
+            f"{cos[key]:.4f}",
+            f"{size / 2**20:.1f}",
+            f"{size / files['fp32'].stat().st_size:.3f}",
+            *(f"{timing[b][key]:.1f}" for b in BATCHES),
+            *(f"{timing[b]['fp32'] / timing[b][key]:.2f}x" for b in BATCHES),
+            *(f"{timing[b]['ort'] / timing[b][key]:.2f}x" for b in BATCHES),
+        ]
+
+    rows = [
+        row("ORT fp32 (slimfuse export)", "-", "fp32", "-", "0"),
+        row("ORT quantize_dynamic (per channel, MatMul)", "-", "ort", "int8", "-"),
+    ]
+    for budget, pick in picks.items():
+        if pick is None:
+            rows.append([f"{budget:g}", "slimfuse compress", "none within the budget", *["-"] * 10])
+            continue
+        rows.append(
+            row(
+                "slimfuse compress",
+                f"{budget:g}",
+                f"trial {pick['number']}",
+                describe(pick["chain"]),
+                f"{pick['drop']:.4f}",
+            )
+        )
+    header = [
+        "budget (cosine drop, val)",
+        "method",
+        "chain",
+        "val drop",
+        "test cosine",
+        "ONNX MB",
+        "x fp32 size",
+        *(f"ms, batch {b}" for b in BATCHES),
+        *(f"x fp32, b{b}" for b in BATCHES),
+        *(f"x ORT int8, b{b}" for b in BATCHES),
+    ]
+    best = max(
+        (r for r in rows[2:] if r[4] != "-" and float(r[4]) >= 0.97),
+        key=lambda r: float(r[9][:-1]),
+        default=None,
+    )
+    goal = f"{best[9]} / {best[10]} at test cosine {best[4]} (batch 1 / 32)" if best else "no pick"
+    end_load = [round(x, 1) for x in os.getloadavg()]
+    counts = json.loads((out / "compress.json").read_text())["counts"]
+    md = "\n".join(
+        [
+            "# slimfuse compress on all-MiniLM-L6-v2 (held-out Python docs text)",
+            "",
+            f"CPU: {cpu_line(1)}. Load average (1/5/15 min) {'/'.join(map(str, load))} at the "
+            f"start, {'/'.join(map(str, end_load))} at the end (2 cores, shared). Total "
+            f"{(time.perf_counter() - t_all) / 60:.1f} min.",
+            "",
+            f"Search: {counts['complete']} complete and {counts['stopped']} stopped trials "
+            "(a chain drawn again counts once), distillation "
+            f"{args.epochs} epoch(s) (recoveries {max(1, args.epochs // 2)}), "
+            f"{found['seconds'] / 60:.1f} min wall, {found['cpu_seconds'] / 60:.1f} min CPU; the "
+            f"peer's quantization {peer_s:.0f} s. Cosine: to the fp32 file's embeddings on 426 "
+            "test paragraphs; latency: 128 tokens, one thread, median of 5 interleaved rounds.",
+            "",
+            table(header, rows),
+            "",
+            f"Goal >= 4x over ORT fp32 at cosine >= 0.97: best pick {goal}.",
+            "",
+            "The chains the search ran (validation cosine to the fp32 model; a trained chain "
+            "is stopped when it falls far below the floor):",
+            "",
+            *trial_lines(out),
+            "",
+            "Reproduce: `python benchmarks/compress_minilm.py` (add `--reuse` to re-measure a "
+            "finished search).",
+            "",
+        ]
+    )
+    write(
+        "compress_minilm",
+        md,
+        {
+            "search": {k: v for k, v in found.items() if k != "rows"},
+            "trials": found["rows"],
+            "cosine": cos,
+            "latency_ms": timing,
+            "bytes": {k: p.stat().st_size for k, p in files.items()},
+            "load": [load, end_load],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
