@@ -354,7 +354,7 @@ def _search(
             for k, v in twin.user_attrs.items():
                 trial.set_user_attr(k, v)
             trial.set_user_attr("twin", twin.number)
-            trial.set_constraint("drop", twin.user_attrs["drop"] - cfg.max_drop)
+            trial.set_constraint("drop", twin.user_attrs["drop"] - cfg.max_drop - TOL)
             return tuple(twin.values)  # type: ignore[return-value]
         folder = out / "trials" / f"{trial.number:03d}"
         shutil.rmtree(folder, ignore_errors=True)
