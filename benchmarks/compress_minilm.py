@@ -12,13 +12,22 @@ validation split: drops of 0.005 / 0.01 / 0.02 / 0.03 (0.03: cosine >= 0.97).
 - Peer: ONNX Runtime's ``quantize_dynamic`` (int8 weights, per channel, MatMul layers: the
   exported graph's standard ``Attention`` nodes are left fp32, as its ``QAttention`` rewrite
   fails on them) on the same fp32 file.
+- Peer: Olive's quantization search (``benchmarks/compress_minilm_olive.py``, run by the peers'
+  Python ``.peers/bin/python``, see ``compress_cnn.py``) on the same fp32 file: ONNX Runtime
+  dynamic and static quantization settings, every candidate evaluated by Olive (mean cosine to
+  the fp32 embeddings on the validation paragraphs with a ``max-degradation`` goal, file size,
+  latency at batch 1 on one thread), calibrated on 64 training paragraphs. Its sampler walks
+  every point whatever the goal, so it runs once at the widest budget; the pick per budget is
+  Olive's ranking (latency, size, cosine) of the candidates within that budget.
 
 Every ONNX file is measured the same way afterwards: mean cosine to the fp32 file's embeddings on
 the 426 test paragraphs (ONNX Runtime), file bytes, latency at batch 1 and 32 (128 tokens, one
-thread; the files timed in turn, median of 5 rounds).
+thread; the files timed in turn, median of 5 rounds). "x best peer" is the best peer's latency
+over the row's, the peers at a budget being ORT ``quantize_dynamic`` (when its validation drop is
+within the budget) and Olive's pick at that budget.
 
-Run: ``python benchmarks/compress_minilm.py [--trials 8 --epochs 2]`` (the search is kept in
-``runs/compress_minilm``: ``--reuse`` takes a finished one from there).
+Run: ``python benchmarks/compress_minilm.py [--trials 8 --epochs 2]`` (the search and Olive's
+run are kept in ``runs/compress_minilm``: ``--reuse`` takes finished ones from there).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +52,31 @@ from slimfuse.autocompress.config import CompressConfig
 from slimfuse.autocompress.results import choose, describe
 
 ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / ".peers" / "bin" / "python"
 BUDGETS = (0.005, 0.01, 0.02, 0.03)
 BATCHES = (1, 32)
+CALIBRATION = 64  # training paragraphs Olive's static candidates calibrate on
+OLIVE_NOTE = (
+    "Olive: `benchmarks/compress_minilm_olive.py` (its docstring has the details). Search space: "
+    "`OnnxDynamicQuantization`'s own (int8 or uint8 weights, per-channel, reduce-range, "
+    "pre-processing: 16 points) and `OnnxStaticQuantization` with MinMax or Percentile "
+    "calibration on 64 training paragraphs (QDQ int8, QDQ uint8 or QOperator uint8, per-channel "
+    "or not; reduce-range off, pre-processing on: 6 points each; Entropy calibration and the "
+    "other static switches left out to keep the search near 5 minutes on 2 cores), walked "
+    "exhaustively (`sequential` sampler), once at the widest budget. Every candidate is "
+    "evaluated by Olive: a custom metric (mean cosine to the fp32 embeddings on the 200 "
+    "validation paragraphs) with a `max-degradation` goal, file size, latency at batch 1 on one "
+    "thread; the pick per budget is Olive's ranking (latency, size, cosine) of the candidates "
+    "within it (at the widest budget: the first of Olive's own Pareto front). Settings fixed "
+    "off Olive's defaults: `op_types_to_exclude: [Attention]` (ONNX Runtime's quantizer turns "
+    "the exported standard `Attention` nodes into `QAttention` nodes that ONNX Runtime will not "
+    'load: "Unrecognized attribute: is_causal"; with the defaults every candidate fails). '
+    "Olive 0.13 with pydantic 2.14 needs two fixes in the peer script to run a custom metric "
+    "at all: its config serializer fails on the custom metric's backend (None), and it "
+    "serializes every metric's `user_config` / `metric_config` as the empty base class (the "
+    "metric function, the one-thread session options and the latency repeat counts come back "
+    "empty)."
+)
 
 
 def search(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -97,12 +130,12 @@ def trial_lines(out: Path) -> list[str]:
     return lines
 
 
-def test_tokens() -> dict[str, np.ndarray]:
-    """The test paragraphs as the search's data has them: 128 tokens, padded to that width."""
+def test_tokens(split: str = "test", limit: int = 0) -> dict[str, np.ndarray]:
+    """A split's paragraphs as the search's data has them: 128 tokens, padded to that width."""
     from slimfuse.data import load_data
     from slimfuse.models.hf import tokenize
 
-    texts = list(load_data("pydocs").test)
+    texts = list(getattr(load_data("pydocs"), split))[: limit or None]
     enc = tokenize(texts, max_length=128)
     width = enc["input_ids"].shape[1]
     return {
@@ -138,6 +171,65 @@ def ort_dynamic(src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
+def olive(src: Path, arrays: Path, work: Path, reuse: bool) -> dict[str, Any]:
+    """Olive's search (the peers' Python), run once at the widest budget, picks per budget."""
+    out = work / "olive"
+    info = out / "result.json"
+    if reuse and info.is_file():
+        got = json.loads(info.read_text())
+        if all(Path(p["path"]).is_file() for p in got["picks"].values() if p):
+            return got
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    run = subprocess.run(
+        [
+            str(PEERS),
+            str(ROOT / "benchmarks" / "compress_minilm_olive.py"),
+            str(src),
+            str(arrays),
+            ",".join(f"{b:g}" for b in BUDGETS),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if run.returncode != 0:
+        return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "picks": {}}
+    got = {**json.loads(run.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - t0}
+    info.write_text(json.dumps(got, indent=2) + "\n")
+    return got
+
+
+def olive_chain(settings: dict[str, Any]) -> str:
+    mode = settings.get("quant_mode", "?")
+    bits = [f"ORT {mode} {settings.get('precision') or ''}".strip()]
+    if mode == "static":
+        bits += [
+            str(settings.get("quant_format") or ""),
+            f"act {settings.get('activation_type') or ''}",
+            str(settings.get("calibrate_method") or ""),
+        ]
+    bits.append("per-channel" if settings.get("per_channel") else "per-tensor")
+    if settings.get("reduce_range"):
+        bits.append("reduce-range")
+    return ", ".join(b for b in bits if b)
+
+
+def olive_lines(found: dict[str, Any]) -> list[str]:
+    """Olive's candidates, best validation cosine first (duplicates of one setting: the
+    pre-processing switch changes no weight)."""
+    lines = []
+    for c in sorted(found.get("candidates", []), key=lambda c: -c["metrics"]["cosine-mean"]):
+        m = c["metrics"]
+        pre = "pre-processed" if c["settings"].get("quant_preprocess") else "as exported"
+        lines.append(
+            f"- {olive_chain(c['settings'])}, {pre}: val cosine {m['cosine-mean']:.4f}, "
+            f"{m['size-bytes'] / 2**20:.1f} MB, {m['latency-avg']:.1f} ms at batch 1 (Olive's)"
+        )
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=8, help="chains in the search (default 8)")
@@ -163,6 +255,19 @@ def main() -> None:
         export_onnx(ref, example, fp32)
     peer = work / "ort-dynamic.onnx"
     peer_s = ort_dynamic(fp32, peer)
+    val_tokens = test_tokens("val")
+    val_ref = embeddings(fp32, val_tokens)
+    olive_found: dict[str, Any] = {}
+    if PEERS.is_file():
+        arrays = work / "olive-tokens.npz"
+        calib = test_tokens("train", CALIBRATION)
+        np.savez(
+            arrays,
+            **{f"calib_{k}": v for k, v in calib.items()},
+            **{f"val_{k}": v for k, v in val_tokens.items()},
+            val_target=val_ref,
+        )
+        olive_found = olive(fp32, arrays, work, args.reuse)
 
     files: dict[str, Path] = {"fp32": fp32, "ort": peer}
     picks: dict[float, dict[str, Any] | None] = {}
@@ -172,6 +277,10 @@ def main() -> None:
         picks[budget] = pick
         if pick is not None:
             files[f"trial {pick['number']}"] = out / pick["folder"] / "bundle" / "model.onnx"
+        olive_pick = olive_found.get("picks", {}).get(f"{budget:g}")
+        if olive_pick:
+            files[f"olive {olive_pick['id']}"] = Path(olive_pick["path"])
+    ort_val_drop = 1 - cosine(embeddings(peer, val_tokens), val_ref)
 
     tokens = test_tokens()
     ref_emb = embeddings(fp32, tokens)
@@ -186,8 +295,16 @@ def main() -> None:
             fns[k] = lambda s=s, f={n: feeds[n] for n in names}: s.run(None, f)
         timing[b] = interleaved(fns, rounds=5)
 
-    def row(method: str, budget: str, key: str, chain: str, val_drop: str) -> list[Any]:
+    def peer_keys(budget: float) -> list[str]:
+        keys = ["ort"] if ort_val_drop <= budget else []
+        olive_pick = olive_found.get("picks", {}).get(f"{budget:g}")
+        return keys + ([f"olive {olive_pick['id']}"] if olive_pick else [])
+
+    def row(
+        method: str, budget: str, key: str, chain: str, val_drop: str, peers: list[str]
+    ) -> list[Any]:
         size = files[key].stat().st_size
+        best = {b: min((timing[b][k] for k in peers), default=None) for b in BATCHES}
         return [
             budget,
             method,
@@ -199,15 +316,39 @@ def main() -> None:
             *(f"{timing[b][key]:.1f}" for b in BATCHES),
             *(f"{timing[b]['fp32'] / timing[b][key]:.2f}x" for b in BATCHES),
             *(f"{timing[b]['ort'] / timing[b][key]:.2f}x" for b in BATCHES),
+            *(f"{best[b] / timing[b][key]:.2f}x" if best[b] else "-" for b in BATCHES),
         ]
 
     rows = [
-        row("ORT fp32 (slimfuse export)", "-", "fp32", "-", "0"),
-        row("ORT quantize_dynamic (per channel, MatMul)", "-", "ort", "int8", "-"),
+        row("ORT fp32 (slimfuse export)", "-", "fp32", "-", "0", []),
+        row(
+            "ORT quantize_dynamic (per channel, MatMul)",
+            "-",
+            "ort",
+            "int8",
+            f"{ort_val_drop:.4f}",
+            [],
+        ),
     ]
     for budget, pick in picks.items():
+        peers = peer_keys(budget)
+        olive_pick = olive_found.get("picks", {}).get(f"{budget:g}")
+        if olive_found and not olive_pick:
+            why = "failed" if "error" in olive_found else "none within the goal"
+            rows.append([f"{budget:g}", "Olive quantization search", why, *["-"] * 12])
+        elif olive_pick:
+            rows.append(
+                row(
+                    "Olive quantization search",
+                    f"{budget:g}",
+                    f"olive {olive_pick['id']}",
+                    olive_chain(olive_pick["settings"]),
+                    f"{olive_found['baseline'] - olive_pick['metrics']['cosine-mean']:.4f}",
+                    peers,
+                )
+            )
         if pick is None:
-            rows.append([f"{budget:g}", "slimfuse compress", "none within the budget", *["-"] * 10])
+            rows.append([f"{budget:g}", "slimfuse compress", "none within the budget", *["-"] * 12])
             continue
         rows.append(
             row(
@@ -216,6 +357,7 @@ def main() -> None:
                 f"trial {pick['number']}",
                 describe(pick["chain"]),
                 f"{pick['drop']:.4f}",
+                peers,
             )
         )
     header = [
@@ -229,13 +371,30 @@ def main() -> None:
         *(f"ms, batch {b}" for b in BATCHES),
         *(f"x fp32, b{b}" for b in BATCHES),
         *(f"x ORT int8, b{b}" for b in BATCHES),
+        *(f"x best peer, b{b}" for b in BATCHES),
     ]
     best = max(
-        (r for r in rows[2:] if r[4] != "-" and float(r[4]) >= 0.97),
+        (
+            r
+            for r in rows[2:]
+            if r[1] == "slimfuse compress" and r[4] != "-" and float(r[4]) >= 0.97
+        ),
         key=lambda r: float(r[9][:-1]),
         default=None,
     )
     goal = f"{best[9]} / {best[10]} at test cosine {best[4]} (batch 1 / 32)" if best else "no pick"
+    if olive_found.get("error"):
+        olive_line = f"Olive failed: {olive_found['error']}"
+    elif olive_found:
+        olive_line = (
+            f"Olive {olive_found['olive']}: {olive_found['evaluated']} candidates evaluated "
+            f"in {olive_found['seconds'] / 60:.1f} min (baseline val cosine "
+            f"{olive_found['baseline']:.4f}, Olive's own evaluation of the fp32 file; its "
+            f"front at the widest budget: {olive_found['olive_front']} models, the pick "
+            f"{'is' if olive_found['olive_pick_agrees'] else 'is not'} its first)."
+        )
+    else:
+        olive_line = "Olive not run: no `.peers/bin/python` (see `compress_cnn.py`)."
     end_load = [round(x, 1) for x in os.getloadavg()]
     counts = json.loads((out / "compress.json").read_text())["counts"]
     md = "\n".join(
@@ -253,9 +412,15 @@ def main() -> None:
             f"peer's quantization {peer_s:.0f} s. Cosine: to the fp32 file's embeddings on 426 "
             "test paragraphs; latency: 128 tokens, one thread, median of 5 interleaved rounds.",
             "",
+            OLIVE_NOTE,
+            "",
             table(header, rows),
             "",
             f"Goal >= 4x over ORT fp32 at cosine >= 0.97: best pick {goal}.",
+            "",
+            olive_line,
+            "",
+            *olive_lines(olive_found),
             "",
             "The chains the search ran (validation cosine to the fp32 model; a trained chain "
             "is stopped when it falls far below the floor):",
@@ -276,6 +441,8 @@ def main() -> None:
             "cosine": cos,
             "latency_ms": timing,
             "bytes": {k: p.stat().st_size for k, p in files.items()},
+            "ort_val_drop": ort_val_drop,
+            "olive": olive_found,
             "load": [load, end_load],
         },
     )
