@@ -81,7 +81,9 @@ OLIVE_NOTE = (
     "goes on with the model as it is), so the pre-processing switch changes nothing; a "
     "dynamic-mode point that repeats an earlier one (the static-only settings vary while "
     "ignored) fails on a cache reload (`FootprintNode` has no field `model_config`): those "
-    "are duplicates, every distinct point is evaluated."
+    "are duplicates, every distinct point is evaluated; its metric settings (the one-thread "
+    "session, latency repeats) are written out empty with pydantic 2.14 unless its config "
+    "serialization is patched (done in the peer script, `fix_olive_serialization`)."
 )
 
 

@@ -180,6 +180,10 @@ def main() -> None:
     import onnx
     from olive.workflows import run as olive_run
 
+    from compress_minilm_olive import fix_olive_serialization
+
+    fix_olive_serialization()  # else the one-thread session options never reach Olive
+
     input_name = onnx.load(src, load_external_data=False).graph.input[0].name
     dst.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="olive-") as tmp:

@@ -224,7 +224,7 @@ def main() -> None:
     import olive
     from olive.workflows import run as olive_run
 
-    _serialize_custom_metrics()
+    fix_olive_serialization()
     dst.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="olive-") as tmp:
         work = Path(tmp)
@@ -283,7 +283,7 @@ def main() -> None:
     )
 
 
-def _serialize_custom_metrics() -> None:
+def fix_olive_serialization() -> None:
     """Two fixes to Olive 0.13's config serialization (with pydantic 2.14), which the workflow
     passes its metrics through before evaluating:
 
