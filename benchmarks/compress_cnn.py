@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,13 +52,13 @@ from typing import Any
 import numpy as np
 
 import slimfuse
+from peers_common import PEERS, olive_chain, run_peer
 from prune_common import cpu_line, interleaved, write
 from quantize_common import ort_session, table
 from slimfuse.autocompress.config import CompressConfig
 from slimfuse.autocompress.results import choose, describe
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT / ".peers" / "bin" / "python"
 BUDGETS = (0.005, 0.01, 0.02)
 OBJECTIVES = ("size", "latency")
 BATCH = 64
@@ -153,24 +152,8 @@ def search(ensemble: Path, objective: str, work: Path, args: argparse.Namespace)
 
 def nncf(onnx_path: Path, arrays: Path, budget: float, work: Path) -> dict[str, Any]:
     dst = work / f"nncf-{budget:g}.onnx"
-    t0 = time.perf_counter()
-    run = subprocess.run(
-        [
-            str(PEERS),
-            str(ROOT / "benchmarks" / "compress_cnn_nncf.py"),
-            str(onnx_path),
-            str(arrays),
-            str(budget),
-            str(dst),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    if run.returncode != 0:
-        return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "path": None}
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    return {**got, "wall": time.perf_counter() - t0, "path": str(dst)}
+    got = run_peer("compress_cnn_nncf.py", onnx_path, arrays, budget, dst)
+    return {**got, "path": None if "error" in got else str(dst)}
 
 
 def olive(onnx_path: Path, arrays: Path, budget: float, work: Path, reuse: bool) -> dict[str, Any]:
@@ -179,40 +162,11 @@ def olive(onnx_path: Path, arrays: Path, budget: float, work: Path, reuse: bool)
     if reuse and info.is_file():
         return json.loads(info.read_text())
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    run = subprocess.run(
-        [
-            str(PEERS),
-            str(ROOT / "benchmarks" / "compress_cnn_olive.py"),
-            str(onnx_path),
-            str(arrays),
-            str(budget),
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    if run.returncode != 0:
-        return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "picks": {}}
-    got = {**json.loads(run.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - t0}
+    got = run_peer("compress_cnn_olive.py", onnx_path, arrays, budget, out)
+    if "error" in got:
+        return {**got, "picks": {}}
     info.write_text(json.dumps(got, indent=2) + "\n")
     return got
-
-
-def olive_chain(passes: dict[str, Any]) -> str:
-    mode = passes.get("quant_mode", "?")
-    bits = [f"ORT {mode} {passes.get('precision', '')}".strip()]
-    if mode == "static":
-        bits += [
-            str(passes.get("quant_format", "")),
-            f"act {passes.get('activation_type', '')}",
-            str(passes.get("calibrate_method", "")),
-        ]
-    bits.append("per-channel" if passes.get("per_channel") else "per-tensor")
-    if passes.get("reduce_range"):
-        bits.append("reduce-range")
-    return ", ".join(b for b in bits if b)
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from peers_common import ONE_THREAD, fix_olive_serialization, olive_latency, olive_workflow
+
 BATCH = 64
 HERE = Path(__file__).resolve()
 os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")  # nothing leaves this machine
@@ -90,9 +92,6 @@ def data_config(name: str, arrays: Path, x: str, y: str | None, limit: int = 0) 
 def workflow(
     src: Path, arrays: Path, max_drop: float, work: Path, input_name: str
 ) -> dict[str, Any]:
-    one_thread = {
-        "onnx": {"session_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 1}}
-    }
     configs = [
         data_config("calibration", arrays, "calib_x", None),
         data_config("validation", arrays, "val_x", "val_y"),
@@ -100,73 +99,30 @@ def workflow(
     ]
     for c in configs:
         c["load_dataset_config"]["params"]["input_name"] = input_name
-    return {
-        "input_model": {"type": "OnnxModel", "model_path": str(src)},
-        "systems": {
-            "local_system": {
-                "type": "LocalSystem",
-                "accelerators": [
-                    {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}
-                ],
+    size = {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "bytes", "priority": 1}]}
+    accuracy = {
+        "name": "accuracy",
+        "type": "accuracy",
+        "data_config": "validation",
+        "sub_types": [
+            {
+                "name": "accuracy_score",
+                "priority": 3,
+                "higher_is_better": True,
+                "goal": {"type": "max-degradation", "value": max_drop},
+                "metric_config": {"task": "multiclass", "num_classes": 10},
             }
-        },
-        "data_configs": configs,
-        "evaluators": {
-            "validation": {
-                "type": "OnnxEvaluator",
-                "metrics": [
-                    {
-                        "name": "size",
-                        "type": "size_on_disk",
-                        "sub_types": [{"name": "bytes", "priority": 1}],
-                    },
-                    {
-                        "name": "latency",
-                        "type": "latency",
-                        "data_config": "batch64",
-                        "sub_types": [
-                            {
-                                "name": "avg",
-                                "priority": 2,
-                                "metric_config": {"warmup_num": 5, "repeat_test_num": 30},
-                            }
-                        ],
-                        "user_config": {"inference_settings": one_thread},
-                    },
-                    {
-                        "name": "accuracy",
-                        "type": "accuracy",
-                        "data_config": "validation",
-                        "sub_types": [
-                            {
-                                "name": "accuracy_score",
-                                "priority": 3,
-                                "higher_is_better": True,
-                                "goal": {"type": "max-degradation", "value": max_drop},
-                                "metric_config": {"task": "multiclass", "num_classes": 10},
-                            }
-                        ],
-                        "user_config": {"inference_settings": one_thread},
-                    },
-                ],
-            }
-        },
-        "passes": {
-            "quantization": {
-                "type": "OnnxQuantization",
-                "data_config": "calibration",
-                "calibration_providers": ["CPUExecutionProvider"],
-            },
-        },
-        "search_strategy": {"execution_order": "joint", "sampler": "sequential"},
-        "evaluator": "validation",
-        "evaluate_input_model": False,
-        "target": "local_system",
-        "host": "local_system",
-        "cache_dir": str(work / "cache"),
-        "output_dir": str(work / "out"),
-        "log_severity_level": 3,
+        ],
+        "user_config": {"inference_settings": ONE_THREAD},
     }
+    passes = {
+        "quantization": {
+            "type": "OnnxQuantization",
+            "data_config": "calibration",
+            "calibration_providers": ["CPUExecutionProvider"],
+        },
+    }
+    return olive_workflow(src, configs, [size, olive_latency("batch64", 2), accuracy], passes, work)
 
 
 def main() -> None:
@@ -179,8 +135,6 @@ def main() -> None:
     import olive
     import onnx
     from olive.workflows import run as olive_run
-
-    from compress_minilm_olive import fix_olive_serialization
 
     fix_olive_serialization()  # else the one-thread session options never reach Olive
 

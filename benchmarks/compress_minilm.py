@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -46,13 +45,13 @@ import numpy as np
 import torch
 
 import slimfuse
+from peers_common import PEERS, olive_chain, run_peer
 from prune_common import cpu_line, interleaved, write
 from quantize_common import ort_session, table
 from slimfuse.autocompress.config import CompressConfig
 from slimfuse.autocompress.results import choose, describe
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT / ".peers" / "bin" / "python"
 BUDGETS = (0.005, 0.01, 0.02, 0.03)
 BATCHES = (1, 32)
 CALIBRATION = 64  # training paragraphs Olive's static candidates calibrate on
@@ -180,40 +179,13 @@ def olive(src: Path, arrays: Path, work: Path, reuse: bool) -> dict[str, Any]:
         if all(Path(p["path"]).is_file() for p in got["picks"].values() if p):
             return got
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    run = subprocess.run(
-        [
-            str(PEERS),
-            str(ROOT / "benchmarks" / "compress_minilm_olive.py"),
-            str(src),
-            str(arrays),
-            ",".join(f"{b:g}" for b in BUDGETS),
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    got = run_peer(
+        "compress_minilm_olive.py", src, arrays, ",".join(f"{b:g}" for b in BUDGETS), out
     )
-    if run.returncode != 0:
-        return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "picks": {}}
-    got = {**json.loads(run.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - t0}
+    if "error" in got:
+        return {**got, "picks": {}}
     info.write_text(json.dumps(got, indent=2) + "\n")
     return got
-
-
-def olive_chain(settings: dict[str, Any]) -> str:
-    mode = settings.get("quant_mode", "?")
-    bits = [f"ORT {mode} {settings.get('precision') or ''}".strip()]
-    if mode == "static":
-        bits += [
-            str(settings.get("quant_format") or ""),
-            f"act {settings.get('activation_type') or ''}",
-            str(settings.get("calibrate_method") or ""),
-        ]
-    bits.append("per-channel" if settings.get("per_channel") else "per-tensor")
-    if settings.get("reduce_range"):
-        bits.append("reduce-range")
-    return ", ".join(b for b in bits if b)
 
 
 def olive_lines(found: dict[str, Any]) -> list[str]:

@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from peers_common import ONE_THREAD, fix_olive_serialization, olive_latency, olive_workflow
+
 HERE = Path(__file__).resolve()
 INPUTS = ("input_ids", "attention_mask")
 os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")  # nothing leaves this machine
@@ -107,94 +109,54 @@ def data_config(
 
 
 def workflow(src: Path, arrays: Path, max_drop: float, work: Path) -> dict[str, Any]:
-    one_thread = {
-        "onnx": {"session_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 1}}
-    }
-    return {
-        "input_model": {"type": "OnnxModel", "model_path": str(src)},
-        "systems": {
-            "local_system": {
-                "type": "LocalSystem",
-                "accelerators": [
-                    {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}
-                ],
+    cosine = {
+        "name": "cosine",
+        "type": "custom",
+        "data_config": "validation",
+        "sub_types": [
+            {
+                "name": "mean",
+                "priority": 3,
+                "higher_is_better": True,
+                "metric_config": {},  # None fails Olive's serializer
+                "goal": {"type": "max-degradation", "value": max_drop},
             }
+        ],
+        "user_config": {
+            "user_script": str(HERE),
+            "metric_func": "mean_cosine",
+            "inference_settings": ONE_THREAD,
         },
-        "data_configs": [
+    }
+    size = {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "bytes", "priority": 2}]}
+    static = (
+        {
+            "type": "OnnxStaticQuantization",
+            "op_types_to_exclude": ["Attention"],
+            "data_config": "calibration",
+            "calibration_providers": ["CPUExecutionProvider"],
+            "calibrate_method": method,
+            "reduce_range": False,
+            "quant_preprocess": True,
+        }
+        for method in ("MinMax", "Percentile")
+    )
+    return olive_workflow(
+        src,
+        [
             data_config("calibration", arrays, "calib", None, 8),
             data_config("validation", arrays, "val", "val_target", 32),
             data_config("batch1", arrays, "val", None, 1, limit=1),
         ],
-        "evaluators": {
-            "validation": {
-                "type": "OnnxEvaluator",
-                "metrics": [
-                    {
-                        "name": "latency",
-                        "type": "latency",
-                        "data_config": "batch1",
-                        "sub_types": [
-                            {
-                                "name": "avg",
-                                "priority": 1,
-                                "metric_config": {"warmup_num": 5, "repeat_test_num": 30},
-                            }
-                        ],
-                        "user_config": {"inference_settings": one_thread},
-                    },
-                    {
-                        "name": "size",
-                        "type": "size_on_disk",
-                        "sub_types": [{"name": "bytes", "priority": 2}],
-                    },
-                    {
-                        "name": "cosine",
-                        "type": "custom",
-                        "data_config": "validation",
-                        "sub_types": [
-                            {
-                                "name": "mean",
-                                "priority": 3,
-                                "higher_is_better": True,
-                                "metric_config": {},  # None fails Olive's serializer
-                                "goal": {"type": "max-degradation", "value": max_drop},
-                            }
-                        ],
-                        "user_config": {
-                            "user_script": str(HERE),
-                            "metric_func": "mean_cosine",
-                            "inference_settings": one_thread,
-                        },
-                    },
-                ],
-            }
-        },
-        "passes": {
+        [olive_latency("batch1", 1), size, cosine],
+        {
             "quantization": [
                 {"type": "OnnxDynamicQuantization", "op_types_to_exclude": ["Attention"]},
-                *(
-                    {
-                        "type": "OnnxStaticQuantization",
-                        "op_types_to_exclude": ["Attention"],
-                        "data_config": "calibration",
-                        "calibration_providers": ["CPUExecutionProvider"],
-                        "calibrate_method": method,
-                        "reduce_range": False,
-                        "quant_preprocess": True,
-                    }
-                    for method in ("MinMax", "Percentile")
-                ),
+                *static,
             ]
         },
-        "search_strategy": {"execution_order": "joint", "sampler": "sequential"},
-        "evaluator": "validation",
-        "evaluate_input_model": False,
-        "target": "local_system",
-        "host": "local_system",
-        "cache_dir": str(work / "cache"),
-        "output_dir": str(work / "out"),
-        "log_severity_level": 3,
-    }
+        work,
+    )
 
 
 SETTINGS = (
@@ -281,36 +243,6 @@ def main() -> None:
             default=str,
         )
     )
-
-
-def fix_olive_serialization() -> None:
-    """Two fixes to Olive 0.13's config serialization (with pydantic 2.14), which the workflow
-    passes its metrics through before evaluating:
-
-    - a ``custom`` metric's ``backend`` is set to None, then its serializer fails ("'NoneType'
-      object has no attribute 'model_dump'" in ``serialize_backend``, before anything runs):
-      the serializer is given a None case (pydantic holds the class's own function, so its code
-      is swapped in place);
-    - a metric's ``user_config`` and a sub-metric's ``metric_config`` are declared as the base
-      ``ConfigBase`` and serialized as that (no fields): the custom metric's ``metric_func``
-      and ``user_script``, the one-thread session options and the latency's warm-up / repeat
-      counts all come back empty ("evaluate_func or metric_func is not specified"): Olive's
-      configs are serialized as their own classes (``serialize_as_any``).
-    """
-    from olive.common.config_utils import ConfigBase
-    from olive.evaluator.metric import Metric
-
-    def serialize_backend(self: Any, backend: Any) -> Any:
-        return backend if backend is None or isinstance(backend, str) else backend.model_dump()
-
-    Metric.serialize_backend.__code__ = serialize_backend.__code__
-    dump = ConfigBase.model_dump
-
-    def model_dump(self: Any, **kwargs: Any) -> dict[str, Any]:
-        kwargs.setdefault("serialize_as_any", True)
-        return dump(self, **kwargs)
-
-    ConfigBase.model_dump = model_dump  # type: ignore[method-assign]
 
 
 def _values_of(model_output: Any) -> dict[str, float]:
