@@ -19,6 +19,19 @@ from slimfuse.config import TrainConfig
 KW = dict(max_drop=0.05, objective="latency", epochs=2, budget_minutes=5)
 
 
+def chain_kwargs(reference) -> dict:
+    """What :func:`trial.chain_recipe` needs besides the chain: MNIST-1D from ``reference``."""
+    return dict(
+        reference=reference,
+        data="mnist1d",
+        data_kwargs={},
+        split_seed=0,
+        seed=0,
+        threads=1,
+        task="classification",
+    )
+
+
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("members")
@@ -221,15 +234,7 @@ def test_a_trained_chain_with_an_int8_ending_reproduces_with_slimfuse_run(search
         {"stage": "prune", "name": "pruned", "channels": 0.25, "epochs": 1, "recovery": "distill"},
     ]
     cfg = CompressConfig(**KW)
-    kw = dict(
-        reference=(out / "reference").resolve(),
-        data="mnist1d",
-        data_kwargs={},
-        split_seed=0,
-        seed=0,
-        threads=1,
-        task="classification",
-    )
+    kw = chain_kwargs((out / "reference").resolve())
     data, task = slimfuse.load_data("mnist1d"), get_task("classification")
     ctx = trial.run_chain(trial.chain_recipe(chain, **kw), data, task, tmp_path / "t", None)
     entry = ending_stage("static", cfg)
@@ -292,16 +297,7 @@ def test_download_objective_tries_sparsity_and_counts_deflated_bytes(members, tm
     assert len(sparse) == 1 and sparse[0]["student"] == space.pool[-1].label
     chain = suggest(optuna.trial.FixedTrial(sparse[0]), cfg, space)
     assert chain[-1]["stage"] == "prune" and chain[-1]["sparsity"] == 0.8
-    recipe = chain_recipe(
-        chain,
-        reference=members[0],
-        data="mnist1d",
-        data_kwargs={},
-        split_seed=0,
-        seed=0,
-        threads=1,
-        task="classification",
-    )
+    recipe = chain_recipe(chain, **chain_kwargs(members[0]))
     data, task = slimfuse.load_data("mnist1d"), get_task("classification")
     ctx = run_chain(recipe, data, task, tmp_path / "run", None)
     dense = measure_val(ctx.models["student"], data, task, batch=1, threads=1, folder=None)

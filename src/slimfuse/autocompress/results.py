@@ -24,9 +24,19 @@ def metric_name(task: str) -> str:
     return "cosine" if task == "embedding" else "accuracy"
 
 
+def drop_unit(task: str) -> str:
+    """The unit a drop is told in: points of accuracy, or cosine."""
+    return "cosine" if task == "embedding" else "points"
+
+
+def drop_number(drop: float, task: str) -> str:
+    """A drop as a number in :func:`drop_unit`."""
+    return f"{drop:.4f}" if task == "embedding" else f"{drop * 100:.2f}"
+
+
 def drop_text(drop: float, task: str) -> str:
-    """A drop in the metric's usual unit: points of accuracy, or cosine."""
-    return f"{drop:.4f} cosine" if task == "embedding" else f"{drop * 100:.2f} points"
+    """A drop with its unit: ``0.50 points``, ``0.0069 cosine``."""
+    return f"{drop_number(drop, task)} {drop_unit(task)}"
 
 
 @dataclass
@@ -105,7 +115,7 @@ def table(
 ) -> str:
     ref_bytes = reference["file_bytes"]
     task = reference.get("task", "classification")
-    metric, unit = metric_name(task), "cosine" if task == "embedding" else "points"
+    metric, unit = metric_name(task), drop_unit(task)
     lines = [
         f"Pareto front (validation split; {ENGINE_NAMES[cfg.engine]}, {cfg.threads} thread(s), "
         "latency at "
@@ -125,7 +135,7 @@ def table(
         mark = " **(chosen)**" if r["number"] == chosen else ""
         lines.append(
             f"| {r['number']}{mark} | {describe(r['chain'])} | {r['val_metric']:.4f} | "
-            f"{drop_text(r['drop'], task).split()[0]} | {r['file_bytes'] / 1024:.1f} | "
+            f"{drop_number(r['drop'], task)} | {r['file_bytes'] / 1024:.1f} | "
             f"{r['file_bytes'] / ref_bytes:.3f} | {r['packed_bytes'] / 1024:.1f} | "
             f"{r['latency_ms']:.3f} | {r['params']:,} | "
             f"{'yes' if r['drop'] <= cfg.max_drop + TOL else 'no'} |"
