@@ -94,7 +94,7 @@ def _reference(
     folder, info = out / "reference", out / "reference.json"
     if resume and info.is_file() and (folder / "slimfuse.json").is_file():
         reference = load(folder)
-        return reference, json.loads(info.read_text()), _encoded(reference, data, models)
+        return reference, json.loads(info.read_text()), _encoded(reference, data)
     loaded = [load_model(m, data=data) if not hasattr(m, "forward") else m for m in models]
     names = [m if isinstance(m, str) else f"m{i}" for i, m in enumerate(models)]
     task = get_task(task_of(loaded[0]))
@@ -120,7 +120,7 @@ def _reference(
         reference = loaded[0]
     save(reference, folder)
     reference = load(folder)  # the reference as every trial (and the recipe) loads it
-    data = _encoded(reference, data, models)
+    data = _encoded(reference, data)
     figures = measure_val(
         reference,
         data,
@@ -139,17 +139,17 @@ def _reference(
     return reference, figures, data
 
 
-def _encoded(reference: Any, data: Any, models: Sequence[Any]) -> Any:
-    """Text as token data for the encoder ``reference`` (as ``slimfuse run`` encodes it for a
-    recipe's model); other data as it is."""
+def _encoded(reference: Any, data: Any) -> Any:
+    """Text as token data for the encoder ``reference``, read with its own tokenizer (the
+    reference bundle keeps a copy: ``slimfuse run`` of the written recipe reads text the same
+    way); other data as it is."""
     from slimfuse.data.text import is_text
 
     if not is_text(data):
         return data
     from slimfuse.distillation.text import encode_text
-    from slimfuse.models.hf import tokenizer_for
 
-    return encode_text(reference, data, tokenizer=tokenizer_for(models[0]), what="the reference")
+    return encode_text(reference, data, what="the reference")
 
 
 def _open_study(out: Path, cfg: CompressConfig, resume: bool, space: Space) -> Any:

@@ -201,21 +201,19 @@ def text_data_arg(
     what: str | None = None,
 ) -> Any:
     """``data`` as ``model`` (given as ``source``, default ``--model``) reads it: text data
-    becomes token data, tokenized by the model's tokenizer (a Hugging Face folder's own, else
-    all-MiniLM-L6-v2's) with the model's embeddings as targets; other data is returned as is.
+    becomes token data, tokenized by the model's tokenizer (a Hugging Face folder's own, or the
+    copy a bundle of it keeps; else all-MiniLM-L6-v2's) with the model's embeddings as targets; other data is returned as is.
     ``train_targets=False`` skips embedding the train split (when nothing trains on it)."""
     from slimfuse.data.text import is_text
 
     if not is_text(data):
         return data
     from slimfuse.distillation.text import encode_text
-    from slimfuse.models.hf import tokenizer_for
 
     source = args.model if source is None else source
     return encode_text(
         model,
         data,
-        tokenizer=tokenizer_for(source),
         train_targets=train_targets,
         what=what or f"the model {str(source)!r}",
     )

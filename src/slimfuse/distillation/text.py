@@ -21,8 +21,7 @@ from slimfuse.data import Data
 from slimfuse.data.text import MAX_LENGTH, is_text
 from slimfuse.distillation.objectives import trim_padding
 from slimfuse.errors import DataError
-from slimfuse.models.hf import tokenize
-from slimfuse.models.hf import tokenizer as default_tokenizer
+from slimfuse.models.hf import tokenize, tokenizer_of
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,7 @@ def embedding_data(
         raise DataError(
             f"text splits {', '.join(missing)} are empty or missing; expected train, val and test"
         )
+    tokenizer = tokenizer or tokenizer_of(teacher)
     sets = {}
     for split in ("train", "val", "test"):
         width = (train_max_length or max_length) if split == "train" else max_length
@@ -116,9 +116,9 @@ def encode_text(
 ) -> Data:
     """Text data as token data for the encoder ``model``; any other data is returned as is.
 
-    Every split is tokenized by :func:`~slimfuse.models.hf.tokenize` (``tokenizer``: default
-    all-MiniLM-L6-v2's) to ``data.meta["max_length"]`` tokens (default 128), and each
-    paragraph's target is ``model``'s own embedding of it: the reference the ``embedding``
+    Every split is tokenized by :func:`~slimfuse.models.hf.tokenize` (``tokenizer``: default the
+    model's own, see :func:`~slimfuse.models.hf.tokenizer_of`) to ``data.meta["max_length"]``
+    tokens (default 128), and each paragraph's target is ``model``'s own embedding of it: the reference the ``embedding``
     task's cosine measures a compressed model's fidelity to. ``train_targets=False``: see
     :func:`embedding_data` (distillation asks its teachers itself).
     """
@@ -131,7 +131,7 @@ def encode_text(
         raise DataError(
             f"max_length {max_length}: {what} reads at most {positions} tokens per paragraph"
         )
-    tok = tokenizer or default_tokenizer()
+    tok = tokenizer or tokenizer_of(model)
     vocab = getattr(config, "vocab_size", None)
     if isinstance(vocab, int) and len(tok) > vocab:
         raise DataError(

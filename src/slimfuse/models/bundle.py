@@ -2,7 +2,8 @@
 
 ``model.safetensors`` holds the weights, ``slimfuse.json`` how to rebuild them (source, kwargs,
 structural edits, lineage, versions). Optional: ``model.onnx``, ``metrics.json``, ``recipe.yaml``,
-``report.md`` / ``report.html``. Writes go to a temporary folder beside the target, then a rename,
+``report.md`` / ``report.html``, and ``tokenizer/`` (a text encoder's own tokenizer files, checked
+on load: commands read the bundle's text with them). Writes go to a temporary folder beside the target, then a rename,
 so a crash never leaves a half-written bundle.
 
 Sparse weights (the tensors a ``sparse`` edit names: unstructured pruning's) are stored as their
@@ -34,6 +35,7 @@ from slimfuse.atomic import atomic_dir
 from slimfuse.errors import ModelError, validation_error
 from slimfuse.models import sfz
 from slimfuse.models.edits import apply_edits
+from slimfuse.models.hf import attach_tokenizer, copy_tokenizer
 from slimfuse.models.source import ModelSpec, rebuild, set_spec, spec_of
 from slimfuse.models.weights import (
     BITMASK,
@@ -47,6 +49,7 @@ FORMAT = 1
 WEIGHTS = "model.safetensors"
 SHARED = "model.sfz"
 META = "slimfuse.json"
+TOKENIZER = "tokenizer"  # a text encoder's own tokenizer files, when it has its own
 CODES, CODEBOOK = "codes", "codebook"
 
 
@@ -213,6 +216,7 @@ def save(
         (tmp / WEIGHTS).write_bytes(serialize(tensors, metadata={"format": "pt"}))
         if packed is not None:
             (tmp / SHARED).write_bytes(packed)
+        copy_tokenizer(model, tmp / TOKENIZER)
         recorded = spec.to_dict()
         for entry in specs_in(recorded):
             trust.copy_into(entry, tmp)
@@ -353,5 +357,6 @@ def load(folder: str | Path, *, trust_code: bool | None = None) -> nn.Module:
     state.update(read_shared(folder, model))
     check_fits(model, state, str(folder))
     model.load_state_dict(decode_state(model, state), strict=True)
+    attach_tokenizer(model, folder / TOKENIZER)
     model.eval()
     return set_spec(model, spec)

@@ -7,7 +7,9 @@ and ONNX export treat it like any other module. transformers is imported only he
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,10 @@ MINILM = "minilm"
 def _transformers() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # transformers imports torchao where it is installed (ExecuTorch's dependency): its CUDA-only
+    # kernels fail to load and it registers enums torch warns about, four lines per command
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import transformers
     except ImportError:
@@ -39,6 +45,10 @@ class SentenceEncoder(nn.Module):
 
     onnx_opset = 23  # attention exports as ONNX's fused Attention op (export_onnx)
     default_task = "embedding"  # recorded in its spec by build_model
+    # the folder of its tokenizer's files (a Hugging Face folder's, or a bundle's copy of them);
+    # None: all-MiniLM-L6-v2's. A plain attribute: copies of the model (students, pruned and
+    # quantized models) keep it, and bundles copy the files along.
+    tokenizer_dir: Path | None = None
 
     def __init__(self, encoder: nn.Module, normalize: bool = True) -> None:
         super().__init__()
@@ -99,6 +109,7 @@ def load_hf(path: str | Path, *, normalize: bool = True) -> nn.Module:
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load as a Hugging Face model ({str(exc)[:200]})") from exc
     model = SentenceEncoder(encoder, normalize=normalize).eval()
+    model.tokenizer_dir = path if has_tokenizer(path) else None
     config = encoder.config.to_dict()
     return set_spec(
         model,
@@ -114,25 +125,83 @@ def minilm() -> nn.Module:
 
 
 def tokenizer(path: str | Path | None = None) -> Any:
-    """The tokenizer of an HF folder (all-MiniLM-L6-v2's by default)."""
+    """The tokenizer of an HF folder (all-MiniLM-L6-v2's by default); never remote code."""
     tf = _transformers()
-    return tf.AutoTokenizer.from_pretrained(str(path or minilm_path()))
+    where = str(path or minilm_path())
+    try:
+        return tf.AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"{where}: cannot load its tokenizer ({first})") from exc
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+# the files of a Hugging Face tokenizer a bundle copies (any other file is left behind)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+TOKENIZER_BYTES = 64 << 20  # per file: the largest vocabularies' tokenizer.json are ~20 MB
 
 
-def tokenizer_for(source: Any) -> Any:
-    """The tokenizer for a model given as ``source``: a Hugging Face folder's own (it holds
-    tokenizer files), else all-MiniLM-L6-v2's (the zoo's encoder, and what its bundles read)."""
-    folder = Path(str(source)) if isinstance(source, (str, Path)) else None
-    if (
-        folder is not None
-        and folder.is_dir()
-        and any((folder / f).is_file() for f in TOKENIZER_FILES)
-    ):
-        return tokenizer(folder)
-    return tokenizer()
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds a tokenizer's files (``tokenizer_config.json`` and a vocabulary)."""
+    return (folder / "tokenizer_config.json").is_file() and any(
+        (folder / f).is_file() for f in TOKENIZER_FILES if f != "tokenizer_config.json"
+    )
+
+
+def tokenizer_dir(model: nn.Module) -> Path | None:
+    """The folder of ``model``'s own tokenizer (set on an encoder loaded from a Hugging Face
+    folder or a bundle, and carried to the models made from it), if it has one."""
+    for module in model.modules():
+        folder = getattr(module, "tokenizer_dir", None)
+        if folder is not None:
+            return Path(folder)
+    return None
+
+
+def tokenizer_of(model: nn.Module) -> Any:
+    """The tokenizer ``model`` reads text with: its own (loaded from a Hugging Face folder or a
+    bundle that copied it), else all-MiniLM-L6-v2's (the zoo's encoder)."""
+    return tokenizer(tokenizer_dir(model))
+
+
+def copy_tokenizer(model: nn.Module, folder: Path) -> None:
+    """Copy ``model``'s tokenizer files (if it has its own) into ``folder`` (a bundle's
+    ``tokenizer/``), so the bundle reads text as the model it came from did."""
+    source = tokenizer_dir(model)
+    if source is None:
+        return
+    if not source.is_dir():
+        raise ModelError(f"{source}: the model's tokenizer folder is gone; cannot copy it along")
+    folder.mkdir()
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+
+
+def attach_tokenizer(model: nn.Module, folder: Path) -> None:
+    """Point ``model`` at a bundle's ``tokenizer/`` copy, after checking it: plain
+    files of the allowed names and sizes, nothing else (a bundle is not trusted)."""
+    if not folder.exists():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise ModelError(f"{folder}: expected a folder of tokenizer files")
+    for item in folder.iterdir():
+        if item.name not in TOKENIZER_FILES or item.is_symlink() or not item.is_file():
+            raise ModelError(f"{item}: not a tokenizer file a bundle may hold")
+        if item.stat().st_size > TOKENIZER_BYTES:
+            raise ModelError(f"{item}: {item.stat().st_size:,} bytes, larger than a tokenizer file")
+    if not has_tokenizer(folder):
+        raise ModelError(f"{folder}: no tokenizer_config.json and vocabulary")
+    model.tokenizer_dir = folder
 
 
 def tokenize(texts: list[str], tok: Any = None, max_length: int = 128) -> dict[str, torch.Tensor]:

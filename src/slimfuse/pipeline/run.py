@@ -81,11 +81,8 @@ def _run(
         check_model_fits(ctx.model, data, task.name)
         if is_text(data):  # an encoder's: token data, the recipe's model's embeddings as reference
             from slimfuse.distillation.text import encode_text
-            from slimfuse.models.hf import tokenizer_for
 
-            data = ctx.data = encode_text(
-                ctx.model, data, tokenizer=tokenizer_for(recipe.model), what="the recipe's model"
-            )
+            data = ctx.data = encode_text(ctx.model, data, what="the recipe's model")
     metrics_path = out / "metrics.json"
     rows: list[dict[str, Any]] = []
     if resume and metrics_path.is_file():

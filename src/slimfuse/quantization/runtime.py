@@ -22,6 +22,7 @@ from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError, ModelError
 from slimfuse.exporting import as_tuple
 from slimfuse.measuring import count_macs, count_params
+from slimfuse.models.hf import tokenizer_dir
 from slimfuse.models.source import ModelSpec, record, set_spec, spec_of
 
 EDIT_KIND = "quantized_graph"
@@ -124,6 +125,7 @@ def wrap_graph(
 ) -> QuantizedModel:
     """A :class:`QuantizedModel` that inherits (a copy of) the float model's spec plus the edit."""
     q = QuantizedModel(graph, info)
+    q.tokenizer_dir = tokenizer_dir(float_model)  # an encoder's int8 graph reads text as it did
     if "params" not in q.info:
         params, nonzero = count_params(float_model)
         q.info.update(params=params, nonzero_params=nonzero)
