@@ -337,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="pte: static int8 through PT2E with the XNNPACK quantizer, calibrated on the "
-        "train split (default: off, fp32)",
+        help="pte: int8 through PT2E with the XNNPACK quantizer: static, calibrated on the "
+        "train split; dynamic (linear layers) for transformer encoders (default: off, fp32)",
     )
     p.add_argument(
         "--calibration-batches",

@@ -1,8 +1,10 @@
 """ExecuTorch programs (``.pte``): lowered to XNNPACK, fp32 or int8 (PT2E), and run on the host.
 
 :func:`export_pte` exports with ``torch.export`` (dynamic batch, and dynamic sequence for token
-inputs), optionally quantizes through PT2E with the XNNPACK quantizer (static int8: symmetric
-per-channel weights, activations calibrated on the batches given), lowers every op XNNPACK
+inputs), optionally quantizes through PT2E with the XNNPACK quantizer (symmetric per-channel
+int8 weights; activations static int8, calibrated on the batches given, or for a transformer
+encoder dynamic int8 in the linear layers, as ``quantize``'s ``auto`` mode picks for ONNX
+Runtime: static ranges cannot hold an encoder's outlier activations), lowers every op XNNPACK
 takes to it (``to_edge_transform_and_lower``) and writes the program. The program also holds a
 constant method ``slimfuse_inputs`` with the input names, so :class:`PteRunner` can be called
 like the model, with keyword inputs.
@@ -31,7 +33,7 @@ from torch import nn
 from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError, ModelError
 from slimfuse.exporting import PARITY_ATOL, as_tuple, repeat_batch
-from slimfuse.models.source import check_float_model
+from slimfuse.models.source import check_float_model, is_transformer_encoder
 from slimfuse.tasks import forward
 
 MOBILE_EXTRA = "pip install 'slimfuse[mobile]'"
@@ -79,7 +81,10 @@ def _dynamic_shapes(
     return args, kwargs, tuple(dims(t) for t in args)
 
 
-def _quantizer() -> Any:
+def _quantizer(dynamic: bool) -> Any:
+    """The XNNPACK quantizer: symmetric per-channel int8 weights; activations int8 per tensor,
+    static (calibrated ranges: every supported op) or ``dynamic`` (ranges per call: the linear
+    layers only, XNNPACK's dynamically quantized fully connected op)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -106,7 +111,8 @@ def _quantizer() -> Any:
                 for n, t in targets.items():
                     n.target = t
 
-    return Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    return Quantizer().set_global(config)
 
 
 def _batches(calibration: Any, n: int, seed: int = 0) -> list[Any]:
@@ -167,8 +173,8 @@ def export_pte(
     """Write ``model`` as an ExecuTorch program lowered to XNNPACK at ``path``; returns it.
 
     fp32 programs are checked against PyTorch (max abs difference <= ``atol`` at batch 1 and
-    ``parity_batch``); int8 ones (PT2E, XNNPACK quantizer, ``calibration_batches`` batches of
-    ``calibration``) run once at both batches and must give PyTorch's output shape (their
+    ``parity_batch``); int8 ones (PT2E, XNNPACK quantizer; static: ``calibration_batches``
+    batches of ``calibration``, dynamic for a transformer encoder: none needed) run once at both batches and must give PyTorch's output shape (their
     accuracy is what :func:`slimfuse.measure` reports). An int8 ONNX Runtime graph
     (``QuantizedModel``) cannot become a program: export the float model with ``int8``.
     """
@@ -186,10 +192,16 @@ def export_pte(
     max_seq = max_seq or max_sequence(model)
     _, _, names = as_tuple(example_inputs)
     example = repeat_batch(example_inputs, 2)  # batch 1 would be specialised by torch.export
-    calib = _batches(calibration, calibration_batches) if int8 else []
+    dynamic = int8 and is_transformer_encoder(model)
+    calib = []
+    if int8 and (not dynamic or calibration is not None):
+        calib = _batches(calibration, calibration_batches)
+    elif int8:  # dynamic ranges: one call only lets the weights' observers see them
+        calib = [example]
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = _lower(model, example, names, calib, max_batch, max_seq)
+        quantizer = _quantizer(dynamic) if int8 else None
+        program = _lower(model, example, names, calib, max_batch, max_seq, quantizer)
     with atomic_file(path) as tmp:
         tmp.write_bytes(program)
         runner = PteRunner(tmp)
@@ -207,9 +219,8 @@ def export_pte(
                 raise ExportError(
                     f"ExecuTorch differs from PyTorch by {diff:.3g} at batch {b} (allowed {atol:g})"
                 )
-    log.info(
-        "wrote %s (%.1f KiB, %s)", path, path.stat().st_size / 1024, "int8" if int8 else "fp32"
-    )
+    kind = ("dynamic int8" if dynamic else "static int8") if int8 else "fp32"
+    log.info("wrote %s (%.1f KiB, %s)", path, path.stat().st_size / 1024, kind)
     return path
 
 
@@ -220,6 +231,7 @@ def _lower(
     calibration: list[Any],
     max_batch: int,
     max_seq: int,
+    quantizer: Any = None,
 ) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -227,10 +239,10 @@ def _lower(
     args, kwargs, shapes = _dynamic_shapes(example, max_batch, max_seq)
     try:
         ep = torch.export.export(model, args, kwargs or None, dynamic_shapes=shapes)
-        if calibration:
+        if quantizer is not None:
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-            prepared = prepare_pt2e(ep.module(), _quantizer())
+            prepared = prepare_pt2e(ep.module(), quantizer)
             for batch in calibration:
                 for part in _chunks(batch, max_batch):
                     forward(prepared, part)
@@ -241,7 +253,7 @@ def _lower(
         )
         return edge.to_executorch().buffer
     except Exception as exc:
-        what = "int8 (PT2E) " if calibration else ""
+        what = "int8 (PT2E) " if quantizer is not None else ""
         text = str(exc).strip()
         raise ExportError(
             f"ExecuTorch {what}export of {type(model).__name__} failed: "

@@ -131,6 +131,19 @@ def takes_tokens(model: nn.Module) -> bool:
         return False
 
 
+def is_transformer_encoder(model: nn.Module, data: Any = None) -> bool:
+    """``model`` reads token ids + attention masks (:func:`takes_tokens`, or ``data``'s inputs
+    are token ids) or contains an attention layer (a torch ``MultiheadAttention``, or a module
+    class named ``*SelfAttention``): the models whose activations have outlier channels that a
+    static int8 range cannot hold, so their int8 is dynamic (ONNX Runtime's and ExecuTorch's)."""
+    if takes_tokens(model) or is_tokens(data):
+        return True
+    return any(
+        isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("SelfAttention")
+        for m in model.modules()
+    )
+
+
 def check_model_fits(model: nn.Module, data: Any, task: str, what: str = "the model") -> None:
     """Fail with one line naming ``what`` if ``data``'s inputs do not fit ``model`` (its recorded
     input shape, then one forward pass on two samples). An encoder takes text (or token data)

@@ -14,26 +14,13 @@ from typing import Any
 
 from torch import nn
 
-from slimfuse.data.text import is_tokens
-from slimfuse.models.source import record, takes_tokens
+from slimfuse.models.source import is_transformer_encoder, record
 from slimfuse.quantization.config import AnyQuantConfig, Auto, Dynamic, QuantConfig, Static
 
 log = logging.getLogger("slimfuse.quantization")
 
 # the settings static reads and dynamic does not: given with auto, they ask for static
 STATIC_ONLY = frozenset(Static.model_fields) - frozenset(Dynamic.model_fields)
-
-
-def is_transformer_encoder(model: nn.Module, data: Any = None) -> bool:
-    """``model`` reads token ids + attention masks (its ``forward`` takes ``input_ids``, it was
-    built as an encoder, or ``data``'s inputs are token ids) or contains an attention layer
-    (a torch ``MultiheadAttention``, or a module class named ``*SelfAttention``)."""
-    if takes_tokens(model) or is_tokens(data):
-        return True
-    return any(
-        isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("SelfAttention")
-        for m in model.modules()
-    )
 
 
 def resolve_mode(
