@@ -10,6 +10,7 @@ members at a time in separate processes, with the members sequential training gi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from slimfuse.fusion.folds import kfold as make_folds
 from slimfuse.fusion.folds import labels, with_train_subset
 from slimfuse.models.source import build_model, record
 from slimfuse.tasks import Task
-from slimfuse.training import TrainConfig, train
+from slimfuse.training import SignalGuard, TrainConfig, TrainingInterrupted, train
 
 log = logging.getLogger("slimfuse.fusion")
 
@@ -133,7 +134,23 @@ def _train_one(
 _WORKER: dict[str, Any] = {}
 
 
+STOP_GRACE_S = 30.0  # after a signal: how long running members get to stop at their next step
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    if _WORKER.get("busy"):  # the parent gets it as the member's result
+        raise TrainingInterrupted(signum, None)
+    raise SystemExit(128 + signum)  # between members: the worker ends quietly
+
+
 def _init_worker(job: _Job, threads: int) -> None:
+    import signal
+
+    # SIGINT (Ctrl-C reaches the whole process group) or SIGTERM (the parent forwards it):
+    # in training the loop's guard stops the member at its next step (checkpointed); before
+    # or after, this stops it at once. Either way the parent gets a TrainingInterrupted.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _interrupt)
     torch.set_num_threads(threads)
     _WORKER["job"] = job
 
@@ -143,16 +160,43 @@ def _worker(k: int, name: str, device: str | None) -> tuple[dict[str, torch.Tens
     from slimfuse.trust import trusting
 
     job: _Job = _WORKER["job"]
-    with trusting(job.trust):
-        model, lineage = _train_one(job, k, name, device)
+    _WORKER["busy"] = True
+    try:
+        with trusting(job.trust):
+            model, lineage = _train_one(job, k, name, device)
+    finally:
+        _WORKER["busy"] = False
     return {key: v.detach().cpu() for key, v in model.state_dict().items()}, lineage
+
+
+def _stop(futures: list[Any], signum: int) -> None:
+    """Stop the members: those not started are cancelled, those in training get ``signum``
+    (the loop stops them at their next step) and are killed after :data:`STOP_GRACE_S`."""
+    import multiprocessing
+    import os
+    from concurrent.futures import wait
+
+    for f in futures:
+        f.cancel()
+    workers = multiprocessing.active_children()  # the pool's processes
+    running = {f for f in futures if not f.cancelled()}
+    deadline = time.monotonic() + STOP_GRACE_S
+    while running and time.monotonic() < deadline:
+        for w in workers:  # again and again: a worker still starting up ignores it
+            if w.is_alive():
+                os.kill(w.pid, signum)
+        _, running = wait(running, timeout=0.5)
+    for w in workers:
+        if w.is_alive():
+            w.kill()
 
 
 def _train_parallel(job: _Job, names: list[str]) -> list[tuple[nn.Module, dict[str, Any]]]:
     """Members in ``job.jobs`` spawned processes; each rebuilt here from its weights."""
     import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
+    import signal
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     from slimfuse.hardware import resolve_device
     from slimfuse.trust import code_trusted
@@ -164,16 +208,34 @@ def _train_parallel(job: _Job, names: list[str]) -> list[tuple[nn.Module, dict[s
     threads = max(1, (cores or 1) // jobs)
     job = _Job(**{**job.__dict__, "trust": code_trusted()})
     log.info("training %d members in %d processes (%d threads each)", len(names), jobs, threads)
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(job, threads),
-    ) as pool:
-        futures = [
-            pool.submit(_worker, k, name, f"cuda:{k % gpus}" if gpus else None)
-            for k, name in enumerate(names)
-        ]
+    with (
+        ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(job, threads),
+        ) as pool,
+        SignalGuard() as guard,
+    ):
+        # the workers start with Ctrl-C ignored (inherited): until _init_worker runs, it would
+        # print a KeyboardInterrupt traceback per worker; the parent forwards it afterwards
+        unguarded = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            futures = [
+                pool.submit(_worker, k, name, f"cuda:{k % gpus}" if gpus else None)
+                for k, name in enumerate(names)
+            ]
+        finally:
+            signal.signal(signal.SIGINT, unguarded)
+        pending, failed = set(futures), None
+        while pending and guard.signum is None and failed is None:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in finished if f.exception() is not None), None)
+        if guard.signum is not None or failed is not None:  # the others stop too, then it says
+            _stop(futures, guard.signum or signal.SIGINT)
+            if failed is not None:
+                failed.result()  # the member's own error
+            raise TrainingInterrupted(guard.signum or signal.SIGINT, None)
         done = [f.result() for f in futures]
     out = []
     for k, (state, lineage) in enumerate(done):

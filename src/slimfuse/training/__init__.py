@@ -91,6 +91,9 @@ class TrainingInterrupted(SlimfuseError):
         where = f"; checkpoint at {checkpoint}, continue with resume" if checkpoint else ""
         super().__init__(f"interrupted by {signal.Signals(signum).name}{where}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (train-members --jobs)
+        return type(self), (self.exit_code - 128, self.checkpoint)
+
 
 class Callback:
     """Hooks into the loop; override what you need."""
@@ -211,14 +214,15 @@ def is_main_process() -> bool:
 # -- the loop ---------------------------------------------------------------------------------
 
 
-class _SignalGuard:
-    """Turns SIGINT/SIGTERM into a flag that the loop checks after each step."""
+class SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag (``signum``) that the loop checks after each step (and
+    that a parent of training processes checks while it waits)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _SignalGuard:
+    def __enter__(self) -> SignalGuard:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old[s] = signal.signal(s, self._handle)
@@ -404,7 +408,7 @@ def train(
         restore_rng()
     start = time.perf_counter()
     progress = _Progress(not cfg.quiet and rank == 0, description, total_steps, step, cfg.epochs)
-    with _SignalGuard() as guard, progress:
+    with SignalGuard() as guard, progress:
         while epoch < cfg.epochs:
             loader = _epoch_loader(
                 train_set,
