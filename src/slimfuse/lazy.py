@@ -1,8 +1,10 @@
-"""Names that a package loads on first use (PEP 562), so importing it stays light."""
+"""Names that a package loads on first use (PEP 562), so importing it stays light; optional
+heavy imports made quiet."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,3 +29,15 @@ def lazy_names(
         return sorted(getattr(sys.modules[package], "__all__", names))
 
     return __getattr__, __dir__
+
+
+# torchao (ExecuTorch's dependency, which transformers imports too where it is installed) logs
+# its CUDA-only kernels failing to load, and torch warns about the enums it registers: four
+# lines per command that say nothing about the user's work
+NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_import_logs() -> None:
+    """Only errors from the loggers of :data:`NOISY_IMPORT_LOGGERS`."""
+    for name in NOISY_IMPORT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -49,7 +49,7 @@ def test_interrupted_members_stop_and_leave_nothing(tmp_path, signum, group):
             "--quiet",
             "--out",
             str(tmp_path / "m"),
-        ],  # fmt: skip
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

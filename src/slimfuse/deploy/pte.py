@@ -21,9 +21,11 @@ from __future__ import annotations
 import importlib
 import io
 import logging
+import os
+import sys
 import warnings
-from collections.abc import Iterable, Mapping
-from contextlib import redirect_stdout
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from torch import nn
 from slimfuse.atomic import atomic_file
 from slimfuse.errors import ExportError, ModelError
 from slimfuse.exporting import PARITY_ATOL, as_tuple, repeat_batch
+from slimfuse.lazy import quiet_import_logs
 from slimfuse.models.source import check_float_model, is_transformer_encoder
 from slimfuse.tasks import forward
 
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 
 def _require(what: str, module: str) -> None:
+    quiet_import_logs()  # ExecuTorch imports torchao
     try:
         importlib.import_module(module)
     except ImportError:
@@ -280,10 +284,26 @@ def set_threads(threads: int | None) -> None:
     """Reset ExecuTorch's process-wide thread pool to ``threads`` (when it has another size)."""
     if not threads:
         return
-    from executorch.extension.pybindings import portable_lib
+    with _native_stderr_quiet():  # the runtime's C++ logs its CPU probing and every reset
+        from executorch.extension.pybindings import portable_lib
 
-    if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(int(threads))
+        if portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(int(threads))
+
+
+@contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (native code's own log lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class PteRunner:

@@ -7,7 +7,6 @@ and ONNX export treat it like any other module. transformers is imported only he
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from slimfuse.errors import ModelError
+from slimfuse.lazy import quiet_import_logs
 from slimfuse.models.source import ModelSpec, set_spec
 
 MINILM = "minilm"
@@ -25,10 +25,7 @@ MINILM = "minilm"
 def _transformers() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # transformers imports torchao where it is installed (ExecuTorch's dependency): its CUDA-only
-    # kernels fail to load and it registers enums torch warns about, four lines per command
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_import_logs()  # transformers imports torchao where it is installed
     try:
         import transformers
     except ImportError:
