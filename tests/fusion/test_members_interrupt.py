@@ -30,32 +30,26 @@ def _workers(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc for the worker processes")
 @pytest.mark.parametrize("signum, group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_interrupted_members_stop_and_leave_nothing(tmp_path, signum, group):
+    args = [sys.executable, "-m", "slimfuse", "train-members", "--model", "resnet1d",
+            "--data", "mnist1d", "--n", "3", "--jobs", "2", "--epochs", "100", "--quiet",
+            "--out", str(tmp_path / "m")]  # fmt: skip
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "slimfuse",
-            "train-members",
-            "--model",
-            "resnet1d",
-            "--data",
-            "mnist1d",
-            "--n",
-            "3",
-            "--jobs",
-            "2",
-            "--epochs",
-            "100",
-            "--quiet",
-            "--out",
-            str(tmp_path / "m"),
-        ],
+        args,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         start_new_session=True,
     )
+    try:
+        _interrupt_and_check(proc, signum, group, tmp_path)
+    finally:  # nothing outlives the test, whatever it found
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _interrupt_and_check(proc: subprocess.Popen, signum: int, group: bool, tmp_path: Path) -> None:
     deadline = time.time() + 120
     while len(_workers(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -70,7 +64,8 @@ def test_interrupted_members_stop_and_leave_nothing(tmp_path, signum, group):
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 128 + signum, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines == [f"slimfuse train-members: error: interrupted by {signum.name}"], err
+    name = signal.Signals(signum).name
+    assert lines == [f"slimfuse train-members: error: interrupted by {name}"], err
     assert time.time() - sent < 20  # within a training step or two, not a whole member
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
     assert not (tmp_path / "m").exists()
