@@ -143,3 +143,40 @@ def test_mismatched_models_and_empty_lists(variants, mnist1d):
         ConfigError, match=r"^method 'soup': expected one of uniform, greedy, ties$"
     ):
         slimfuse.merge(pairs, {"method": "soup"})
+
+
+def test_merging_pruned_variants_keeps_every_pruned_weight_zero(tmp_path):
+    """Variants pruned apart (different masks): each soup and TIES zero every weight any of them
+    pruned, so the merge is at least as sparse as each, and its bundle stores it sparse."""
+    from slimfuse.models.bundle import sparse_keys
+    from slimfuse.pruning.config import Magnitude
+    from tests.pruning.nets import tiny_data
+
+    data = tiny_data()
+    torch.manual_seed(0)
+    parent = slimfuse.build_model("mlp", data=data, hidden=[64, 64])
+    slimfuse.train(parent, data, config=TrainConfig(epochs=2, lr=1e-2, quiet=True))
+    pairs = []
+    for i in range(3):
+        m = copy.deepcopy(parent)
+        slimfuse.train(m, data, config=TrainConfig(epochs=1, lr=1e-2, seed=i + 1, quiet=True))
+        pairs.append(
+            (f"p{i}", slimfuse.prune(m, Magnitude(sparsity=0.5, sparsity_schedule="oneshot")))
+        )
+    keys = sparse_keys(pairs[0][1])
+    assert keys
+    masks = {k: [m.state_dict()[k] == 0 for _, m in pairs] for k in keys}
+    assert any(not torch.equal(v[0], v[1]) for v in masks.values())  # pruned apart
+    for config, extra in ((Uniform(), {}), (Greedy(), {}), (Ties(density=0.5), {"parent": parent})):
+        merged = slimfuse.merge(pairs, config, data, **extra)
+        for k in keys:
+            w = merged.state_dict()[k]
+            pruned_anywhere = torch.stack(masks[k]).any(0)
+            assert bool((w[pruned_anywhere] == 0).all()), (type(config).__name__, k)
+    merged = slimfuse.merge(pairs, Uniform(), data)
+    rest = {k: v for k, v in merged.state_dict().items() if k not in keys}
+    for k, v in rest.items():  # the other tensors are the plain mean
+        torch.testing.assert_close(v, torch.stack([m.state_dict()[k] for _, m in pairs]).mean(0))
+    bundle = slimfuse.save(merged, tmp_path / "soup")
+    again = slimfuse.load(bundle)
+    assert all(torch.equal(again.state_dict()[k], merged.state_dict()[k]) for k in keys)

@@ -12,6 +12,7 @@ from torch import nn
 
 from slimfuse.data import Data
 from slimfuse.errors import FusionError
+from slimfuse.models.bundle import sparse_keys
 from slimfuse.tasks import Task, evaluate, forward, get_task
 
 State = dict[str, torch.Tensor]
@@ -100,16 +101,34 @@ def recalibrate_bn(
     return model.eval()
 
 
+def keep_pruned(state: State, ingredients: Sequence[nn.Module]) -> State:
+    """``state`` with every weight an ingredient's unstructured pruning zeroed (the tensors its
+    ``sparse`` edits name) set to zero: the merge keeps each ingredient's pruned weights pruned,
+    so averaging differently pruned variants is not denser than any of them."""
+    keys = {k for m in ingredients for k in sparse_keys(m)} & state.keys()
+    if not keys:
+        return state
+    out = dict(state)
+    for k in keys:
+        alive = torch.ones_like(state[k], dtype=torch.bool)
+        for m in ingredients:
+            alive &= m.state_dict()[k] != 0
+        out[k] = state[k] * alive
+    return out
+
+
 def build(
     template: nn.Module,
     state: State,
     data: Data | None,
     task: str | Task = "classification",
     bn_loader: Any = None,
+    ingredients: Sequence[nn.Module] = (),
 ) -> nn.Module:
-    """A copy of ``template`` with ``state`` loaded and BatchNorm statistics re-estimated."""
+    """A copy of ``template`` with ``state`` loaded (the ``ingredients``' pruned weights kept
+    zero, :func:`keep_pruned`) and BatchNorm statistics re-estimated."""
     model = copy.deepcopy(template)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(keep_pruned(state, [template, *ingredients]), strict=True)
     if has_batchnorm(model):
         loader = bn_loader
         if loader is None and data is not None:

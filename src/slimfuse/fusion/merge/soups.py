@@ -30,7 +30,7 @@ def uniform_soup(
     (a warning when the soup scores below every ingredient)."""
     data, task = job.data, job.task
     sts = states(pairs)
-    model = build(pairs[0][1], average(sts), data, task)
+    model = build(pairs[0][1], average(sts), data, task, ingredients=[m for _, m in pairs])
     info: dict[str, Any] = {"method": "uniform", "ingredients": [n for n, _ in pairs]}
     if data is not None:
         task = get_task(task)
@@ -67,7 +67,14 @@ def greedy_soup(
     model = pairs[order[0]][1]
     trail = [{"added": pairs[order[0]][0], "val": best}]
     for i in order[1:]:
-        candidate = build(pairs[0][1], average([sts[j] for j in [*chosen, i]]), data, task)
+        soup = [*chosen, i]
+        candidate = build(
+            pairs[0][1],
+            average([sts[j] for j in soup]),
+            data,
+            task,
+            ingredients=[pairs[j][1] for j in soup],
+        )
         score = val_score(candidate, data, task)
         if score == best or task.better(score, best):
             chosen.append(i)

@@ -61,7 +61,8 @@ def ties_merge(
     sts = states(pairs)
     base = {k: v.detach() for k, v in parent.state_dict().items()}
     check_same(pairs[0][0], sts[0], "parent", base)
-    model = build(pairs[0][1], ties_states(base, sts, density, scale), job.data, job.task)
+    merged = ties_states(base, sts, density, scale)
+    model = build(pairs[0][1], merged, job.data, job.task, ingredients=[m for _, m in pairs])
     info = {
         "method": "ties",
         "ingredients": [n for n, _ in pairs],
