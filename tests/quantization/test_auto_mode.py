@@ -117,6 +117,13 @@ def test_library_recipe_and_cli_pick_dynamic_for_an_encoder(tmp_path, capsys) ->
             "because": "transformer encoder",
         }
     assert _ops(library) == _ops(staged) == _ops(cli)
+    # asking the CLI for static on an encoder runs it, with one line on what it costs
+    assert main(["quantize", "--model", str(tmp_path / "enc"), "--data", str(notes),
+                 "--max-length", "16", "--mode", "static", "--quiet",
+                 "--out", str(tmp_path / "static")]) == 0  # fmt: skip
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "warning:" in ln]
+    assert len(warned) == 1 and "static int8 on a transformer encoder" in warned[0]
+    assert slimfuse.load(tmp_path / "static").info["mode"] == "static"
     # the recipe's report says what ran
     report = Path(tmp_path / "run" / "report.html").read_text()
     assert "dynamic int8 for ONNX Runtime" in report
