@@ -19,25 +19,31 @@ validation split: drops of 0.005 / 0.01 / 0.02 / 0.03 (0.03: cosine >= 0.97).
   latency at batch 1 on one thread), calibrated on 64 training paragraphs. Its sampler walks
   every point whatever the goal, so it runs once at the widest budget; the pick per budget is
   Olive's ranking (latency, size, cosine) of the candidates within that budget.
+- Peer: NNCF's ``quantize_with_accuracy_control`` (ONNX backend; ``compress_minilm_nncf.py``, the
+  peers' Python) on the same fp32 file, once per budget: int8 calibrated on the same 64 training
+  paragraphs, quantizers reverted to fp32 while the validation drop (the same mean cosine) is
+  above the budget.
 
 Every ONNX file is measured the same way afterwards: mean cosine to the fp32 file's embeddings on
 the 426 test paragraphs (ONNX Runtime), file bytes, latency at batch 1 and 32 (128 tokens, one
 thread; the files timed in turn, median of 5 rounds). "x best peer" is the best peer's latency
-over the row's, the peers at a budget being ORT ``quantize_dynamic`` (when its validation drop is
-within the budget) and Olive's pick at that budget.
+over the row's, the peers at a budget being ORT ``quantize_dynamic`` and NNCF's file (each when
+its validation drop, measured here, is within the budget) and Olive's pick at that budget.
 
-Run: ``python benchmarks/compress_minilm.py [--trials 8 --epochs 2]`` (the search and Olive's
-run are kept in ``runs/compress_minilm``: ``--reuse`` takes finished ones from there).
+Run: ``python benchmarks/compress_minilm.py [--trials 8 --epochs 2]`` (the search, Olive's and
+NNCF's runs are kept in ``runs/compress_minilm``: ``--reuse`` takes finished ones from there).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,7 @@ import numpy as np
 import torch
 
 import slimfuse
-from peers_common import PEERS, olive_chain, run_peer
+from peers_common import NNCF_ORT_DISABLED, PEERS, olive_chain, run_peer
 from prune_common import cpu_line, interleaved, write
 from quantize_common import ort_session, table
 from slimfuse.autocompress.config import CompressConfig
@@ -75,6 +81,21 @@ OLIVE_NOTE = (
     "serializes every metric's `user_config` / `metric_config` as the empty base class (the "
     "metric function, the one-thread session options and the latency repeat counts come back "
     "empty)."
+)
+NNCF_NOTE = (
+    "NNCF: `benchmarks/compress_minilm_nncf.py` (its docstring has the details). "
+    "`nncf.quantize_with_accuracy_control` (ONNX backend) once per budget: `max_drop` = the "
+    "budget, `drop_type=ABSOLUTE`, `model_type=TRANSFORMER` (NNCF's setting for transformers: "
+    "SmoothQuant, the mixed preset, its transformer ignored patterns), calibrated on the 64 "
+    "training paragraphs Olive's static candidates use; its validation function is Olive's "
+    "metric (mean cosine to the fp32 embeddings on the 200 validation paragraphs, with each "
+    "paragraph's cosine for NNCF's ranking). NNCF leaves the standard `Attention` nodes fp32 "
+    "(no ignored scope needed) and quantizes the 36 MatMuls (QDQ). ONNX Runtime will not load "
+    "its file at the default optimization level (its `QDQPropagationTransformer` and "
+    "`QDQS8ToU8Transformer` together produce a QuantizeLinear whose `output_dtype` is int8 "
+    'and zero point uint8: "output_dtype INT8 does not match y_zero_point type UINT8"), so '
+    "every session on NNCF's files (NNCF's validation and the measurements here) disables "
+    "`QDQPropagationTransformer` (disabling the s8-to-u8 pass instead halves the speed)."
 )
 
 
@@ -142,8 +163,10 @@ def test_tokens(split: str = "test", limit: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def embeddings(path: Path, tokens: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort_session(path, 1)
+def embeddings(
+    path: Path, tokens: dict[str, np.ndarray], disabled: Sequence[str] = ()
+) -> np.ndarray:
+    session = ort_session(path, 1, disabled)
     names = [i.name for i in session.get_inputs()]
     out = []
     for i in range(0, len(tokens["input_ids"]), 32):
@@ -184,6 +207,22 @@ def olive(src: Path, arrays: Path, work: Path, reuse: bool) -> dict[str, Any]:
     )
     if "error" in got:
         return {**got, "picks": {}}
+    info.write_text(json.dumps(got, indent=2) + "\n")
+    return got
+
+
+def nncf(src: Path, arrays: Path, work: Path, reuse: bool) -> dict[str, Any]:
+    """NNCF's accuracy-aware int8 (the peers' Python), one run per budget."""
+    out = work / "nncf"
+    info = out / "result.json"
+    if reuse and info.is_file():
+        got = json.loads(info.read_text())
+        if all(Path(r["path"]).is_file() for r in got["runs"].values()):
+            return got
+    shutil.rmtree(out, ignore_errors=True)
+    got = run_peer("compress_minilm_nncf.py", src, arrays, ",".join(f"{b:g}" for b in BUDGETS), out)
+    if "error" in got:
+        return {**got, "runs": {}}
     info.write_text(json.dumps(got, indent=2) + "\n")
     return got
 
@@ -230,6 +269,7 @@ def main() -> None:
     val_tokens = test_tokens("val")
     val_ref = embeddings(fp32, val_tokens)
     olive_found: dict[str, Any] = {}
+    nncf_found: dict[str, Any] = {}
     if PEERS.is_file():
         arrays = work / "olive-tokens.npz"
         calib = test_tokens("train", CALIBRATION)
@@ -240,6 +280,17 @@ def main() -> None:
             val_target=val_ref,
         )
         olive_found = olive(fp32, arrays, work, args.reuse)
+        nncf_found = nncf(fp32, arrays, work, args.reuse)
+
+    disabled: dict[str, list[str]] = {}  # graph optimizers a file's sessions leave out
+    nncf_keys: dict[float, str] = {}  # one key per distinct NNCF file
+    digests: dict[str, str] = {}
+    for budget in BUDGETS:
+        run = nncf_found.get("runs", {}).get(f"{budget:g}")
+        if run:
+            digest = hashlib.sha256(Path(run["path"]).read_bytes()).hexdigest()
+            nncf_keys[budget] = digests.setdefault(digest, f"nncf {budget:g}")
+            disabled[nncf_keys[budget]] = NNCF_ORT_DISABLED
 
     files: dict[str, Path] = {"fp32": fp32, "ort": peer}
     picks: dict[float, dict[str, Any] | None] = {}
@@ -252,17 +303,26 @@ def main() -> None:
         olive_pick = olive_found.get("picks", {}).get(f"{budget:g}")
         if olive_pick:
             files[f"olive {olive_pick['id']}"] = Path(olive_pick["path"])
+        if budget in nncf_keys:
+            files[nncf_keys[budget]] = Path(nncf_found["runs"][f"{budget:g}"]["path"])
     ort_val_drop = 1 - cosine(embeddings(peer, val_tokens), val_ref)
+    nncf_val_drop = {
+        k: 1 - cosine(embeddings(files[k], val_tokens, disabled[k]), val_ref)
+        for k in set(nncf_keys.values())
+    }
 
     tokens = test_tokens()
     ref_emb = embeddings(fp32, tokens)
-    cos = {k: cosine(embeddings(path, tokens), ref_emb) for k, path in files.items()}
+    cos = {
+        k: cosine(embeddings(path, tokens, disabled.get(k, [])), ref_emb)
+        for k, path in files.items()
+    }
     timing = {}
     for b in BATCHES:
         feeds = {k: v[:b] for k, v in tokens.items()}
         fns = {}
         for k, path in files.items():
-            s = ort_session(path, 1)
+            s = ort_session(path, 1, disabled.get(k, []))
             names = [i.name for i in s.get_inputs()]
             fns[k] = lambda s=s, f={n: feeds[n] for n in names}: s.run(None, f)
         timing[b] = interleaved(fns, rounds=5)
@@ -270,7 +330,9 @@ def main() -> None:
     def peer_keys(budget: float) -> list[str]:
         keys = ["ort"] if ort_val_drop <= budget else []
         olive_pick = olive_found.get("picks", {}).get(f"{budget:g}")
-        return keys + ([f"olive {olive_pick['id']}"] if olive_pick else [])
+        keys += [f"olive {olive_pick['id']}"] if olive_pick else []
+        within = budget in nncf_keys and nncf_val_drop[nncf_keys[budget]] <= budget
+        return keys + ([nncf_keys[budget]] if within else [])
 
     def row(
         method: str, budget: str, key: str, chain: str, val_drop: str, peers: list[str]
@@ -319,6 +381,22 @@ def main() -> None:
                     peers,
                 )
             )
+        if budget in nncf_keys:
+            key = nncf_keys[budget]
+            run = nncf_found["runs"][f"{budget:g}"]
+            rows.append(
+                row(
+                    "NNCF accuracy-aware int8",
+                    f"{budget:g}",
+                    key,
+                    f"int8 QDQ + SmoothQuant ({run['quantize_nodes']} activation quantizers)"
+                    + ("" if nncf_val_drop[key] <= budget else ", over the budget"),
+                    f"{nncf_val_drop[key]:.4f}",
+                    peers,
+                )
+            )
+        elif nncf_found:
+            rows.append([f"{budget:g}", "NNCF accuracy-aware int8", "failed", *["-"] * 12])
         if pick is None:
             rows.append([f"{budget:g}", "slimfuse compress", "none within the budget", *["-"] * 12])
             continue
@@ -367,6 +445,22 @@ def main() -> None:
         )
     else:
         olive_line = "Olive not run: no `.peers/bin/python` (see `compress_cnn.py`)."
+    if nncf_found.get("error"):
+        nncf_line = f"NNCF failed: {nncf_found['error']}"
+    elif nncf_found:
+        runs = "; ".join(
+            f"{b}: {r['seconds']:.0f} s, {r['validations']} validations (mean cosine "
+            f"{', '.join(f'{c:.4f}' for c in r['cosines_seen'])})"
+            for b, r in nncf_found["runs"].items()
+        )
+        nncf_line = (
+            f"NNCF {nncf_found['nncf']}: one run per budget, {nncf_found['wall']:.0f} s wall in "
+            "all; per budget (NNCF's time, its validation calls on more than one paragraph, "
+            f"the fp32 file first): {runs}. {len(nncf_keys)} files, "
+            f"{len(set(nncf_keys.values()))} distinct (identical files are measured once)."
+        )
+    else:
+        nncf_line = "NNCF not run: no `.peers/bin/python` (see `compress_cnn.py`)."
     end_load = [round(x, 1) for x in os.getloadavg()]
     counts = json.loads((out / "compress.json").read_text())["counts"]
     md = "\n".join(
@@ -386,11 +480,15 @@ def main() -> None:
             "",
             OLIVE_NOTE,
             "",
+            NNCF_NOTE,
+            "",
             table(header, rows),
             "",
             f"Goal >= 4x over ORT fp32 at cosine >= 0.97: best pick {goal}.",
             "",
             olive_line,
+            "",
+            nncf_line,
             "",
             *olive_lines(olive_found),
             "",
@@ -415,6 +513,7 @@ def main() -> None:
             "bytes": {k: p.stat().st_size for k, p in files.items()},
             "ort_val_drop": ort_val_drop,
             "olive": olive_found,
+            "nncf": {**nncf_found, "val_drop": nncf_val_drop},
             "load": [load, end_load],
         },
     )

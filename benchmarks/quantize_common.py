@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ def ratio_iqr(base: list[float], other: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def ort_session(path_or_bytes: Any, threads: int) -> Any:
+def ort_session(path_or_bytes: Any, threads: int, disabled: Sequence[str] = ()) -> Any:
+    """An ONNX Runtime CPU session; ``disabled``: graph optimizers to leave out."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -55,7 +56,9 @@ def ort_session(path_or_bytes: Any, threads: int) -> Any:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        src, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled) or None
+    )
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
