@@ -69,7 +69,7 @@ def searched(tmp_path_factory):
             "--batch",
             "1",
             "--trials",
-            "3",
+            "4",
             "--epochs",
             "1",
             "--out",
@@ -97,11 +97,12 @@ def test_encoder_moves_run_once_each_first(searched) -> None:
         json.loads((folder / "trial.json").read_text())["chain"]
         for folder in sorted((out / "trials").iterdir())
     ]
-    assert [c[0].get("mode") for c in chains[:2]] == ["dynamic", "static"]
-    assert chains[2][0]["stage"] == "prune" and chains[2][0]["recovery"] == "distill"
-    # the rest of the queue: one run of each trained move (the search above ran 3 trials)
+    assert [c[0].get("mode") for c in chains[:3]] == ["dynamic", "dynamic", "static"]
+    assert chains[1][0]["smoothquant"] == 1.0  # outlier smoothing, then dynamic
+    assert chains[3][0]["stage"] == "prune" and chains[3][0]["recovery"] == "distill"
+    # the rest of the queue: one run of each trained move (the search above ran 4 trials)
     queued = enqueued(CompressConfig(), Space(encoder_blocks=4))
-    assert [q["move"] for q in queued] == ["ptq", "ptq", "prune", "factorize", "depth"]
+    assert [q["move"] for q in queued] == ["ptq", "ptq", "ptq", "prune", "factorize", "depth"]
     assert queued[-1]["depth"] == 3  # 2/3 of 4 blocks
 
 

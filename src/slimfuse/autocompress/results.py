@@ -84,7 +84,8 @@ def describe(chain: Sequence[dict[str, Any]]) -> str:
             parts.append(f"low rank {e['budget']:g} FLOPs {e['epochs']}ep")
         elif e["stage"] == "quantize":
             how = e.get("calibration") or ("mixed" if "max_drop" in e else "")
-            parts.append(" ".join(["int8", e["mode"], how]).strip())
+            smooth = "smoothed" if e.get("smoothquant") is not None else ""
+            parts.append(" ".join(w for w in ("int8", e["mode"], how, smooth) if w))
     return " -> ".join(parts) or "reference"
 
 
