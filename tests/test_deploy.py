@@ -13,6 +13,7 @@ from slimfuse.cli.main import main
 from slimfuse.deploy import export, runner
 from slimfuse.errors import ExportError, ModelError
 from slimfuse.measuring import measure
+from tests.helpers import TINY_BERT, bert_tokens
 
 MOBILE = "ExecuTorch export needs the mobile extra: pip install 'slimfuse[mobile]'"
 
@@ -132,11 +133,8 @@ def test_pte_int8_of_an_encoder_is_dynamic(tmp_path, caplog):
     _needs_executorch()
     pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = {"model_type": "bert", "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}  # fmt: skip
-    model = slimfuse.build_model("hf_encoder", config=config).eval()
-    ids = torch.randint(5, 128, (8, 16))
-    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model = slimfuse.build_model("hf_encoder", config=TINY_BERT).eval()
+    x = bert_tokens(8, 16)
     with caplog.at_level("INFO", logger="slimfuse.deploy.pte"):
         path = export(model, {k: v[:1] for k, v in x.items()}, tmp_path / "enc.pte", int8=True)
     assert "dynamic int8" in caplog.text
