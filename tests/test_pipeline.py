@@ -221,10 +221,11 @@ def test_a_distill_stage_takes_an_earlier_stage_as_its_student(tmp_path):
         assert zeros / total >= 0.9 - 1e-3, f"{stage}: {zeros / total:.3f}"
 
 
-def test_a_stage_that_lowers_a_recorded_sparsity_is_an_error_naming_it(tmp_path):
-    """Averaging two differently pruned models refills zeros outside the training loop: the
-    merge stage is refused, naming the layers, before its bundle is written."""
-    from slimfuse.errors import ModelError
+def test_merging_differently_pruned_models_keeps_the_recorded_sparsity(tmp_path):
+    """Averaging two differently pruned models would refill zeros outside the training loop:
+    the merge keeps every weight either pruned at zero, so the stage's sparsity check (which
+    refuses a stage that lowers a recorded sparsity, see below) passes."""
+    import slimfuse
 
     text = (
         "data: digits\nmeasure_engines: [torch]\nstages:\n"
@@ -234,13 +235,13 @@ def test_a_stage_that_lowers_a_recorded_sparsity_is_an_error_naming_it(tmp_path)
         "global_pruning: false}\n"
         "  - {stage: merge, name: soup, members: [a, b], method: uniform}\n"
     )
-    with pytest.raises(
-        ModelError,
-        match=r"^stage 'soup' \(merge\) lowered the recorded sparsity of \d layers?: net\.\d\.weight",
-    ):
-        run_recipe(text, tmp_path, quiet=True)
-    assert (tmp_path / "b" / "slimfuse.json").is_file()
-    assert not (tmp_path / "soup").exists()
+    run_recipe(text, tmp_path, quiet=True)
+    a, b, soup = (slimfuse.load(tmp_path / n) for n in ("a", "b", "soup"))
+    keys = ("net.0.weight", "net.2.weight")
+    masks = {k: (a.state_dict()[k] == 0, b.state_dict()[k] == 0) for k in keys}
+    assert any(not torch.equal(*masks[k]) for k in keys)  # pruned apart
+    for k in keys:
+        assert bool((soup.state_dict()[k][masks[k][0] | masks[k][1]] == 0).all())
 
 
 def test_the_sparsity_check_sees_every_form_a_pruned_layer_takes():
