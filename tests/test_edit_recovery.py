@@ -67,3 +67,28 @@ def test_distill_recovery_learns_from_a_frozen_copy(data, verb) -> None:
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert small is not model and not small.training
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_the_callers_callbacks_watch_recovery(data, verb) -> None:
+    """``callbacks=`` reach the recovery loop (a search's watch stops a trial there: a deadline
+    or a hopeless epoch), and what they raise stops the verb."""
+    from slimfuse.training import Callback
+
+    fn, config, _ = VERBS[verb]
+
+    class Count(Callback):
+        steps = 0
+
+        def on_step_end(self, model, step) -> None:
+            self.steps += 1
+
+    class Stop(Callback):
+        def on_step_end(self, model, step) -> None:
+            raise RuntimeError("time is up")
+
+    count = Count()
+    fn(_mlp(data), config(), data, train=ONE_EPOCH, callbacks=[count])
+    assert count.steps == -(-len(data.train) // ONE_EPOCH.batch_size)  # every step of the epoch
+    with pytest.raises(RuntimeError, match="time is up"):
+        fn(_mlp(data), config(), data, train=ONE_EPOCH, callbacks=[Stop()])

@@ -37,4 +37,5 @@ def run_edit(ctx: Context, cfg: EditStage) -> nn.Module:
         train=cfg.train_config(ctx),
         task=ctx.task,
         checkpoint_dir=ctx.checkpoint_dir,
+        callbacks=ctx.callbacks,
     )

@@ -108,8 +108,9 @@ class Context:
     model: nn.Module | None = None
     models: dict[str, nn.Module] = field(default_factory=dict)
     stage_name: str = ""
-    # training-loop callbacks of the stages that train from scratch (distill): a search watches
-    # its trials' epochs through them; a recipe run has none
+    # training-loop callbacks of the stages that train (distill, and prune's and factorize's
+    # recovery): a search watches its trials' epochs and deadline through them; a recipe run
+    # has none
     callbacks: list[Any] = field(default_factory=list)
 
     def model_named(self, name: str | None) -> nn.Module:

@@ -43,6 +43,9 @@ class EditOptions(TypedDict, total=False):
     inputs: Any  # a method's calibration / importance batches (default: from the data)
     teacher_objective: TeacherObjective | None  # recovery 'distill''s objective
     checkpoint_dir: str | Path | None  # recovery's checkpoints
+    callbacks: Sequence[
+        Callback
+    ]  # recovery's loop callbacks (a search's watch), after the method's
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Job:
     teacher_objective: TeacherObjective | None
     checkpoint_dir: str | Path | None
     recovery: Recovery = "finetune"
+    callbacks: Sequence[Callback] = ()  # the caller's, on every recovery run
 
     def recover(
         self, model: nn.Module, callbacks: Sequence[Callback] = (), description: str = "recover"
@@ -76,7 +80,7 @@ class Job:
             self.task,
             self.train,
             objective=objective,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *self.callbacks],
             checkpoint_dir=self.checkpoint_dir,
             description=description,
         )
@@ -111,6 +115,7 @@ class Edit:
         inputs: Any = None,
         teacher_objective: TeacherObjective | None = None,
         checkpoint_dir: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> tuple[Any, Handler, Job]:
         """The method's config, its handler and the job, every check passed (one line each)."""
         cfg = self.family.parse(config)
@@ -139,5 +144,6 @@ class Edit:
             teacher_objective=teacher_objective,
             checkpoint_dir=checkpoint_dir,
             recovery=recovery,
+            callbacks=tuple(callbacks),
         )
         return cfg, handler, job
