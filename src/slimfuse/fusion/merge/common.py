@@ -108,11 +108,10 @@ def keep_pruned(state: State, ingredients: Sequence[nn.Module]) -> State:
     keys = {k for m in ingredients for k in sparse_keys(m)} & state.keys()
     if not keys:
         return state
+    sts = [m.state_dict() for m in ingredients]
     out = dict(state)
     for k in keys:
-        alive = torch.ones_like(state[k], dtype=torch.bool)
-        for m in ingredients:
-            alive &= m.state_dict()[k] != 0
+        alive = torch.stack([st[k] != 0 for st in sts]).all(0)
         out[k] = state[k] * alive
     return out
 
