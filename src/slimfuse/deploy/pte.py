@@ -178,8 +178,8 @@ def export_pte(
 
     fp32 programs are checked against PyTorch (max abs difference <= ``atol`` at batch 1 and
     ``parity_batch``); int8 ones (PT2E, XNNPACK quantizer; static: ``calibration_batches``
-    batches of ``calibration``, dynamic for a transformer encoder: none needed) run once at both batches and must give PyTorch's output shape (their
-    accuracy is what :func:`slimfuse.measure` reports). An int8 ONNX Runtime graph
+    batches of ``calibration``; dynamic for a transformer encoder, which needs none) run once
+    at both batches and must give PyTorch's output shape (their accuracy is what :func:`slimfuse.measure` reports). An int8 ONNX Runtime graph
     (``QuantizedModel``) cannot become a program: export the float model with ``int8``.
     """
     check_float_model(
@@ -198,10 +198,10 @@ def export_pte(
     example = repeat_batch(example_inputs, 2)  # batch 1 would be specialised by torch.export
     dynamic = int8 and is_transformer_encoder(model)
     calib = []
-    if int8 and (not dynamic or calibration is not None):
-        calib = _batches(calibration, calibration_batches)
-    elif int8:  # dynamic ranges: one call only lets the weights' observers see them
+    if dynamic:  # ranges per call: one call only lets the weights' observers see them
         calib = [example]
+    elif int8:
+        calib = _batches(calibration, calibration_batches)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quantizer = _quantizer(dynamic) if int8 else None
