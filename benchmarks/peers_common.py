@@ -1,8 +1,8 @@
 """What the compress benchmarks share about their peers (NNCF, Olive), on both sides of the
 process boundary: the benchmarks (slimfuse's Python) call :func:`run_peer` and describe Olive's
 picks with :func:`olive_chain`; both sides open NNCF's MiniLM files without the ONNX Runtime
-optimizer :data:`NNCF_ORT_DISABLED` names; the peer scripts (the peers' Python, ``.peers``) build their
-Olive workflows with :func:`olive_workflow` and :func:`olive_latency` and patch Olive with
+optimizer :data:`NNCF_ORT_DISABLED` names; the peer scripts (the peers' Python, ``.peers``)
+build their Olive workflows with :func:`olive_workflow` and :func:`olive_latency` and patch Olive with
 :func:`fix_olive_serialization`. Only the standard library is imported at the top: either
 interpreter can import this file.
 """

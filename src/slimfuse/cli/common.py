@@ -202,7 +202,8 @@ def text_data_arg(
 ) -> Any:
     """``data`` as ``model`` (given as ``source``, default ``--model``) reads it: text data
     becomes token data, tokenized by the model's tokenizer (a Hugging Face folder's own, or the
-    copy a bundle of it keeps; else all-MiniLM-L6-v2's) with the model's embeddings as targets; other data is returned as is.
+    copy a bundle of it keeps; else all-MiniLM-L6-v2's) with the model's embeddings as
+    targets; other data is returned as is.
     ``train_targets=False`` skips embedding the train split (when nothing trains on it)."""
     from slimfuse.data.text import is_text
 

@@ -118,8 +118,8 @@ def encode_text(
 
     Every split is tokenized by :func:`~slimfuse.models.hf.tokenize` (``tokenizer``: default the
     model's own, see :func:`~slimfuse.models.hf.tokenizer_of`) to ``data.meta["max_length"]``
-    tokens (default 128), and each paragraph's target is ``model``'s own embedding of it: the reference the ``embedding``
-    task's cosine measures a compressed model's fidelity to. ``train_targets=False``: see
+    tokens (default 128), and each paragraph's target is ``model``'s own embedding of it: the
+    reference the ``embedding`` task's cosine measures a compressed model's fidelity to. ``train_targets=False``: see
     :func:`embedding_data` (distillation asks its teachers itself).
     """
     if not is_text(data):

@@ -2,9 +2,9 @@
 
 ``model.safetensors`` holds the weights, ``slimfuse.json`` how to rebuild them (source, kwargs,
 structural edits, lineage, versions). Optional: ``model.onnx``, ``metrics.json``, ``recipe.yaml``,
-``report.md`` / ``report.html``, and ``tokenizer/`` (a text encoder's own tokenizer files, checked
-on load: commands read the bundle's text with them). Writes go to a temporary folder beside the target, then a rename,
-so a crash never leaves a half-written bundle.
+``report.md`` / ``report.html``, and ``tokenizer/`` (a text encoder's own tokenizer files,
+checked on load: commands read the bundle's text with them). Writes go to a temporary folder
+beside the target, then a rename, so a crash never leaves a half-written bundle.
 
 Sparse weights (the tensors a ``sparse`` edit names: unstructured pruning's) are stored as their
 non-zero values (``<key>.__values``) plus one bit per weight (``<key>.__bitmask``) whenever that

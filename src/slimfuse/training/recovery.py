@@ -43,9 +43,8 @@ class EditOptions(TypedDict, total=False):
     inputs: Any  # a method's calibration / importance batches (default: from the data)
     teacher_objective: TeacherObjective | None  # recovery 'distill''s objective
     checkpoint_dir: str | Path | None  # recovery's checkpoints
-    callbacks: Sequence[
-        Callback
-    ]  # recovery's loop callbacks (a search's watch), after the method's
+    # recovery's loop callbacks (a search's watch), run after the method's own
+    callbacks: Sequence[Callback]
 
 
 @dataclass
